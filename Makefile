@@ -1,0 +1,41 @@
+# pacsflow: `make demo` and `make test` install what they need on first use (Debian packages, a .venv).
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := orthanc dcmtk
+
+.PHONY: demo test lint bench system venv clean
+
+demo: system $(STAMP)
+	$(VENV)/bin/pacsflow demo
+
+test: system $(STAMP)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: system $(STAMP)
+	$(PY) bench/run_all.py
+
+# Debian packages, installed only when a binary is missing (fast when already set up).
+system:
+	@if [ ! -x /usr/sbin/Orthanc ] || ! command -v storescu >/dev/null; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v python3 >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3 python3-venv; }
+	@[ -x $(PY) ] || python3 -m venv $(VENV) || { $(SUDO) apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf .pacsflow/demo

@@ -1,0 +1,390 @@
+"""The `pacsflow` command line: one thin command per operation (typer)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from pacsflow.config import Settings, load_settings
+from pacsflow.engine import EXIT_OK, EXIT_USAGE, Engine, RunResult, describe_run
+from pacsflow.errors import ConfigError, PacsflowError
+from pacsflow.ledger import FAILED, Ledger
+from pacsflow.ops.base import Operation
+from pacsflow.progress import make_progress
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Upload, transfer, download and check medical images on Orthanc servers; every run is resumable.",
+)
+run_app = typer.Typer(no_args_is_help=True, help="Inspect one run.")
+app.add_typer(run_app, name="run")
+log = logging.getLogger("pacsflow")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Options:
+    """Global options, and settings loaded on first use."""
+
+    config: Path | None = None
+    ledger: str | None = None
+    quiet: bool = False
+    log_phi: bool = False
+    _settings: Settings | None = field(default=None, repr=False)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            overrides: dict[str, Any] = {"ledger": self.ledger}
+            if self.log_phi:
+                overrides["log_phi"] = True
+            self._settings = load_settings(self.config, **overrides)
+        return self._settings
+
+
+def _options(ctx: typer.Context) -> Options:
+    return ctx.find_root().obj
+
+
+def errors_to_exit(fn: F) -> F:
+    """Turn pacsflow errors into one line on stderr and exit status 2 (fatal) or 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PacsflowError as exc:
+            typer.echo(f"pacsflow: error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE if exc.fatal else 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", "-c", envvar="PACSFLOW_CONFIG", help="pacsflow.toml"
+    ),
+    ledger: str | None = typer.Option(None, "--ledger", help="ledger database URL (default: SQLite)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, warnings only"),
+    log_phi: bool = typer.Option(False, "--log-phi", help="allow paths and patient IDs in logs"),
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    ctx.obj = Options(config=config, ledger=ledger, quiet=quiet, log_phi=log_phi)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C or SIGTERM: finish in-flight items and stop; a second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("stopping after the items in flight (again to abort)...")
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _engine(
+    options: Options, workers: int | None, window: str | None = None, stop: threading.Event | None = None
+) -> Engine:
+    settings = options.settings()
+    return Engine(
+        Ledger(settings.ledger),
+        settings,
+        workers=workers,
+        progress=make_progress(options.quiet),
+        window=window,
+        stop=stop,
+    )
+
+
+def _report(result: RunResult) -> int:
+    counts = result.counts
+    parts = [f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "failed") if counts.get(s)]
+    pending = counts.get("pending", 0) + counts.get("running", 0)
+    if pending:
+        parts.append(f"{pending} not done")
+    rate = f" ({result.bytes / 1e6 / result.elapsed:.1f} MB/s)" if result.elapsed > 0 and result.bytes else ""
+    typer.echo(
+        f"run {result.run_id}: {result.status}; {', '.join(parts) or 'no items'}; "
+        f"{result.bytes / 1e6:.1f} MB in {result.elapsed:.1f}s{rate}"
+    )
+    for line in result.lines:
+        typer.echo(f"  {line}")
+    if result.error is not None:
+        typer.echo(f"pacsflow: error: {result.error}", err=True)
+    if counts.get(FAILED):
+        typer.echo(f"  see the failures: pacsflow run show {result.run_id} --failed", err=True)
+    if result.status in ("stopped", "running") and pending:
+        typer.echo(f"  continue with: pacsflow resume {result.run_id}", err=True)
+    return result.exit_code
+
+
+def start_run(
+    ctx: typer.Context,
+    op_class: type[Operation],
+    params: dict[str, Any],
+    workers: int | None,
+    plan_only: bool,
+) -> None:
+    """Plan and work a new run of an operation, then exit with its status."""
+    options = _options(ctx)
+    settings = options.settings()
+    params = {**params, "workers": workers or settings.workers}
+    engine = _engine(options, workers)
+    operation = op_class(settings, params)
+    with stop_on_signals(engine.stop):
+        result = engine.start(operation, plan_only=plan_only)
+    if plan_only:
+        typer.echo(
+            f"run {result.run_id}: planned {result.counts.get('pending', 0)} items; work it with "
+            f"`pacsflow resume {result.run_id}` or `pacsflow worker`"
+        )
+        raise typer.Exit(EXIT_OK)
+    raise typer.Exit(_report(result))
+
+
+WorkersOption = typer.Option(
+    None, "--workers", "-w", min=1, max=256, help="parallel workers (default: config)"
+)
+PlanOnlyOption = typer.Option(
+    False, "--plan-only", help="only list the items into the ledger; work them later"
+)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+@app.command()
+@errors_to_exit
+def check(
+    ctx: typer.Context,
+    targets: list[str] = typer.Argument(None, help="server or modality names/URLs (default: all configured)"),
+) -> None:
+    """Is every configured server and modality reachable, with which version, and does our login work?"""
+    from pacsflow.checks import check_targets
+
+    settings = _options(ctx).settings()
+    lines, ok = check_targets(settings, targets or [])
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(EXIT_OK if ok else 1)
+
+
+@app.command()
+@errors_to_exit
+def populate(
+    ctx: typer.Context,
+    to: str | None = typer.Option(None, "--to", help="Orthanc server (name or URL) to load into"),
+    out: Path | None = typer.Option(None, "--out", help="folder to write files into"),
+    patients: int = typer.Option(1, "--patients", min=1),
+    studies: int = typer.Option(1, "--studies", min=1, help="studies per patient"),
+    series: int = typer.Option(1, "--series", min=1, help="series per study"),
+    instances: int = typer.Option(1, "--instances", min=1, help="instances per series"),
+    seed: int = typer.Option(0, "--seed", help="same seed, same data"),
+    pixels: int = typer.Option(64, "--pixels", min=8, max=4096, help="image rows and columns (16-bit)"),
+    bad_files: bool = typer.Option(False, "--bad-files", help="also write broken files (with --out)"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+) -> None:
+    """Generate synthetic studies (deterministic) into a folder or a server."""
+    from pacsflow.ops.populate import Populate
+
+    if (to is None) == (out is None):
+        raise ConfigError("give exactly one of --to SERVER or --out DIR")
+    shape = {
+        "patients": patients,
+        "studies": studies,
+        "series": series,
+        "instances": instances,
+        "pixels": pixels,
+        "seed": seed,
+    }
+    params = {"to": to, "out": str(out.resolve()) if out else None, "shape": shape, "bad_files": bad_files}
+    start_run(ctx, Populate, params, workers, plan_only)
+
+
+@app.command()
+@errors_to_exit
+def upload(
+    ctx: typer.Context,
+    paths: list[Path] = typer.Argument(..., help="files and folders (searched recursively)"),
+    to: str = typer.Option(..., "--to", help="Orthanc server (name or URL)"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+) -> None:
+    """Upload DICOM files and folders, skipping what the server already holds."""
+    from pacsflow.ops.upload import Upload
+
+    start_run(ctx, Upload, {"paths": [str(p.resolve()) for p in paths], "to": to}, workers, plan_only)
+
+
+@app.command()
+@errors_to_exit
+def transfer(
+    ctx: typer.Context,
+    source: str = typer.Option(..., "--from", help="source Orthanc server"),
+    destination: str = typer.Option(..., "--to", help="destination Orthanc server"),
+    study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+) -> None:
+    """Copy studies to another server: only what is missing, each study verified afterwards."""
+    from pacsflow.ops.transfer import Transfer
+
+    start_run(
+        ctx, Transfer, {"from": source, "to": destination, "studies": study or None}, workers, plan_only
+    )
+
+
+@app.command()
+@errors_to_exit
+def download(
+    ctx: typer.Context,
+    source: str = typer.Option(..., "--from", help="Orthanc server"),
+    out: Path = typer.Option(..., "--out", help="folder: Patient/Study/Series/instance.dcm"),
+    study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+) -> None:
+    """Download studies into a folder tree."""
+    from pacsflow.ops.download import Download
+
+    params = {"from": source, "out": str(out.resolve()), "studies": study or None}
+    start_run(ctx, Download, params, workers, plan_only)
+
+
+@app.command()
+@errors_to_exit
+def runs(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1)) -> None:
+    """List recent runs."""
+    settings = _options(ctx).settings()
+    found = Ledger(settings.ledger).runs(limit)
+    if not found:
+        typer.echo("no runs yet")
+    for run in found:
+        typer.echo(describe_run(run))
+
+
+@run_app.command("show")
+@errors_to_exit
+def run_show(
+    ctx: typer.Context,
+    run_ref: str = typer.Argument(..., metavar="RUN", help="run ID, a unique prefix, or 'last'"),
+    failed: bool = typer.Option(False, "--failed", help="list the failed items with their reasons"),
+    limit: int = typer.Option(50, "--limit", "-n", min=1),
+) -> None:
+    """Show a run: its parameters, counts, and (with --failed) what failed and why."""
+    from pacsflow.runview import show_run
+
+    settings = _options(ctx).settings()
+    for line in show_run(Ledger(settings.ledger), run_ref, failed=failed, limit=limit):
+        typer.echo(line)
+
+
+@app.command()
+@errors_to_exit
+def resume(
+    ctx: typer.Context,
+    run_ref: str = typer.Argument(..., metavar="RUN", help="run ID, a unique prefix, or 'last'"),
+    workers: int | None = WorkersOption,
+) -> None:
+    """Continue a stopped or killed run where it left off (also joins a run another process works)."""
+    engine = _engine(_options(ctx), workers)
+    with stop_on_signals(engine.stop):
+        result = engine.resume(run_ref)
+    raise typer.Exit(_report(result))
+
+
+@app.command()
+@errors_to_exit
+def retry(
+    ctx: typer.Context,
+    run_ref: str = typer.Argument(..., metavar="RUN", help="run ID, a unique prefix, or 'last'"),
+    workers: int | None = WorkersOption,
+) -> None:
+    """Put a run's failed items back to pending and work them again."""
+    engine = _engine(_options(ctx), workers)
+    run = engine.ledger.run(run_ref)
+    count = engine.ledger.retry_failed(run.id)
+    typer.echo(f"run {run.id}: {count} failed items put back")
+    with stop_on_signals(engine.stop):
+        result = engine.resume(run.id)
+    raise typer.Exit(_report(result))
+
+
+@app.command()
+@errors_to_exit
+def worker(
+    ctx: typer.Context,
+    ledger: str | None = typer.Option(
+        None, "--ledger", help="shared ledger URL (PostgreSQL for many machines)"
+    ),
+    once: bool = typer.Option(False, "--once", help="exit when no run has work left"),
+    workers: int | None = WorkersOption,
+    poll: float = typer.Option(5.0, "--poll", min=0.1, help="seconds between looks for new work"),
+) -> None:
+    """Join the runs of a shared ledger and work their items until stopped."""
+    options = _options(ctx)
+    if ledger:
+        options.ledger = ledger
+    stop = threading.Event()
+    shared = Ledger(options.settings().ledger)
+    exit_code = EXIT_OK
+    with stop_on_signals(stop):
+        while not stop.is_set():
+            active = shared.active_runs()
+            if not active and once:
+                break
+            for run in active:
+                if stop.is_set():
+                    break
+                log.info("joining run %s (%s, %d items left)", run.id, run.operation, run.remaining)
+                # a new engine per run: its counters and failure state belong to that run
+                result = _engine(options, workers, stop=stop).resume(run.id)
+                exit_code = max(exit_code, _report(result))
+            if not active:
+                stop.wait(poll)
+    raise typer.Exit(exit_code)
+
+
+@app.command()
+@errors_to_exit
+def demo(
+    ctx: typer.Context,
+    keep: bool = typer.Option(False, "--keep", help="leave the servers' data under .pacsflow/demo"),
+) -> None:
+    """Start two throwaway Orthancs, generate data, upload, transfer, download, and summarise."""
+    from pacsflow.demo import run_demo
+
+    raise typer.Exit(run_demo(Path(".pacsflow/demo"), keep=keep, quiet=_options(ctx).quiet))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,73 @@
+"""Finding DICOM files by content (not by extension) and reading their identifying UIDs cheaply."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from pacsflow.errors import BadInput
+from pacsflow.orthanc import orthanc_id
+
+_ID_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+# An implicit-VR little-endian file without preamble starts with a group 0x0002, 0x0008 or 0x0010 tag.
+_IMPLICIT_STARTS = (b"\x02\x00", b"\x08\x00", b"\x10\x00")
+
+
+@dataclass(frozen=True)
+class InstanceUIDs:
+    """The four values Orthanc derives its IDs from."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+    @property
+    def instance_id(self) -> str:
+        return orthanc_id(self.patient_id, self.study_uid, self.series_uid, self.sop_uid)
+
+    @property
+    def study_id(self) -> str:
+        return orthanc_id(self.patient_id, self.study_uid)
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """True for a Part 10 file (`DICM` at 128) or a plausible raw implicit-VR dataset."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) >= 8 and head[:2] in _IMPLICIT_STARTS:
+        # element length of a plausible first element is small
+        length = int.from_bytes(head[4:8], "little")
+        return length < 1024
+    return False
+
+
+def read_uids(data: bytes, where: str = "file") -> InstanceUIDs:
+    """The identifying UIDs from a DICOM file's bytes; BadInput if they cannot be read."""
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_ID_TAGS, force=True)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise BadInput(f"{where}: not readable as DICOM ({type(exc).__name__}: {exc})") from None
+    values = [str(getattr(ds, tag, "") or "").strip() for tag in _ID_TAGS]
+    missing = [tag for tag, value in zip(_ID_TAGS[1:], values[1:], strict=True) if not value]
+    if missing:
+        raise BadInput(f"{where}: DICOM header lacks {', '.join(missing)} (truncated or not an image)")
+    return InstanceUIDs(*values)
+
+
+def iter_files(paths: list[Path]) -> Iterator[Path]:
+    """Every regular file under PATHS, recursively, in a stable order; symlinked folders are not followed."""
+    for path in paths:
+        if path.is_file():
+            yield path
+            continue
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                yield Path(dirpath) / name

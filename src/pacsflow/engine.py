@@ -1,0 +1,290 @@
+"""The run engine: works a run's items with worker threads, rate limits, retries, time windows, stop."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pacsflow.config import Settings
+from pacsflow.errors import PacsflowError
+from pacsflow.ledger import DONE, FAILED, PENDING, RUNNING, SKIPPED, Item, Ledger, RunInfo, new_worker_id
+from pacsflow.ops.base import Operation, operation_class, summarize
+from pacsflow.pacing import RetryPolicy, TimeWindow, TokenBucket, parse_rate
+from pacsflow.progress import LogProgress, Progress
+
+log = logging.getLogger("pacsflow")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class RunResult:
+    """How a run ended, as seen by this process."""
+
+    run_id: str
+    status: str
+    counts: dict[str, int]
+    bytes: int
+    elapsed: float
+    error: PacsflowError | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None and self.error.fatal:
+            return EXIT_USAGE
+        if self.status == "stopped":
+            return EXIT_INTERRUPTED
+        if self.counts.get(FAILED, 0):
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+class Engine:
+    """Owns concurrency, pacing, retries and progress; operations only plan and do one item."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        settings: Settings,
+        *,
+        workers: int | None = None,
+        progress: Progress | None = None,
+        window: str | None = None,
+        retry: RetryPolicy | None = None,
+        lease_seconds: float = 60.0,
+        stop: threading.Event | None = None,
+        log_phi: bool | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.workers = workers or settings.workers
+        self.progress = progress or LogProgress()
+        window = window if window is not None else settings.window
+        self.window = TimeWindow(window) if window else None
+        self.retry = retry or RetryPolicy(max_attempts=settings.retries)
+        self.lease_seconds = lease_seconds
+        self.stop = stop or threading.Event()
+        self.log_phi = settings.log_phi if log_phi is None else log_phi
+        self.limits = {name: TokenBucket(parse_rate(rate)) for name, rate in settings.rate_limits.items()}
+        self.worker_id = new_worker_id()
+        self._fatal: PacsflowError | None = None
+        self._outstanding = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def start(self, op: Operation, *, plan_only: bool = False) -> RunResult:
+        """Check, plan and (unless PLAN_ONLY) work a new run of OP."""
+        op.ledger = self.ledger
+        op.preflight()
+        run_id = self.ledger.create_run(op.name, op.params)
+        log.info("run %s: %s planning", run_id, op.name)
+        return self._plan_and_execute(op, run_id, plan_only=plan_only)
+
+    def resume(self, run_ref: str) -> RunResult:
+        """Continue a run (this process joins it; other processes may be working it too)."""
+        run = self.ledger.run(run_ref)
+        op = operation_class(run.operation)(self.settings, run.params)
+        op.ledger = self.ledger
+        op.preflight()
+        if run.status == "planning":
+            return self._plan_and_execute(op, run.id, plan_only=False)
+        return self.execute(op, run.id)
+
+    def _plan_and_execute(self, op: Operation, run_id: str, *, plan_only: bool) -> RunResult:
+        try:
+            added = self.ledger.add_items(run_id, op.plan())
+        except PacsflowError as exc:
+            self.ledger.set_status(run_id, "failed", {"error": str(exc)})
+            op.close()
+            raise
+        self.ledger.set_status(run_id, "ready")
+        log.info("run %s: %d %s planned", run_id, added, op.unit)
+        if plan_only:
+            op.close()
+            run = self.ledger.run(run_id)
+            return RunResult(run_id, run.status, run.counts, run.bytes, 0.0)
+        return self.execute(op, run_id)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def execute(self, op: Operation, run_id: str) -> RunResult:
+        started = time.monotonic()
+        reclaimed = self.ledger.reclaim_dead(run_id)
+        if reclaimed:
+            log.info("run %s: %d items of a stopped process put back", run_id, reclaimed)
+        self.ledger.set_status(run_id, "running")
+        run = self.ledger.run(run_id)
+        finished = sum(run.counts.get(s, 0) for s in (DONE, SKIPPED, FAILED))
+        self.progress.start(f"{op.name} {run_id}", run.total, finished)
+        work: queue.Queue[Item | None] = queue.Queue()
+        threads = [
+            threading.Thread(
+                target=self._worker_loop, args=(op, work), name=f"pacsflow-worker-{n}", daemon=True
+            )
+            for n in range(self.workers)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._dispatch(run_id, work)
+        finally:
+            self._shutdown(work, threads)
+            self.progress.close()
+        return self._conclude(op, run_id, time.monotonic() - started)
+
+    def _dispatch(self, run_id: str, work: queue.Queue[Item | None]) -> None:
+        last_renew = time.monotonic()
+        waiting_logged = False
+        while not self.stop.is_set():
+            if self.window is not None and not self.window.is_open():
+                if not waiting_logged:
+                    log.info("outside time window %s: waiting until %s", self.window, self.window.next_open())
+                    waiting_logged = True
+                self.stop.wait(5.0)
+                continue
+            waiting_logged = False
+            if time.monotonic() - last_renew > self.lease_seconds / 3:
+                self.ledger.renew_leases(self.worker_id, self.lease_seconds)
+                last_renew = time.monotonic()
+            wanted = 2 * self.workers - work.qsize()
+            if wanted > 0:
+                claimed = self.ledger.claim(run_id, self.worker_id, wanted, self.lease_seconds)
+                if claimed:
+                    with self._lock:
+                        self._outstanding += len(claimed)
+                    for item in claimed:
+                        work.put(item)
+                    continue
+            with self._lock:
+                idle = self._outstanding == 0
+            if idle:
+                counts, _ = self.ledger.counts(run_id)
+                if counts.get(PENDING, 0) + counts.get(RUNNING, 0) == 0:
+                    return
+                # Items wait for a retry time, or other processes hold them: look again soon.
+                next_retry = self.ledger.next_retry_at(run_id) or 0.0
+                self.stop.wait(min(1.0, max(0.05, next_retry - time.time())))
+            else:
+                self._wake.wait(0.2)
+                self._wake.clear()
+
+    def _shutdown(self, work: queue.Queue[Item | None], threads: list[threading.Thread]) -> None:
+        unstarted: list[Item] = []
+        while True:
+            try:
+                item = work.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                unstarted.append(item)
+        self.ledger.release(unstarted, self.worker_id)
+        for _ in threads:
+            work.put(None)
+        for thread in threads:
+            thread.join()
+
+    def _worker_loop(self, op: Operation, work: queue.Queue[Item | None]) -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            try:
+                if self.stop.is_set():
+                    self.ledger.release([item], self.worker_id)
+                else:
+                    self._work(op, item)
+            except Exception:  # the ledger itself failed: never let a worker die silently
+                log.exception("worker error on item #%d", item.id)
+                self._fatal = self._fatal or PacsflowError("internal error in a worker; see the log")
+                self.stop.set()
+            finally:
+                with self._lock:
+                    self._outstanding -= 1
+                self._wake.set()
+
+    def _work(self, op: Operation, item: Item) -> None:
+        key = op.rate_key(item)
+        bucket = self.limits.get(key) if key else None
+        if bucket is not None and not bucket.acquire(self.stop):
+            self.ledger.release([item], self.worker_id)
+            return
+        try:
+            outcome = op.do(item)
+        except PacsflowError as exc:
+            self._on_error(item, exc)
+            return
+        except Exception as exc:
+            log.debug("item #%d raised", item.id, exc_info=True)
+            self._on_error(item, PacsflowError(f"unexpected {type(exc).__name__}: {exc}"))
+            return
+        if self.ledger.complete(
+            item,
+            self.worker_id,
+            status=outcome.status,
+            nbytes=outcome.nbytes,
+            result=outcome.result,
+            note=outcome.note,
+            children=outcome.children,
+        ):
+            if outcome.children:
+                self.progress.grow(len(outcome.children))
+            self.progress.advance(1, outcome.nbytes)
+
+    def _on_error(self, item: Item, exc: PacsflowError) -> None:
+        where = self._describe(item)
+        if exc.fatal:
+            self.ledger.fail(item, self.worker_id, str(exc), retry_at=time.time())
+            if self._fatal is None:
+                self._fatal = exc
+                log.error("stopping: %s", exc)
+            self.stop.set()
+        elif exc.transient and self.retry.should_retry(item.attempts):
+            delay = self.retry.delay(item.attempts)
+            self.ledger.fail(item, self.worker_id, str(exc), retry_at=time.time() + delay)
+            log.warning("%s: %s (attempt %d, retry in %.0fs)", where, exc, item.attempts, delay)
+        else:
+            self.ledger.fail(item, self.worker_id, str(exc))
+            log.error("%s failed: %s", where, exc)
+            self.progress.advance(1, 0, failed=1)
+
+    def _describe(self, item: Item) -> str:
+        """How logs name an item: its number, and its key only when PHI may be logged."""
+        return f"{item.kind} #{item.id} {item.key}" if self.log_phi else f"{item.kind} #{item.id}"
+
+    def _conclude(self, op: Operation, run_id: str, elapsed: float) -> RunResult:
+        lines: list[str] = []
+        try:
+            run = self.ledger.run(run_id)
+            if self._fatal is not None or self.stop.is_set():
+                status = "stopped"
+            elif run.remaining:
+                status = "running"  # other processes still hold items
+            else:
+                status = "failed" if run.counts.get(FAILED) else "done"
+                lines = op.finish(run)
+                run = self.ledger.run(run_id)
+                status = "failed" if run.counts.get(FAILED) else "done"
+            summary: dict[str, Any] = {**summarize(run), "elapsed": round(elapsed, 3)}
+            if self._fatal is not None:
+                summary["error"] = str(self._fatal)
+            self.ledger.set_status(run_id, status, summary)
+        finally:
+            op.close()
+        return RunResult(run_id, status, run.counts, run.bytes, elapsed, self._fatal, lines)
+
+
+def describe_run(run: RunInfo) -> str:
+    """One line for a run: id, operation, status, counts."""
+    counts = ", ".join(
+        f"{run.counts[s]} {s}" for s in (DONE, SKIPPED, FAILED, PENDING, RUNNING) if run.counts.get(s)
+    )
+    when = datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M")
+    return f"{run.id}  {when}  {run.operation:<10} {run.status:<8} {counts or 'no items'}"

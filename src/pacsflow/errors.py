@@ -1,0 +1,65 @@
+"""One exception hierarchy for pacsflow: what went wrong, where, and whether a retry can help."""
+
+from __future__ import annotations
+
+
+class PacsflowError(Exception):
+    """Base of every error pacsflow raises on purpose; its message is one line for a person."""
+
+    #: a retry later may succeed (network fault, server restarting, timeout)
+    transient: bool = False
+    #: the whole run must stop: retrying other items cannot help (bad password, bad config)
+    fatal: bool = False
+
+
+class ConfigError(PacsflowError):
+    """The configuration or the command line is wrong (exit status 2)."""
+
+    fatal = True
+
+
+class BadInput(PacsflowError):
+    """One input item is unusable (corrupt file, missing folder, malformed CSV row)."""
+
+
+class RemoteError(PacsflowError):
+    """A remote server or DICOM node failed to do what was asked."""
+
+
+class Unreachable(RemoteError):
+    """Connection refused, DNS failure, timeout or a dropped connection."""
+
+    transient = True
+
+
+class Unauthorized(RemoteError):
+    """The server refused our credentials (HTTP 401)."""
+
+    fatal = True
+
+
+class Forbidden(Unauthorized):
+    """The credentials are valid but not allowed to do this (HTTP 403)."""
+
+
+class NotFound(RemoteError):
+    """The resource does not exist on the server (HTTP 404)."""
+
+
+class ServerError(RemoteError):
+    """The server answered with an error; carries its own message (Orthanc's `Message`/`Details`)."""
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+class Unsupported(RemoteError):
+    """The server lacks a capability (for example labels before Orthanc 1.12)."""
+
+    fatal = True
+
+
+class Interrupted(PacsflowError):
+    """The run was asked to stop (Ctrl-C, SIGTERM); its items stay in the ledger for `resume`."""

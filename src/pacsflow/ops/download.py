@@ -1,0 +1,85 @@
+"""download: fetch studies from an Orthanc server into a folder tree, instance by instance, never via ZIP."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pacsflow.errors import BadInput, ConfigError, NotFound
+from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.servers import connect, preflight_server
+
+STUDY, INSTANCE = "study", "instance"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(value: str, fallback: str) -> str:
+    """A folder name from a DICOM value: no separators, no dot-only names, never empty."""
+    cleaned = _UNSAFE.sub("_", value.strip()).strip("._")
+    return cleaned[:64] or fallback
+
+
+@register
+class Download(Operation):
+    name = "download"
+    unit = "items"
+
+    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+        super().__init__(settings, params)
+        self.source = connect(settings, params["from"], params.get("workers", settings.workers))
+        self.out = Path(params["out"])
+
+    def preflight(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"{self.out} exists and is not a folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        preflight_server(self.source)
+
+    def plan(self) -> Iterable[PlannedItem]:
+        studies = self.params.get("studies") or self.source.ids("studies")
+        for study in studies:
+            yield PlannedItem(STUDY, f"s/{study}", {"study": study})
+
+    def do(self, item: Item) -> Outcome:
+        if item.kind == STUDY:
+            return self._plan_study(item.payload["study"])
+        return self._fetch(item.payload["id"], self.out / item.payload["path"])
+
+    def _plan_study(self, study: str) -> Outcome:
+        try:
+            info = self.source.resource("studies", study)
+            series = self.source.children("studies", study, "series")
+        except NotFound:
+            raise BadInput(f"study {study} is not on {self.source.display}") from None
+        patient = safe_name(info.get("PatientMainDicomTags", {}).get("PatientID", ""), "unknown-patient")
+        study_dir = safe_name(info.get("MainDicomTags", {}).get("StudyInstanceUID", ""), study)
+        children = []
+        for one in series:
+            series_dir = safe_name(one.get("MainDicomTags", {}).get("SeriesInstanceUID", ""), one["ID"])
+            for instance in one.get("Instances", []):
+                relative = f"{patient}/{study_dir}/{series_dir}/{instance}.dcm"
+                children.append(
+                    PlannedItem(INSTANCE, f"i/{instance}", {"id": instance, "path": relative}, phase=1)
+                )
+        return Outcome(result={"instances": len(children)}, children=children)
+
+    def _fetch(self, instance: str, target: Path) -> Outcome:
+        if target.exists() and target.stat().st_size > 0:
+            return Outcome(status=SKIPPED, note="already downloaded")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        with open(partial, "wb") as fh:
+            size = self.source.stream_instance_file(instance, fh)
+        os.replace(partial, target)
+        return Outcome(nbytes=size)
+
+    def finish(self, run: RunInfo) -> list[str]:
+        files = sum(1 for _ in self.out.rglob("*.dcm"))
+        return [f"{files} DICOM files under {self.out}; {run.bytes / 1e6:.1f} MB downloaded in this run"]
+
+    def close(self) -> None:
+        self.source.close()

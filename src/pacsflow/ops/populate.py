@@ -1,0 +1,66 @@
+"""populate: generate synthetic studies (R12) into a folder or straight into an Orthanc server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pacsflow.ledger import DONE, SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.servers import connect, preflight_server
+from pacsflow.synthetic import Shape, instance_bytes, instance_keys, instance_path, write_bad_files
+
+
+@register
+class Populate(Operation):
+    name = "populate"
+    unit = "instances"
+
+    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+        super().__init__(settings, params)
+        self.shape = Shape(**params["shape"])
+        self.out = Path(params["out"]) if params.get("out") else None
+        self.server = (
+            connect(settings, params["to"], params.get("workers", settings.workers))
+            if params.get("to")
+            else None
+        )
+
+    def preflight(self) -> None:
+        if self.server is not None:
+            preflight_server(self.server)
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.params.get("bad_files"):
+                write_bad_files(self.out / "bad")
+
+    def plan(self) -> Iterable[PlannedItem]:
+        for key in instance_keys(self.shape):
+            yield PlannedItem("instance", "/".join(map(str, key)), {"k": list(key)})
+
+    def do(self, item: Item) -> Outcome:
+        p, st, se, i = item.payload["k"]
+        data = instance_bytes(self.shape, p, st, se, i)
+        if self.out is not None:
+            target = instance_path(self.out, self.shape, p, st, se, i)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(target.name + ".part")
+            temporary.write_bytes(data)
+            os.replace(temporary, target)
+            return Outcome(nbytes=len(data))
+        assert self.server is not None
+        answer = self.server.upload(data)
+        status = SKIPPED if answer.get("Status") == "AlreadyStored" else DONE
+        return Outcome(
+            status=status, nbytes=len(data), note="already on server" if status == SKIPPED else None
+        )
+
+    def finish(self, run: RunInfo) -> list[str]:
+        where = str(self.out) if self.out else self.server.display if self.server else "?"
+        return [f"generated {self.shape.total} instances ({self.shape.patients} patients) into {where}"]
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,28 @@
+"""Opening Orthanc servers for operations and checking them before a run starts."""
+
+from __future__ import annotations
+
+from pacsflow.config import Settings
+from pacsflow.errors import ConfigError, PacsflowError, Unreachable
+from pacsflow.orthanc import Orthanc
+
+
+class PreflightError(PacsflowError):
+    """A server cannot be used at all (unreachable at start): the run does not start."""
+
+    fatal = True
+
+
+def connect(settings: Settings, spec: str, workers: int) -> Orthanc:
+    """A client for a server name or URL, its connection pool sized to the workers."""
+    if settings.is_modality(spec):
+        raise ConfigError(f"{spec!r} is a DICOM modality; this command needs an Orthanc server here")
+    return Orthanc(settings.server(spec), pool_size=max(2, workers + 2))
+
+
+def preflight_server(server: Orthanc) -> None:
+    """Fail at once, with one clear line, on a wrong password or an unreachable server."""
+    try:
+        server.capabilities()
+    except Unreachable as exc:
+        raise PreflightError(str(exc)) from None

@@ -1,0 +1,139 @@
+"""Progress for a run: a rich bar on a terminal, periodic plain log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Protocol
+
+log = logging.getLogger("pacsflow")
+
+
+class Progress(Protocol):
+    def start(self, label: str, total: int, finished: int) -> None: ...
+    def advance(self, count: int = 1, nbytes: int = 0, failed: int = 0) -> None: ...
+    def grow(self, count: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _rate_text(nbytes: float, seconds: float) -> str:
+    return f"{nbytes / 1e6 / seconds:.1f} MB/s" if seconds > 0 else "-"
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.total = 0
+        self.finished = 0
+        self.done_here = 0
+        self.failed = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+
+
+class LogProgress:
+    """A line every INTERVAL seconds: counts, MB/s, ETA."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.counts = _Counts()
+        self.label = ""
+        self._last = 0.0
+
+    def start(self, label: str, total: int, finished: int) -> None:
+        self.label = label
+        self.counts.total, self.counts.finished = total, finished
+        self._last = time.monotonic()
+
+    def advance(self, count: int = 1, nbytes: int = 0, failed: int = 0) -> None:
+        c = self.counts
+        with c.lock:
+            c.finished += count
+            c.done_here += count
+            c.failed += failed
+            c.bytes += nbytes
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+        log.info(self._line())
+
+    def grow(self, count: int) -> None:
+        with self.counts.lock:
+            self.counts.total += count
+
+    def _line(self) -> str:
+        c = self.counts
+        elapsed = time.monotonic() - c.started
+        per_second = c.done_here / elapsed if elapsed > 0 else 0
+        left = max(0, c.total - c.finished)
+        eta = f"{left / per_second:.0f}s" if per_second > 0 else "?"
+        return (
+            f"{self.label}: {c.finished}/{c.total} items, {c.failed} failed, "
+            f"{_rate_text(c.bytes, elapsed)}, ETA {eta}"
+        )
+
+    def close(self) -> None:
+        if self.counts.done_here:
+            log.info(self._line())
+
+
+class BarProgress:
+    """A rich progress bar on stderr."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = None
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._failed = 0
+        self._started = time.monotonic()
+
+    def start(self, label: str, total: int, finished: int) -> None:
+        self._bar.start()
+        self._started = time.monotonic()
+        self._task = self._bar.add_task(label, total=total, completed=finished, failed=0, speed="")
+
+    def advance(self, count: int = 1, nbytes: int = 0, failed: int = 0) -> None:
+        with self._lock:
+            self._failed += failed
+            self._bytes += nbytes
+            speed = _rate_text(self._bytes, time.monotonic() - self._started)
+            self._bar.update(self._task, advance=count, failed=self._failed, speed=speed)
+
+    def grow(self, count: int) -> None:
+        task = self._bar.tasks[0] if self._bar.tasks else None
+        if task is not None:
+            self._bar.update(self._task, total=(task.total or 0) + count)
+
+    def close(self) -> None:
+        self._bar.stop()
+
+
+def make_progress(quiet: bool = False) -> Progress:
+    """A bar when stderr is a terminal, log lines otherwise (CI, cron, files)."""
+    if not quiet and sys.stderr.isatty():
+        return BarProgress()
+    return LogProgress()
