@@ -154,7 +154,9 @@ class Engine:
             if time.monotonic() - last_renew > self.lease_seconds / 3:
                 self.ledger.renew_leases(self.worker_id, self.lease_seconds)
                 last_renew = time.monotonic()
-            wanted = 2 * self.workers - work.qsize()
+            with self._lock:
+                # at most two items per worker held at once: few to redo if this process dies
+                wanted = 2 * self.workers - self._outstanding
             if wanted > 0:
                 claimed = self.ledger.claim(run_id, self.worker_id, wanted, self.lease_seconds)
                 if claimed:

@@ -159,9 +159,12 @@ class LocalOrthanc:
         self.stop()
         self.start()
 
-    def wipe(self) -> None:
+    def wipe(self, graceful: bool = True) -> None:
         """Stop and remove every file of this server."""
-        self.stop()
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> LocalOrthanc:

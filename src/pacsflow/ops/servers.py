@@ -23,6 +23,7 @@ def connect(settings: Settings, spec: str, workers: int) -> Orthanc:
 def preflight_server(server: Orthanc) -> None:
     """Fail at once, with one clear line, on a wrong password or an unreachable server."""
     try:
+        server.request("GET", "/system", retry=False)
         server.capabilities()
     except Unreachable as exc:
         raise PreflightError(str(exc)) from None

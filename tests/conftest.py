@@ -1,0 +1,126 @@
+"""Fixtures: real Orthanc processes on free loopback ports (session-wide, emptied per test) and CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pacsflow.config import Settings
+from pacsflow.orthanc import Orthanc
+from pacsflow.sandbox import LocalOrthanc
+
+PACSFLOW = [sys.executable, "-m", "pacsflow"]
+USER, PASSWORD = "alice", "s3cret-Pw"
+
+
+def _empty(server: LocalOrthanc) -> None:
+    with Orthanc(server.server_config()) as client:
+        for patient in client.ids("patients"):
+            client.delete_resource("patients", patient)
+
+
+@pytest.fixture(scope="session")
+def _orthanc_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    server = LocalOrthanc("A", tmp_path_factory.mktemp("orthanc-a"), aet="ORTHANCA", user=USER, password=PASSWORD)
+    server.start()
+    yield server
+    server.kill()  # throwaway data: no need for Orthanc's 3-second graceful stop
+
+
+@pytest.fixture(scope="session")
+def _orthanc_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    server = LocalOrthanc("B", tmp_path_factory.mktemp("orthanc-b"), aet="ORTHANCB")
+    server.start()
+    yield server
+    server.kill()  # throwaway data: no need for Orthanc's 3-second graceful stop
+
+
+@pytest.fixture
+def orthanc_a(_orthanc_a: LocalOrthanc) -> LocalOrthanc:
+    """An empty Orthanc 1.10 with HTTP authentication (alice / s3cret-Pw)."""
+    if _orthanc_a.process is None or _orthanc_a.process.poll() is not None:
+        _orthanc_a.start()
+    _empty(_orthanc_a)
+    return _orthanc_a
+
+
+@pytest.fixture
+def orthanc_b(_orthanc_b: LocalOrthanc) -> LocalOrthanc:
+    """An empty Orthanc 1.10 without authentication."""
+    if _orthanc_b.process is None or _orthanc_b.process.poll() is not None:
+        _orthanc_b.start()
+    _empty(_orthanc_b)
+    return _orthanc_b
+
+
+@pytest.fixture
+def client_a(orthanc_a: LocalOrthanc) -> Iterator[Orthanc]:
+    with Orthanc(orthanc_a.server_config()) as client:
+        yield client
+
+
+@pytest.fixture
+def client_b(orthanc_b: LocalOrthanc) -> Iterator[Orthanc]:
+    with Orthanc(orthanc_b.server_config()) as client:
+        yield client
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private working folder: the default ledger (.pacsflow/ledger.db) lands here."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("PACSFLOW_"):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+@pytest.fixture
+def config_file(workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc) -> Path:
+    """pacsflow.toml naming both servers and Orthanc A's DICOM port as a modality."""
+    path = workdir / "pacsflow.toml"
+    path.write_text(
+        f"""
+workers = 4
+retries = 3
+
+[servers.a]
+url = "{orthanc_a.url}"
+user = "{USER}"
+password = "{PASSWORD}"
+timeout = 30
+
+[servers.b]
+url = "{orthanc_b.url}"
+
+[modalities.orthanc-a]
+aet = "{orthanc_a.aet}"
+host = "127.0.0.1"
+port = {orthanc_a.dicom_port}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def settings(workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc) -> Settings:
+    return Settings(
+        ledger=f"sqlite:///{workdir / 'ledger.db'}",
+        workers=4,
+        retries=3,
+        servers={"a": orthanc_a.server_config(), "b": orthanc_b.server_config()},
+    )
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120):
+    """Run the real `pacsflow` in a subprocess; returns the CompletedProcess (text)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [*PACSFLOW, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,123 @@
+"""The ledger: idempotent planning, exclusive claims, phases, leases, dead workers, retries."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pacsflow.errors import ConfigError
+from pacsflow.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, PlannedItem
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+
+
+def planned(n: int, phase: int = 0) -> list[PlannedItem]:
+    return [PlannedItem("thing", f"k{phase}-{i}", {"i": i}, phase) for i in range(n)]
+
+
+def test_ledger_file_is_private(tmp_path: Path) -> None:
+    Ledger(f"sqlite:///{tmp_path / 'sub' / 'l.db'}")
+    assert (tmp_path / "sub" / "l.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_planning_twice_adds_nothing(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {"x": 1})
+    assert ledger.add_items(run, planned(10)) == 10
+    assert ledger.add_items(run, planned(10)) == 0
+    assert ledger.run(run).counts == {PENDING: 10}
+
+
+def test_claims_are_exclusive_and_ordered(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, planned(5))
+    first = ledger.claim(run, "w1", 3, 60)
+    second = ledger.claim(run, "w2", 3, 60)
+    assert [i.key for i in first] == ["k0-0", "k0-1", "k0-2"]
+    assert [i.key for i in second] == ["k0-3", "k0-4"]
+    assert ledger.claim(run, "w3", 3, 60) == []
+    assert all(item.attempts == 1 for item in first + second)
+
+
+def test_later_phase_waits_for_earlier_phase(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, planned(1, phase=0) + planned(2, phase=1))
+    (item,) = ledger.claim(run, "w", 10, 60)
+    assert item.phase == 0
+    assert ledger.claim(run, "w", 10, 60) == []  # phase 1 must wait while phase 0 runs
+    ledger.complete(item, "w", children=[PlannedItem("child", "c", {}, phase=1)])
+    assert sorted(i.key for i in ledger.claim(run, "w", 10, 60)) == ["c", "k1-0", "k1-1"]
+
+
+def test_complete_only_by_the_holder(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, planned(1))
+    (item,) = ledger.claim(run, "w1", 1, 60)
+    assert not ledger.complete(item, "intruder")
+    assert ledger.complete(item, "w1", nbytes=42)
+    assert ledger.run(run).counts == {DONE: 1} and ledger.run(run).bytes == 42
+
+
+def test_expired_lease_is_taken_over(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, planned(1))
+    (item,) = ledger.claim(run, "w1", 1, lease_seconds=0.01)
+    time.sleep(0.05)
+    (again,) = ledger.claim(run, "w2", 1, 60)
+    assert again.id == item.id and again.attempts == 2
+    assert not ledger.complete(item, "w1")  # the old holder lost it
+    assert ledger.complete(again, "w2")
+
+
+def test_items_of_a_dead_process_are_reclaimed(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, planned(2))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead_worker = f"{socket.gethostname()}:{child.pid}:abc"
+    ledger.claim(run, dead_worker, 1, 3600)
+    ledger.claim(run, f"{socket.gethostname()}:1:live", 1, 3600)  # pid 1 is alive
+    assert ledger.reclaim_dead(run) == 1
+    assert ledger.run(run).counts == {PENDING: 1, RUNNING: 1}
+
+
+def test_fail_with_retry_then_for_good(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, planned(1))
+    (item,) = ledger.claim(run, "w", 1, 60)
+    ledger.fail(item, "w", "flaky", retry_at=time.time() + 3600)
+    assert ledger.claim(run, "w", 1, 60) == []  # not before its retry time
+    assert ledger.next_retry_at(run) > time.time()
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE items SET not_before = 0")
+    (item,) = ledger.claim(run, "w", 1, 60)
+    ledger.fail(item, "w", "broken for good")
+    assert ledger.run(run).counts == {FAILED: 1}
+    assert ledger.items(run, status=FAILED)[0].last_error == "broken for good"
+    assert ledger.retry_failed(run) == 1
+    assert ledger.run(run).counts == {PENDING: 1}
+
+
+def test_run_lookup_by_prefix_and_last(ledger: Ledger) -> None:
+    first = ledger.create_run("a", {}, run_id="20260101-000000-aaaa")
+    second = ledger.create_run("b", {}, run_id="20260101-000000-bbbb")
+    assert ledger.run("20260101-000000-a").id == first
+    assert ledger.run("last").id in (first, second)
+    with pytest.raises(ConfigError, match="ambiguous"):
+        ledger.run("20260101")
+    with pytest.raises(ConfigError, match="no run"):
+        ledger.run("zzz")
+
+
+def test_bad_ledger_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        Ledger("not a url")
+    with pytest.raises(ConfigError, match="unsupported"):
+        Ledger("mysql://x/y")

@@ -1,0 +1,72 @@
+"""The Orthanc client against a real Orthanc 1.10: IDs, capabilities, payloads without gzip, errors."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from pacsflow.config import ServerConfig
+from pacsflow.dicomfiles import read_uids
+from pacsflow.errors import NotFound, ServerError, Unauthorized, Unreachable
+from pacsflow.orthanc import Orthanc, orthanc_id, parse_version
+from pacsflow.sandbox import LocalOrthanc, free_port
+from pacsflow.synthetic import Shape, instance_bytes
+
+
+def test_offline_ids_match_the_server(client_a: Orthanc) -> None:
+    data = instance_bytes(Shape(seed=5), 0, 0, 0, 0)
+    uids = read_uids(data)
+    answer = client_a.upload(data)
+    assert answer["Status"] == "Success"
+    assert answer["ID"] == uids.instance_id
+    assert answer["ParentStudy"] == uids.study_id
+    assert answer["ParentPatient"] == orthanc_id(uids.patient_id)
+    assert answer["ParentSeries"] == orthanc_id(uids.patient_id, uids.study_uid, uids.series_uid)
+    assert client_a.upload(data)["Status"] == "AlreadyStored"
+
+
+def test_capabilities_of_orthanc_1_10(client_a: Orthanc) -> None:
+    caps = client_a.capabilities()
+    assert caps.version_tuple[:2] >= (1, 10)
+    assert caps.labels is (caps.version_tuple >= (1, 12))
+    assert caps.c_get is (caps.version_tuple >= (1, 12, 6))
+    assert parse_version("1.12.6") >= (1, 12, 6) > parse_version("1.12.5")
+    assert parse_version("mainline") > parse_version("1.99.0")
+
+
+def test_instance_file_comes_back_whole_and_uncompressed(client_a: Orthanc, orthanc_a: LocalOrthanc) -> None:
+    data = instance_bytes(Shape(seed=6, pixels=128), 0, 0, 0, 0)
+    instance = client_a.upload(data)["ID"]
+    assert client_a.instance_file(instance) == data
+    auth = (orthanc_a.user, orthanc_a.password)
+    gzipped = httpx.get(f"{orthanc_a.url}/instances/{instance}/file", auth=auth)
+    plain = httpx.get(f"{orthanc_a.url}/instances/{instance}/file", auth=auth, headers={"Accept-Encoding": "identity"})
+    # Orthanc 1.10 gzips for a default client; our identity header is what prevents it.
+    assert gzipped.headers.get("content-encoding") == "gzip"
+    assert "content-encoding" not in plain.headers
+
+
+def test_wrong_password_is_unauthorized(orthanc_a: LocalOrthanc) -> None:
+    config = ServerConfig(url=orthanc_a.url, user=orthanc_a.user, password="wrong", name="a")
+    with Orthanc(config) as client, pytest.raises(Unauthorized, match=r"a \(http://127.0.0.1:\d+\): wrong user"):
+        client.system()
+
+
+def test_unreachable_server_is_reported_without_long_retries() -> None:
+    config = ServerConfig(url=f"http://127.0.0.1:{free_port()}", timeout=2)
+    with Orthanc(config, retries=1) as client, pytest.raises(Unreachable, match="connection refused"):
+        client.system()
+
+
+def test_not_found_and_server_messages(client_a: Orthanc) -> None:
+    with pytest.raises(NotFound):
+        client_a.resource("studies", "00000000-00000000-00000000-00000000-00000000")
+    with pytest.raises(ServerError) as info:
+        client_a.upload(b"this is not a DICOM file at all" * 10)
+    assert info.value.status == 400
+    assert not info.value.transient
+    assert "Bad file format" in str(info.value)
+
+
+def test_missing_study_has_no_instances(client_a: Orthanc) -> None:
+    assert client_a.instance_ids_of("studies", orthanc_id("nobody", "1.2.3")) == []

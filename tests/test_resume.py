@@ -1,0 +1,101 @@
+"""Killed runs resume without loss or duplicates; two processes share one run without doing an item twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from pacsflow.ledger import DONE, Ledger
+from pacsflow.orthanc import Orthanc
+from tests.conftest import PACSFLOW, run_cli
+
+N_PATIENTS, N_INSTANCES = 10, 60  # 600 instances
+TOTAL = N_PATIENTS * N_INSTANCES
+
+
+def ledger_of(workdir: Path) -> Ledger:
+    return Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}")
+
+
+def populate_args(*extra: str) -> list[str]:
+    return ["populate", "--to", "a", "--patients", str(N_PATIENTS), "--instances", str(N_INSTANCES),
+            "--pixels", "64", "--seed", "11", *extra]
+
+
+def new_instance_changes(client: Orthanc) -> int:
+    count, since = 0, 0
+    while True:
+        page = client.get_json("/changes", since=since, limit=1000)
+        count += sum(1 for change in page["Changes"] if change["ChangeType"] == "NewInstance")
+        since = page["Last"]
+        if page["Done"]:
+            return count
+
+
+def test_sigkill_half_way_then_resume_loses_and_repeats_nothing(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    process = subprocess.Popen(
+        [*PACSFLOW, *populate_args("--workers", "2")], cwd=workdir, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ledger_path = workdir / ".pacsflow" / "ledger.db"
+    deadline = time.monotonic() + 60
+    done = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger_path.exists():
+            runs = ledger_of(workdir).runs()
+            done = runs[0].counts.get(DONE, 0) if runs else 0
+            if done >= TOTAL // 4:
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; make it bigger"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = ledger_of(workdir).runs()[0]
+    assert TOTAL // 4 <= run.counts.get(DONE, 0) < TOTAL
+    assert run.status == "running"
+
+    resumed = run_cli("resume", run.id, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+
+    run = ledger_of(workdir).run(run.id)
+    assert run.status == "done"
+    assert run.counts.get(DONE, 0) + run.counts.get("skipped", 0) == TOTAL
+    assert client_a.statistics()["CountInstances"] == TOTAL
+    assert new_instance_changes(client_a) == TOTAL  # no instance was stored twice
+    items = ledger_of(workdir).items(run.id)
+    redone = sum(item.attempts - 1 for item in items)
+    assert redone <= 2 * 2  # only what the killed process held in flight (2 workers, 2 each) ran again
+
+
+def test_two_processes_share_one_run_and_do_no_item_twice(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    planned = run_cli(*populate_args("--plan-only"), cwd=workdir)
+    assert planned.returncode == 0, planned.stderr
+    run_id = ledger_of(workdir).runs()[0].id
+    assert ledger_of(workdir).run(run_id).counts == {"pending": TOTAL}
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    first = subprocess.Popen([*PACSFLOW, "resume", run_id, "--workers", "2"], cwd=workdir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen([*PACSFLOW, "worker", "--once", "--workers", "2", "--poll", "0.2"], cwd=workdir,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+
+    items = ledger_of(workdir).items(run_id)
+    assert len(items) == TOTAL
+    assert all(item.status == DONE for item in items)
+    assert all(item.attempts == 1 for item in items)  # claimed once, by one process
+    pids = {item.worker.split(":")[1] for item in items if item.worker}
+    assert len(pids) == 2, "both processes should have done part of the run"
+    assert client_a.statistics()["CountInstances"] == TOTAL
+    assert new_instance_changes(client_a) == TOTAL
