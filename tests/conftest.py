@@ -1,4 +1,4 @@
-"""Fixtures: real Orthanc processes on free loopback ports (session-wide, emptied per test) and CLI runners."""
+"""Fixtures: real Orthanc processes on free loopback ports (session-wide, emptied per test), CLI runner."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def _empty(server: LocalOrthanc) -> None:
 
 @pytest.fixture(scope="session")
 def _orthanc_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
-    server = LocalOrthanc("A", tmp_path_factory.mktemp("orthanc-a"), aet="ORTHANCA", user=USER, password=PASSWORD)
+    server = LocalOrthanc(
+        "A", tmp_path_factory.mktemp("orthanc-a"), aet="ORTHANCA", user=USER, password=PASSWORD
+    )
     server.start()
     yield server
     server.kill()  # throwaway data: no need for Orthanc's 3-second graceful stop

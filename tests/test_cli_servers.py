@@ -12,8 +12,18 @@ from tests.conftest import PASSWORD, USER, run_cli
 
 def populate_folder(workdir: Path, instances: int = 3) -> Path:
     result = run_cli(
-        "populate", "--out", "data", "--patients", "2", "--series", "2", "--instances", str(instances),
-        "--pixels", "32", cwd=workdir,
+        "populate",
+        "--out",
+        "data",
+        "--patients",
+        "2",
+        "--series",
+        "2",
+        "--instances",
+        str(instances),
+        "--pixels",
+        "32",
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     return workdir / "data"
@@ -42,7 +52,9 @@ def test_check_names_the_reason(workdir: Path, orthanc_a: LocalOrthanc) -> None:
     assert "wrong" not in lines[0].split("FAILED")[0]  # the password is not echoed
 
 
-def test_upload_folder_then_rerun_skips_everything(workdir: Path, config_file: Path, client_a: Orthanc) -> None:
+def test_upload_folder_then_rerun_skips_everything(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
     data = populate_folder(workdir)
     (data / "notes.txt").write_text("not an image")
     first = run_cli("upload", str(data), "--to", "a", cwd=workdir)
@@ -68,7 +80,9 @@ def test_upload_bad_files_fail_with_reasons_and_rest_goes_on(
     assert "rejected by the server" in shown.stdout or "not readable" in shown.stdout
 
 
-def test_upload_wrong_password_stops_at_once(workdir: Path, orthanc_a: LocalOrthanc, client_a: Orthanc) -> None:
+def test_upload_wrong_password_stops_at_once(
+    workdir: Path, orthanc_a: LocalOrthanc, client_a: Orthanc
+) -> None:
     data = populate_folder(workdir, instances=1)
     url = f"http://{USER}:nope@127.0.0.1:{orthanc_a.http_port}"
     result = run_cli("upload", str(data), "--to", url, cwd=workdir)
@@ -115,7 +129,9 @@ def test_transfer_one_study_and_a_missing_one(
     assert f"study {bogus} is not on a" in shown.stdout
 
 
-def test_transfer_wrong_password_on_destination(workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc) -> None:
+def test_transfer_wrong_password_on_destination(
+    workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc
+) -> None:
     wrong = f"http://{USER}:bad@127.0.0.1:{orthanc_a.http_port}"
     result = run_cli("transfer", "--from", orthanc_b.url, "--to", wrong, cwd=workdir)
     assert result.returncode == 2 and "wrong user or password" in result.stderr

@@ -1,4 +1,4 @@
-"""Configuration: TOML plus PACSFLOW_* overrides, server and modality specs, clear errors, no secrets shown."""
+"""Configuration: TOML plus PACSFLOW_* overrides, server and modality specs, clear errors, no secrets."""
 
 from __future__ import annotations
 

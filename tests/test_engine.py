@@ -1,4 +1,4 @@
-"""The engine with a scripted operation: retries, permanent failures, fatal stops, rate limits, windows, stop."""
+"""The engine with a scripted operation: retries, failures, fatal stops, rate limits, windows, stop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import pytest
 
@@ -25,7 +25,7 @@ class Scripted(Operation):
 
     name = "scripted-test"
 
-    calls: Counter[str] = Counter()
+    calls: ClassVar[Counter[str]] = Counter()
     lock = threading.Lock()
 
     def plan(self) -> Iterable[PlannedItem]:
@@ -82,7 +82,11 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(setup: tuple[L
     assert Scripted.calls["flaky-5"] == 3  # gave up after max_attempts
     assert Scripted.calls["bad-1"] == 1  # permanent: never retried
     errors = {item.key: item.last_error for item in ledger.items(result.run_id, status=FAILED)}
-    assert errors == {"flaky-5": "server restarting", "bad-1": "corrupt file", "crash-1": "unexpected ZeroDivisionError: bug"}
+    assert errors == {
+        "flaky-5": "server restarting",
+        "bad-1": "corrupt file",
+        "crash-1": "unexpected ZeroDivisionError: bug",
+    }
 
 
 def test_fatal_error_stops_the_run_and_keeps_items_pending(setup: tuple[Ledger, Settings]) -> None:
@@ -139,5 +143,3 @@ def test_plan_only_then_resume(setup: tuple[Ledger, Settings]) -> None:
     planned = Engine(ledger, settings).start(Scripted(settings, {"keys": ["ok-1"]}), plan_only=True)
     assert planned.counts == {PENDING: 1} and not Scripted.calls
     assert Engine(ledger, settings).resume(planned.run_id).counts == {DONE: 1}
-
-

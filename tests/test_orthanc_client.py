@@ -40,7 +40,9 @@ def test_instance_file_comes_back_whole_and_uncompressed(client_a: Orthanc, orth
     assert client_a.instance_file(instance) == data
     auth = (orthanc_a.user, orthanc_a.password)
     gzipped = httpx.get(f"{orthanc_a.url}/instances/{instance}/file", auth=auth)
-    plain = httpx.get(f"{orthanc_a.url}/instances/{instance}/file", auth=auth, headers={"Accept-Encoding": "identity"})
+    plain = httpx.get(
+        f"{orthanc_a.url}/instances/{instance}/file", auth=auth, headers={"Accept-Encoding": "identity"}
+    )
     # Orthanc 1.10 gzips for a default client; our identity header is what prevents it.
     assert gzipped.headers.get("content-encoding") == "gzip"
     assert "content-encoding" not in plain.headers
@@ -48,7 +50,10 @@ def test_instance_file_comes_back_whole_and_uncompressed(client_a: Orthanc, orth
 
 def test_wrong_password_is_unauthorized(orthanc_a: LocalOrthanc) -> None:
     config = ServerConfig(url=orthanc_a.url, user=orthanc_a.user, password="wrong", name="a")
-    with Orthanc(config) as client, pytest.raises(Unauthorized, match=r"a \(http://127.0.0.1:\d+\): wrong user"):
+    with (
+        Orthanc(config) as client,
+        pytest.raises(Unauthorized, match=r"a \(http://127.0.0.1:\d+\): wrong user"),
+    ):
         client.system()
 
 

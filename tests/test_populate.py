@@ -40,8 +40,23 @@ def test_bad_files_are_bad(tmp_path: Path) -> None:
 
 def test_populate_out_writes_a_tree(workdir: Path) -> None:
     result = run_cli(
-        "populate", "--out", "data", "--patients", "2", "--studies", "2", "--series", "2", "--instances", "3",
-        "--pixels", "32", "--seed", "3", "--bad-files", cwd=workdir,
+        "populate",
+        "--out",
+        "data",
+        "--patients",
+        "2",
+        "--studies",
+        "2",
+        "--series",
+        "2",
+        "--instances",
+        "3",
+        "--pixels",
+        "32",
+        "--seed",
+        "3",
+        "--bad-files",
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     files = sorted((workdir / "data").glob("PF*/**/*.dcm"))

@@ -21,8 +21,20 @@ def ledger_of(workdir: Path) -> Ledger:
 
 
 def populate_args(*extra: str) -> list[str]:
-    return ["populate", "--to", "a", "--patients", str(N_PATIENTS), "--instances", str(N_INSTANCES),
-            "--pixels", "64", "--seed", "11", *extra]
+    return [
+        "populate",
+        "--to",
+        "a",
+        "--patients",
+        str(N_PATIENTS),
+        "--instances",
+        str(N_INSTANCES),
+        "--pixels",
+        "64",
+        "--seed",
+        "11",
+        *extra,
+    ]
 
 
 def new_instance_changes(client: Orthanc) -> int:
@@ -40,8 +52,11 @@ def test_sigkill_half_way_then_resume_loses_and_repeats_nothing(
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
     process = subprocess.Popen(
-        [*PACSFLOW, *populate_args("--workers", "2")], cwd=workdir, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*PACSFLOW, *populate_args("--workers", "2")],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     ledger_path = workdir / ".pacsflow" / "ledger.db"
     deadline = time.monotonic() + 60
@@ -82,12 +97,24 @@ def test_two_processes_share_one_run_and_do_no_item_twice(
     assert ledger_of(workdir).run(run_id).counts == {"pending": TOTAL}
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
-    first = subprocess.Popen([*PACSFLOW, "resume", run_id, "--workers", "2"], cwd=workdir, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen([*PACSFLOW, "worker", "--once", "--workers", "2", "--poll", "0.2"], cwd=workdir,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out1, err1 = first.communicate(timeout=120)
-    out2, err2 = second.communicate(timeout=120)
+    first = subprocess.Popen(
+        [*PACSFLOW, "resume", run_id, "--workers", "2"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    second = subprocess.Popen(
+        [*PACSFLOW, "worker", "--once", "--workers", "2", "--poll", "0.2"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err1 = first.communicate(timeout=120)
+    _, err2 = second.communicate(timeout=120)
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
 
