@@ -12,6 +12,7 @@ import pytest
 
 from pacsflow.config import Settings
 from pacsflow.orthanc import Orthanc
+from pacsflow.pgsandbox import LocalPostgres
 from pacsflow.sandbox import LocalOrthanc
 
 PACSFLOW = [sys.executable, "-m", "pacsflow"]
@@ -40,6 +41,14 @@ def _orthanc_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthan
     server.start()
     yield server
     server.kill()  # throwaway data: no need for Orthanc's 3-second graceful stop
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (Debian's postgresql package) for the shared ledger."""
+    server = LocalPostgres().start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pacsflow.ledger import DONE, Ledger
 from pacsflow.orthanc import Orthanc
+from pacsflow.sandbox import LocalOrthanc
 from tests.conftest import PACSFLOW, run_cli
 
 N_PATIENTS, N_INSTANCES = 10, 60  # 600 instances
@@ -126,3 +127,61 @@ def test_two_processes_share_one_run_and_do_no_item_twice(
     assert len(pids) == 2, "both processes should have done part of the run"
     assert client_a.statistics()["CountInstances"] == TOTAL
     assert new_instance_changes(client_a) == TOTAL
+
+
+def start_populate(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [*PACSFLOW, *populate_args("--workers", "2", *extra)],
+        cwd=workdir,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until_done_at_least(workdir: Path, count: int, process: subprocess.Popen[str]) -> None:
+    ledger_path = workdir / ".pacsflow" / "ledger.db"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger_path.exists():
+            runs = ledger_of(workdir).runs()
+            if runs and runs[0].counts.get(DONE, 0) >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the run ended or stalled before reaching the point of the test")
+
+
+def test_sigterm_finishes_in_flight_items_and_stops(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    process = start_populate(workdir)
+    wait_until_done_at_least(workdir, 50, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "continue with: pacsflow resume" in err
+    run = ledger_of(workdir).runs()[0]
+    assert run.status == "stopped"
+    assert "running" not in run.counts and run.counts.get("pending", 0) > 0
+    assert client_a.statistics()["CountInstances"] == run.counts[DONE]  # ledger and server agree
+    assert run_cli("resume", "last", cwd=workdir).returncode == 0
+    assert client_a.statistics()["CountInstances"] == TOTAL
+
+
+def test_orthanc_restart_mid_run_items_are_retried(
+    workdir: Path, config_file: Path, orthanc_a: LocalOrthanc, client_a: Orthanc
+) -> None:
+    process = start_populate(workdir, env={"PACSFLOW_RETRIES": "10"})
+    wait_until_done_at_least(workdir, 100, process)
+    orthanc_a.kill()  # crash, then down for longer than the client's own short retries
+    time.sleep(4)
+    orthanc_a.start()  # same ports, same data
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, out + err
+    assert "retry in" in err  # the outage was seen and handled
+    run = ledger_of(workdir).runs()[0]
+    assert run.counts.get(DONE, 0) + run.counts.get("skipped", 0) == TOTAL
+    assert client_a.statistics()["CountInstances"] == TOTAL
