@@ -234,15 +234,63 @@ def populate(
 @errors_to_exit
 def upload(
     ctx: typer.Context,
-    paths: list[Path] = typer.Argument(..., help="files and folders (searched recursively)"),
+    paths: list[Path] = typer.Argument(None, help="files, folders (recursive) and ZIP/TAR archives"),
     to: str = typer.Option(..., "--to", help="Orthanc server (name or URL)"),
+    roster: Path | None = typer.Option(None, "--roster", help="roster CSV whose rows name patient folders"),
+    root: Path | None = typer.Option(None, "--root", help="folder holding the roster's patient folders"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="roster rows per batch"),
+    where: list[str] = typer.Option(None, "--where", help="COLUMN=VALUE a roster row must have (repeatable)"),
+    status_column: str = typer.Option("Uploaded", "--status-column", help="roster column set to 1 when done"),
+    id_column: str = typer.Option("UHID", "--id-column", help="roster column naming the patient folder"),
+    errors: Path | None = typer.Option(
+        None, "--errors", help="errors CSV [default: Logs/UHID error/output.csv]"
+    ),
+    csv_file: Path | None = typer.Option(None, "--csv", help="CSV of values to write into the DICOM (join)"),
+    csv_key: str | None = typer.Option(None, "--csv-key", help="its key column: PatientID, or the roster ID"),
+    label: str | None = typer.Option(None, "--label", help="Orthanc label for every study (Orthanc 1.12+)"),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
 ) -> None:
-    """Upload DICOM files and folders, skipping what the server already holds."""
+    """Upload DICOM files, folders and archives, or a roster CSV's patient folders in batches."""
+    from pacsflow.ops.roster import DEFAULT_ERRORS, RosterUpload
     from pacsflow.ops.upload import Upload
 
-    start_run(ctx, Upload, {"paths": [str(p.resolve()) for p in paths], "to": to}, workers, plan_only)
+    if (csv_file is None) != (csv_key is None):
+        raise ConfigError("--csv and --csv-key go together")
+    common = {
+        "to": to,
+        "label": label,
+        "csv": str(csv_file.resolve()) if csv_file else None,
+        "csv_key": csv_key,
+    }
+    if roster is None:
+        if not paths:
+            raise ConfigError("give files or folders to upload, or --roster")
+        if root or batch_size or where or errors:
+            raise ConfigError("--root, --batch-size, --where and --errors go with --roster")
+        start_run(ctx, Upload, {**common, "paths": [str(p.resolve()) for p in paths]}, workers, plan_only)
+        return
+    if paths:
+        raise ConfigError("give either paths or --roster, not both")
+    if root is None or batch_size is None:
+        raise ConfigError("--roster needs --root DIR and --batch-size N")
+    conditions = {}
+    for condition in where or []:
+        column, sep, value = condition.partition("=")
+        if not sep or not column.strip():
+            raise ConfigError(f"--where {condition!r}: write COLUMN=VALUE")
+        conditions[column.strip()] = value.strip()
+    params = {
+        **common,
+        "roster": str(roster.resolve()),
+        "root": str(root.resolve()),
+        "batch_size": batch_size,
+        "where": conditions,
+        "status_column": status_column,
+        "id_column": id_column,
+        "errors": str((errors or DEFAULT_ERRORS).resolve()),
+    }
+    start_run(ctx, RosterUpload, params, workers, plan_only)
 
 
 @app.command()

@@ -53,11 +53,11 @@ def read_uids(data: bytes, where: str = "file") -> InstanceUIDs:
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_ID_TAGS, force=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise BadInput(f"{where}: not readable as DICOM ({type(exc).__name__}: {exc})") from None
+        raise BadInput(f"not readable as DICOM ({type(exc).__name__}: {exc})", where=where) from None
     values = [str(getattr(ds, tag, "") or "").strip() for tag in _ID_TAGS]
     missing = [tag for tag, value in zip(_ID_TAGS[1:], values[1:], strict=True) if not value]
     if missing:
-        raise BadInput(f"{where}: DICOM header lacks {', '.join(missing)} (truncated or not an image)")
+        raise BadInput(f"DICOM header lacks {', '.join(missing)} (truncated or not an image)", where=where)
     return InstanceUIDs(*values)
 
 

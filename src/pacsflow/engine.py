@@ -251,11 +251,17 @@ class Engine:
         elif exc.transient and self.retry.should_retry(item.attempts):
             delay = self.retry.delay(item.attempts)
             self.ledger.fail(item, self.worker_id, str(exc), retry_at=time.time() + delay)
-            log.warning("%s: %s (attempt %d, retry in %.0fs)", where, exc, item.attempts, delay)
+            log.warning(
+                "%s: %s (attempt %d, retry in %.0fs)", where, self._loggable(exc), item.attempts, delay
+            )
         else:
             self.ledger.fail(item, self.worker_id, str(exc))
-            log.error("%s failed: %s", where, exc)
+            log.error("%s failed: %s", where, self._loggable(exc))
             self.progress.advance(1, 0, failed=1)
+
+    def _loggable(self, exc: PacsflowError) -> str:
+        """The error for a log line: without the file or folder name unless PHI may be logged."""
+        return str(exc) if self.log_phi else exc.reason
 
     def _describe(self, item: Item) -> str:
         """How logs name an item: its number, and its key only when PHI may be logged."""

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 
 class PacsflowError(Exception):
-    """Base of every error pacsflow raises on purpose; its message is one line for a person."""
+    """Base of every error pacsflow raises on purpose; its message is one line for a person.
+
+    WHERE (a file or folder name) and DETAIL may name a patient: logs show them only with --log-phi,
+    while the ledger and `run show` keep the whole line.
+    """
 
     #: a retry later may succeed (network fault, server restarting, timeout)
     transient: bool = False
     #: the whole run must stop: retrying other items cannot help (bad password, bad config)
     fatal: bool = False
+
+    def __init__(self, message: str = "", *, where: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message
+        self.where = where
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.reason}" if self.where else self.reason
+        return f"{text} ({self.detail})" if self.detail else text
 
 
 class ConfigError(PacsflowError):

@@ -448,10 +448,29 @@ class Ledger:
                 .values(status=PENDING, attempts=0, not_before=0.0, finished_at=None)
             ).rowcount
 
-    def items(self, run_id: str, status: str | None = None, limit: int | None = None) -> list[Item]:
+    def items(
+        self,
+        run_id: str,
+        status: str | None = None,
+        limit: int | None = None,
+        *,
+        kind: str | None = None,
+        note: str | None = None,
+        key_prefix: str | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> list[Item]:
+        """A run's items in order, filtered by status, kind, note (why done/skipped) or key prefix."""
         query = select(items).where(items.c.run_id == run_id).order_by(items.c.id)
         if status:
             query = query.where(items.c.status == status)
+        if kind:
+            query = query.where(items.c.kind == kind)
+        if note:
+            query = query.where(items.c.last_error == note)
+        if key_prefix:
+            query = query.where(items.c.key.startswith(key_prefix, autoescape=True))
+        if keys is not None:
+            query = query.where(items.c.key.in_(list(keys)))
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:

@@ -72,7 +72,7 @@ def register(cls: type[Operation]) -> type[Operation]:
 
 
 def operation_class(name: str) -> type[Operation]:
-    from pacsflow.ops import download, populate, transfer, upload  # noqa: F401 - they register themselves
+    from pacsflow.ops import download, populate, roster, transfer, upload  # noqa: F401 - they register themselves
 
     try:
         return _REGISTRY[name]

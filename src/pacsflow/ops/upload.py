@@ -1,4 +1,4 @@
-"""upload: send DICOM files from folders and files to an Orthanc server, skipping what it already holds."""
+"""upload: send DICOM from files, folders and ZIP/TAR archives to Orthanc, skipping what it holds."""
 
 from __future__ import annotations
 
@@ -7,16 +7,184 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pacsflow.archives import (
+    COMPRESSED_TAR,
+    TAR,
+    ZIP,
+    Member,
+    ZipReader,
+    archive_kind,
+    iter_compressed_tar,
+    list_tar,
+    list_zip,
+    read_tar_member,
+)
 from pacsflow.dicomfiles import iter_files, looks_like_dicom, read_uids
-from pacsflow.errors import BadInput, ConfigError, ServerError
+from pacsflow.errors import BadInput, ConfigError, ServerError, Unsupported
+from pacsflow.join import JoinTable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_server
+from pacsflow.orthanc import Orthanc
 
 NOT_DICOM = "not DICOM"
 ALREADY = "already on server"
+ARCHIVE = "archive"
+FILE, MEMBER = "file", "member"
 #: above this many instances on the server, asking for the full ID list costs more than it saves
 KNOWN_IDS_LIMIT = 200_000
+_HEAD = 1024
+
+
+class Sender:
+    """Sends one DICOM payload: join values in, compute its Orthanc ID, skip if present, POST, check."""
+
+    def __init__(self, server: Orthanc, join: JoinTable | None = None, label: str | None = None) -> None:
+        self.server = server
+        self.join = join
+        self.label = label
+        self._known: set[str] | None = None
+        self._lock = threading.Lock()
+
+    def preflight(self) -> None:
+        preflight_server(self.server)
+        wants_labels = self.label or (
+            self.join is not None and any(self.join.label_for(k) for k in self.join.values)
+        )
+        if wants_labels and not self.server.capabilities().labels:
+            version = self.server.capabilities().version
+            raise Unsupported(
+                f"{self.server.display} runs Orthanc {version}, which has no labels (1.12 or newer)"
+            )
+
+    def known_ids(self) -> set[str]:
+        """The server's instance IDs, read once, so what it holds is skipped without being sent."""
+        with self._lock:
+            if self._known is None:
+                count = int(self.server.statistics().get("CountInstances", 0))
+                self._known = set(self.server.ids("instances")) if 0 < count <= KNOWN_IDS_LIMIT else set()
+            return self._known
+
+    def send(self, data: bytes, where: str, join_key: str | None = None) -> Outcome:
+        if not looks_like_dicom(data[:_HEAD]):
+            return Outcome(status=SKIPPED, note=NOT_DICOM)
+        label = self.label
+        if self.join is not None:
+            data, join_key = self.join.apply(data, join_key, where)
+            label = self.join.label_for(join_key) or label
+        uids = read_uids(data, where)
+        expected = uids.instance_id
+        result = {"id": expected, "study": uids.study_id}
+        if expected in self.known_ids():
+            return Outcome(status=SKIPPED, note=ALREADY, result=result)
+        try:
+            answer = self.server.upload(data)
+        except ServerError as exc:
+            if exc.status == 400:  # Orthanc could not parse it: the file is at fault, not the server
+                raise BadInput(f"rejected by the server as not valid DICOM ({exc})", where=where) from None
+            raise
+        if answer.get("ID") != expected:
+            raise BadInput(f"server stored it as {answer.get('ID')}, expected {expected}", where=where)
+        if label:
+            self.server.request("PUT", f"/studies/{uids.study_id}/labels/{label}")
+        if answer.get("Status") == "AlreadyStored":
+            return Outcome(status=SKIPPED, note=ALREADY, result=result)
+        return Outcome(status=DONE, nbytes=len(data), result=result)
+
+
+class ArchiveFiles:
+    """Turns file items into payloads: plain files, archive members, and whole compressed TARs."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.zips = ZipReader()
+
+    def do_file(self, item: Item, join_key: str | None) -> Outcome:
+        path = Path(item.payload.get("path", item.key))
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(_HEAD)
+                kind = archive_kind(head, path) if not looks_like_dicom(head) else None
+                if kind is None:
+                    data = head + fh.read()
+        except FileNotFoundError:
+            raise BadInput("file vanished before upload", where=path.name) from None
+        except IsADirectoryError:
+            raise BadInput("is a folder", where=path.name) from None
+        except OSError as exc:
+            raise BadInput(f"cannot read ({exc.strerror})", where=path.name) from None
+        if kind is None:
+            return self.sender.send(data, path.name, join_key)
+        if kind == COMPRESSED_TAR:
+            return self._compressed_tar(path, join_key)
+        members = list_zip(path) if kind == ZIP else list_tar(path)
+        children = [self._member_item(item, path, kind, member) for member in members]
+        return Outcome(note=ARCHIVE, result={"members": len(members)}, children=children)
+
+    @staticmethod
+    def _member_item(item: Item, path: Path, kind: str, member: Member) -> PlannedItem:
+        payload: dict[str, Any] = {**item.payload, "archive": str(path), "format": kind, "name": member.name}
+        if kind == TAR:
+            payload.update(offset=member.offset, size=member.size)
+        if member.unsafe:
+            payload["unsafe"] = True
+        return PlannedItem(MEMBER, f"m/{path}!{member.name}", payload, phase=item.phase + 1)
+
+    def do_member(self, item: Item, join_key: str | None) -> Outcome:
+        payload = item.payload
+        archive, name = Path(payload["archive"]), payload["name"]
+        where = f"{archive.name}!{name}"
+        if payload.get("unsafe"):
+            raise BadInput("unsafe member name (absolute or '..'); not read", where=where)
+        if payload["format"] == ZIP:
+            data = self.zips.read(archive, name)
+        else:
+            data = read_tar_member(archive, Member(name, payload["size"], payload["offset"]))
+        return self.sender.send(data, where, join_key)
+
+    def _compressed_tar(self, path: Path, join_key: str | None) -> Outcome:
+        """A .tar.gz/.bz2/.xz has no random access: its members go one by one within this item."""
+        counts = {"members": 0, "sent": 0, "already": 0, "not_dicom": 0}
+        ids: list[str] = []
+        studies: set[str] = set()
+        failures: list[str] = []
+        sent_bytes = 0
+        for member, stream in iter_compressed_tar(path):
+            counts["members"] += 1
+            where = f"{path.name}!{member.name}"
+            if member.unsafe:
+                failures.append(f"{where}: unsafe member name")
+                continue
+            try:
+                outcome = self.sender.send(stream.read(), where, join_key)
+            except BadInput as exc:
+                failures.append(str(exc))
+                continue
+            if outcome.note == NOT_DICOM:
+                counts["not_dicom"] += 1
+                continue
+            counts["already" if outcome.status == SKIPPED else "sent"] += 1
+            sent_bytes += outcome.nbytes
+            if outcome.result:
+                ids.append(outcome.result["id"])
+                studies.add(outcome.result["study"])
+        if failures:
+            shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
+            raise BadInput(
+                f"{len(failures)} of {counts['members']} members failed", where=path.name, detail=shown
+            )
+        return Outcome(
+            note=ARCHIVE, nbytes=sent_bytes, result={**counts, "ids": ids, "studies": sorted(studies)}
+        )
+
+    def close(self) -> None:
+        self.zips.close()
+
+
+def open_sender(settings: Any, params: dict[str, Any]) -> Sender:
+    server = connect(settings, params["to"], params.get("workers", settings.workers))
+    join = JoinTable.load(Path(params["csv"]), params["csv_key"]) if params.get("csv") else None
+    return Sender(server, join, params.get("label"))
 
 
 @register
@@ -27,67 +195,53 @@ class Upload(Operation):
     def __init__(self, settings: Any, params: dict[str, Any]) -> None:
         super().__init__(settings, params)
         self.paths = [Path(p) for p in params["paths"]]
-        self.server = connect(settings, params["to"], params.get("workers", settings.workers))
-        self._known: set[str] | None = None
-        self._known_lock = threading.Lock()
+        self.sender = open_sender(settings, params)
+        self.files = ArchiveFiles(self.sender)
 
     def preflight(self) -> None:
         missing = [str(p) for p in self.paths if not p.exists()]
         if missing:
             raise ConfigError(f"no such file or folder: {', '.join(missing)}")
-        preflight_server(self.server)
+        self.sender.preflight()
 
     def plan(self) -> Iterable[PlannedItem]:
         for path in iter_files(self.paths):
-            yield PlannedItem("file", str(path.resolve()))
-
-    def known_ids(self) -> set[str]:
-        """The server's instance IDs, read once, so files it holds are skipped without being sent."""
-        with self._known_lock:
-            if self._known is None:
-                count = int(self.server.statistics().get("CountInstances", 0))
-                self._known = set(self.server.ids("instances")) if 0 < count <= KNOWN_IDS_LIMIT else set()
-            return self._known
+            yield PlannedItem(FILE, str(path.resolve()))
 
     def do(self, item: Item) -> Outcome:
-        path = Path(item.key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise BadInput(f"{path.name}: file vanished before upload") from None
-        except OSError as exc:
-            raise BadInput(f"{path.name}: cannot read ({exc.strerror})") from None
-        if path.name.upper() == "DICOMDIR" or not looks_like_dicom(data[:132]):
-            return Outcome(status=SKIPPED, note=NOT_DICOM)
-        uids = read_uids(data, path.name)
-        expected = uids.instance_id
-        if expected in self.known_ids():
-            return Outcome(status=SKIPPED, note=ALREADY, result={"id": expected})
-        try:
-            answer = self.server.upload(data)
-        except ServerError as exc:
-            if exc.status == 400:  # Orthanc could not parse it: the file is at fault, not the server
-                raise BadInput(f"{path.name}: rejected by the server as not valid DICOM ({exc})") from None
-            raise
-        if answer.get("ID") != expected:
-            raise BadInput(f"{path.name}: server stored it as {answer.get('ID')}, expected {expected}")
-        if answer.get("Status") == "AlreadyStored":
-            return Outcome(status=SKIPPED, note=ALREADY, result={"id": expected})
-        return Outcome(status=DONE, nbytes=len(data), result={"id": expected, "study": uids.study_id})
+        if item.kind == MEMBER:
+            return self.files.do_member(item, None)
+        return self.files.do_file(item, None)
 
     def finish(self, run: RunInfo) -> list[str]:
         return upload_summary(run, self.ledger)
 
     def close(self) -> None:
-        self.server.close()
+        self.files.close()
+        self.sender.server.close()
 
 
 def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
-    """Files seen, sent, already there, not DICOM, failed, MB."""
+    """Files seen, DICOM, sent, already there, not DICOM, failed, MB (compressed TARs counted inside)."""
     tally = ledger.tally(run.id)
+    sent = sum(
+        n
+        for (kind, status, note), n in tally.items()
+        if kind in (FILE, MEMBER) and status == DONE and not note
+    )
+    already = sum(n for (kind, _, note), n in tally.items() if kind in (FILE, MEMBER) and note == ALREADY)
+    not_dicom = sum(n for (kind, _, note), n in tally.items() if kind in (FILE, MEMBER) and note == NOT_DICOM)
+    failed = sum(n for (kind, status, _), n in tally.items() if kind in (FILE, MEMBER) and status == FAILED)
+    archives = sum(n for (kind, _, note), n in tally.items() if kind == FILE and note == ARCHIVE)
+    for item in ledger.items(run.id, status=DONE, kind=FILE, note=ARCHIVE):
+        counts = item.result or {}
+        if "sent" in counts:  # a compressed TAR, done member by member inside its item
+            sent += counts["sent"]
+            already += counts["already"]
+            not_dicom += counts["not_dicom"]
+    seen = sent + already + not_dicom + failed
+    opened = f" (with {archives} archives opened)" if archives else ""
     return [
-        f"files seen {run.total}: sent {tally['file', DONE, '']}, "
-        f"already there {tally['file', SKIPPED, ALREADY]}, "
-        f"not DICOM {tally['file', SKIPPED, NOT_DICOM]}, failed {run.counts.get(FAILED, 0)}; "
-        f"{run.bytes / 1e6:.1f} MB sent"
+        f"files seen {seen}{opened}: DICOM {sent + already}, sent {sent}, already there {already}, "
+        f"not DICOM {not_dicom}, failed {failed}; {run.bytes / 1e6:.1f} MB sent"
     ]

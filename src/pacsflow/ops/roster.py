@@ -1,0 +1,169 @@
+"""upload --roster: batches of roster rows (patient folders), each row marked uploaded only once verified."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pacsflow.dicomfiles import iter_files
+from pacsflow.errors import BadInput, ConfigError
+from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.upload import FILE, MEMBER, ArchiveFiles, open_sender, upload_summary
+from pacsflow.roster import Roster, merge_error_rows
+
+ROW, VERIFY, COMMIT = "row", "verify", "commit"
+# Each batch takes five phases: scan rows, files, archive members, verify rows, rewrite the roster.
+PHASES_PER_BATCH = 5
+DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
+
+
+@register
+class RosterUpload(Operation):
+    name = "roster-upload"
+    unit = "items"
+
+    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+        super().__init__(settings, params)
+        self.roster_path = Path(params["roster"])
+        self.root = Path(params["root"])
+        self.id_column = params.get("id_column", "UHID")
+        self.status_column = params.get("status_column", "Uploaded")
+        self.where: dict[str, str] = params.get("where") or {}
+        self.errors_path = Path(params["errors"])
+        self.batch_size = int(params["batch_size"])
+        self.sender = open_sender(settings, params)
+        self.files = ArchiveFiles(self.sender)
+
+    def _load(self) -> Roster:
+        return Roster.load(self.roster_path, [self.id_column, self.status_column, *self.where])
+
+    def preflight(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        self._load()
+        if not self.root.is_dir():
+            raise ConfigError(f"--root {self.root} is not a folder")
+        self.sender.preflight()
+
+    def plan(self) -> Iterable[PlannedItem]:
+        roster = self._load()
+        first_line: dict[str, int] = {}
+        rows: list[tuple[str, int, int | None]] = []  # (id, line, line of the first row with that id)
+        for index in roster.shortlist(self.status_column, self.where):
+            row_id = roster.cell(roster.rows[index], self.id_column).strip()
+            line = index + 2  # 1-based, after the header
+            rows.append((row_id, line, first_line.get(row_id)))
+            first_line.setdefault(row_id, line)
+        for batch, start in enumerate(range(0, len(rows), self.batch_size)):
+            chunk = rows[start : start + self.batch_size]
+            phase = batch * PHASES_PER_BATCH
+            for row_id, line, duplicate_of in chunk:
+                payload = {"row": row_id, "line": line, "duplicate_of": duplicate_of}
+                yield PlannedItem(ROW, f"r/{line}", payload, phase)
+            lines = [line for _, line, _ in chunk]
+            yield PlannedItem(
+                COMMIT, f"c/{batch}", {"batch": batch, "lines": lines}, phase + PHASES_PER_BATCH - 1
+            )
+
+    # -- doing ----------------------------------------------------------------------------------
+
+    def do(self, item: Item) -> Outcome:
+        if item.kind == ROW:
+            return self._scan_row(item)
+        if item.kind == FILE:
+            return self.files.do_file(item, item.payload["row"])
+        if item.kind == MEMBER:
+            return self.files.do_member(item, item.payload["row"])
+        if item.kind == VERIFY:
+            return self._verify_row(item)
+        return self._commit_batch(item)
+
+    def _scan_row(self, item: Item) -> Outcome:
+        row_id, line = item.payload["row"], item.payload["line"]
+        if item.payload.get("duplicate_of"):
+            raise BadInput(f"duplicate {self.id_column} (first on line {item.payload['duplicate_of']})")
+        folder = (self.root / row_id).resolve()
+        if not row_id or folder.parent != self.root.resolve():
+            raise BadInput(f"{self.id_column} is not a plain folder name", where=row_id)
+        if not folder.is_dir():
+            raise BadInput("folder missing", where=str(folder))
+        children = [
+            PlannedItem(FILE, f"f/{path}", {"path": str(path), "row": row_id}, item.phase + 1)
+            for path in iter_files([folder])
+        ]
+        if not children:
+            raise BadInput("folder is empty", where=str(folder))
+        children.append(
+            PlannedItem(VERIFY, f"v/{line}", {"row": row_id, "folder": str(folder)}, item.phase + 3)
+        )
+        return Outcome(result={"files": len(children) - 1}, children=children)
+
+    def _verify_row(self, item: Item) -> Outcome:
+        """Every file of the folder accounted for, and every DICOM instance present on the server."""
+        folder = item.payload["folder"]
+        found = self.ledger.items(item.run_id, key_prefix=f"f/{folder}/") + self.ledger.items(
+            item.run_id, key_prefix=f"m/{folder}/"
+        )
+        failed = [one for one in found if one.status == FAILED]
+        if failed:
+            raise BadInput(
+                f"{len(failed)} of {len(found)} files failed", where=folder, detail=failed[0].last_error
+            )
+        wanted: set[str] = set()
+        studies: set[str] = set()
+        for one in found:
+            result = one.result or {}
+            wanted.update([result["id"]] if "id" in result else result.get("ids", []))
+            studies.update([result["study"]] if "study" in result else result.get("studies", []))
+        if not wanted:
+            raise BadInput("no DICOM files in folder", where=folder)
+        present: set[str] = set()
+        for study in studies:
+            present.update(self.sender.server.instance_ids_of("studies", study))
+        missing = wanted - present
+        if missing:
+            raise BadInput(
+                f"server lacks {len(missing)} of {len(wanted)} instances of this folder", where=folder
+            )
+        return Outcome(result={"instances": len(wanted)})
+
+    def _commit_batch(self, item: Item) -> Outcome:
+        """Mark the batch's verified rows as uploaded; write the others to the errors CSV with the reason."""
+        lines = set(item.payload["lines"])
+        verified: set[int] = set()
+        reasons: dict[int, str] = {}
+        keys = [f"{prefix}/{line}" for line in lines for prefix in ("r", "v")]
+        for found in self.ledger.items(item.run_id, keys=keys):
+            line = int(found.key.split("/", 1)[1])
+            if found.status == FAILED:
+                reasons[line] = found.last_error or "failed"
+            elif found.kind == VERIFY and found.status in (DONE, SKIPPED):
+                verified.add(line)
+        roster = self._load()
+        for line in verified:
+            roster.set_cell(roster.rows[line - 2], self.status_column, "1")
+        if verified:
+            roster.save()
+        if reasons:
+            header = [*roster.header, "Error"]
+            rows = [[*roster.rows[line - 2], reason] for line, reason in sorted(reasons.items())]
+            merge_error_rows(self.errors_path, header, rows, roster.format)
+        return Outcome(result={"marked": len(verified), "errors": len(reasons)})
+
+    def finish(self, run: RunInfo) -> list[str]:
+        marked = errors = 0
+        for commit in self.ledger.items(run.id, kind=COMMIT, status=DONE):
+            marked += (commit.result or {}).get("marked", 0)
+            errors += (commit.result or {}).get("errors", 0)
+        tally = self.ledger.tally(run.id)
+        batches = sum(n for (kind, _, _), n in tally.items() if kind == COMMIT)
+        rows = sum(n for (kind, _, _), n in tally.items() if kind == ROW)
+        where = f" (see {self.errors_path})" if errors else ""
+        lines = [f"rows {rows} in {batches} batches: marked uploaded {marked}, errors {errors}{where}"]
+        return lines + upload_summary(run, self.ledger)
+
+    def close(self) -> None:
+        self.files.close()
+        self.sender.server.close()
