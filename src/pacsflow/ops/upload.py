@@ -101,6 +101,8 @@ class ArchiveFiles:
 
     def do_file(self, item: Item, join_key: str | None) -> Outcome:
         path = Path(item.payload.get("path", item.key))
+        if path.name.upper() == "DICOMDIR":  # a media index, not an image
+            return Outcome(status=SKIPPED, note=NOT_DICOM)
         try:
             with open(path, "rb") as fh:
                 head = fh.read(_HEAD)
@@ -206,7 +208,7 @@ class Upload(Operation):
 
     def plan(self) -> Iterable[PlannedItem]:
         for path in iter_files(self.paths):
-            yield PlannedItem(FILE, str(path.resolve()))
+            yield PlannedItem(FILE, str(path.absolute()))  # not resolve(): keep the name the user sees
 
     def do(self, item: Item) -> Outcome:
         if item.kind == MEMBER:
