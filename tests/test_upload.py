@@ -239,3 +239,26 @@ def test_failed_items_are_listed_by_the_ledger(workdir: Path, config_file: Path,
     ledger = Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}")
     (failed,) = ledger.items(ledger.runs()[0].id, status=FAILED)
     assert failed.key.endswith("bad.dcm") and failed.attempts == 1
+
+
+def test_rerun_settles_unchanged_files_without_opening_them(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    data = instances()
+    (workdir / "in").mkdir()
+    for n, payload in enumerate(data):
+        (workdir / "in" / f"{n}.dcm").write_bytes(payload)
+    assert run_cli("upload", "in", "--to", "a", cwd=workdir).returncode == 0
+    client_a.delete_resource("instances", read_uids(data[0]).instance_id)  # gone from the server
+    touched = workdir / "in" / "1.dcm"
+    os.utime(touched, ns=(time.time_ns(), time.time_ns()))  # changed on disk (by its time)
+    result = run_cli("upload", "in", "--to", "a", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "sent 1, already there 11" in result.stdout
+    ledger = Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}")
+    items = {Path(item.key).name: item for item in ledger.items(ledger.runs()[0].id)}
+    assert items["0.dcm"].status == "done"  # re-sent: the server had lost it
+    assert items["1.dcm"].attempts == 1 and items["1.dcm"].last_error == "already on server"  # read again
+    settled = [name for name, item in items.items() if item.attempts == 0]
+    assert sorted(settled) == sorted(f"{n}.dcm" for n in range(2, 12))  # never opened
+    assert client_a.statistics()["CountInstances"] == 12

@@ -12,7 +12,18 @@ from typing import Any
 
 from pacsflow.config import Settings
 from pacsflow.errors import PacsflowError
-from pacsflow.ledger import DONE, FAILED, PENDING, RUNNING, SKIPPED, Item, Ledger, RunInfo, new_worker_id
+from pacsflow.ledger import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    Item,
+    Ledger,
+    Record,
+    RunInfo,
+    new_worker_id,
+)
 from pacsflow.ops.base import Operation, operation_class, summarize
 from pacsflow.pacing import RetryPolicy, TimeWindow, TokenBucket, parse_rate
 from pacsflow.progress import LogProgress, Progress
@@ -74,8 +85,8 @@ class Engine:
         self.limits = {name: TokenBucket(parse_rate(rate)) for name, rate in settings.rate_limits.items()}
         self.worker_id = new_worker_id()
         self._fatal: PacsflowError | None = None
-        self._outstanding = 0
-        self._lock = threading.Lock()
+        self._outstanding = 0  # claimed and not yet recorded; only the dispatcher thread touches it
+        self._results: queue.Queue[Record] = queue.Queue()
         self._wake = threading.Event()
 
     # -- entry points ---------------------------------------------------------------------------
@@ -141,10 +152,15 @@ class Engine:
         return self._conclude(op, run_id, time.monotonic() - started)
 
     def _dispatch(self, run_id: str, work: queue.Queue[Item | None]) -> None:
-        last_renew = time.monotonic()
+        """The only thread that writes to the ledger: one transaction per cycle records what the workers
+        finished and claims what they do next."""
+        last_renew = last_write = time.monotonic()
         waiting_logged = False
-        while not self.stop.is_set():
+        while True:
+            if self.stop.is_set():
+                return
             if self.window is not None and not self.window.is_open():
+                self._flush()
                 if not waiting_logged:
                     log.info("outside time window %s: waiting until %s", self.window, self.window.next_open())
                     waiting_logged = True
@@ -154,20 +170,26 @@ class Engine:
             if time.monotonic() - last_renew > self.lease_seconds / 3:
                 self.ledger.renew_leases(self.worker_id, self.lease_seconds)
                 last_renew = time.monotonic()
-            with self._lock:
-                # at most two items per worker held at once: few to redo if this process dies
-                wanted = 2 * self.workers - self._outstanding
-            if wanted > 0:
-                claimed = self.ledger.claim(run_id, self.worker_id, wanted, self.lease_seconds)
-                if claimed:
-                    with self._lock:
-                        self._outstanding += len(claimed)
-                    for item in claimed:
-                        work.put(item)
+            # Work flows in batches: a claim when fewer than one item per worker is queued, taking up
+            # to four per worker in all (at most that many to redo if this process dies), and the
+            # outcomes written with it. One transaction per batch, not per item.
+            queued = work.qsize()
+            if queued >= self.workers and self._results.qsize() < 4 * self.workers and self._outstanding:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                if work.qsize() >= self.workers and time.monotonic() - last_write < 0.5:
                     continue
-            with self._lock:
-                idle = self._outstanding == 0
-            if idle:
+            records = self._drain()
+            held = self._outstanding - len(records)
+            limit = max(0, 4 * self.workers - held)
+            claimed = self.ledger.exchange(run_id, self.worker_id, records, limit, self.lease_seconds)
+            last_write = time.monotonic()
+            self._account(records, claimed)
+            for item in claimed:
+                work.put(item)
+            if claimed:
+                continue
+            if self._outstanding == 0:
                 counts, _ = self.ledger.counts(run_id)
                 if counts.get(PENDING, 0) + counts.get(RUNNING, 0) == 0:
                     return
@@ -178,6 +200,32 @@ class Engine:
                 self._wake.wait(0.2)
                 self._wake.clear()
 
+    def _drain(self) -> list[Record]:
+        records: list[Record] = []
+        while True:
+            try:
+                records.append(self._results.get_nowait())
+            except queue.Empty:
+                return records
+
+    def _account(self, records: list[Record], claimed: list[Item]) -> None:
+        """Progress for what was recorded; outstanding = claimed and not yet recorded."""
+        self._outstanding += len(claimed) - len(records)
+        for record in records:
+            if record.status in (DONE, SKIPPED):
+                if record.children:
+                    self.progress.grow(len(record.children))
+                self.progress.advance(1, record.nbytes)
+            elif record.status == FAILED:
+                self.progress.advance(1, 0, failed=1)
+
+    def _flush(self) -> None:
+        """Write the outcomes the workers reported."""
+        records = self._drain()
+        if records:
+            self.ledger.record(records, self.worker_id)
+            self._account(records, [])
+
     def _shutdown(self, work: queue.Queue[Item | None], threads: list[threading.Thread]) -> None:
         unstarted: list[Item] = []
         while True:
@@ -187,11 +235,13 @@ class Engine:
                 break
             if item is not None:
                 unstarted.append(item)
-        self.ledger.release(unstarted, self.worker_id)
         for _ in threads:
             work.put(None)
         for thread in threads:
             thread.join()
+        self._flush()  # what the workers finished while stopping
+        self.ledger.release(unstarted, self.worker_id)
+        self._outstanding -= len(unstarted)
 
     def _worker_loop(self, op: Operation, work: queue.Queue[Item | None]) -> None:
         while True:
@@ -200,64 +250,54 @@ class Engine:
                 return
             try:
                 if self.stop.is_set():
-                    self.ledger.release([item], self.worker_id)
+                    record = Record(item, status=PENDING, unstarted=True)
                 else:
-                    self._work(op, item)
-            except Exception:  # the ledger itself failed: never let a worker die silently
+                    record = self._work(op, item)
+            except Exception:  # never let a worker die silently
                 log.exception("worker error on item #%d", item.id)
                 self._fatal = self._fatal or PacsflowError("internal error in a worker; see the log")
                 self.stop.set()
-            finally:
-                with self._lock:
-                    self._outstanding -= 1
-                self._wake.set()
+                record = Record(item, status=PENDING, unstarted=True)
+            self._results.put(record)
+            self._wake.set()
 
-    def _work(self, op: Operation, item: Item) -> None:
+    def _work(self, op: Operation, item: Item) -> Record:
         key = op.rate_key(item)
         bucket = self.limits.get(key) if key else None
         if bucket is not None and not bucket.acquire(self.stop):
-            self.ledger.release([item], self.worker_id)
-            return
+            return Record(item, status=PENDING, unstarted=True)
         try:
             outcome = op.do(item)
         except PacsflowError as exc:
-            self._on_error(item, exc)
-            return
+            return self._on_error(item, exc)
         except Exception as exc:
             log.debug("item #%d raised", item.id, exc_info=True)
-            self._on_error(item, PacsflowError(f"unexpected {type(exc).__name__}: {exc}"))
-            return
-        if self.ledger.complete(
+            return self._on_error(item, PacsflowError(f"unexpected {type(exc).__name__}: {exc}"))
+        return Record(
             item,
-            self.worker_id,
             status=outcome.status,
             nbytes=outcome.nbytes,
             result=outcome.result,
             note=outcome.note,
             children=outcome.children,
-        ):
-            if outcome.children:
-                self.progress.grow(len(outcome.children))
-            self.progress.advance(1, outcome.nbytes)
+        )
 
-    def _on_error(self, item: Item, exc: PacsflowError) -> None:
+    def _on_error(self, item: Item, exc: PacsflowError) -> Record:
         where = self._describe(item)
         if exc.fatal:
-            self.ledger.fail(item, self.worker_id, str(exc), retry_at=time.time())
             if self._fatal is None:
                 self._fatal = exc
                 log.error("stopping: %s", exc)
             self.stop.set()
-        elif exc.transient and self.retry.should_retry(item.attempts):
+            return Record(item, status=PENDING, note=str(exc), retry_at=time.time())
+        if exc.transient and self.retry.should_retry(item.attempts):
             delay = self.retry.delay(item.attempts)
-            self.ledger.fail(item, self.worker_id, str(exc), retry_at=time.time() + delay)
             log.warning(
                 "%s: %s (attempt %d, retry in %.0fs)", where, self._loggable(exc), item.attempts, delay
             )
-        else:
-            self.ledger.fail(item, self.worker_id, str(exc))
-            log.error("%s failed: %s", where, self._loggable(exc))
-            self.progress.advance(1, 0, failed=1)
+            return Record(item, status=PENDING, note=str(exc), retry_at=time.time() + delay)
+        log.error("%s failed: %s", where, self._loggable(exc))
+        return Record(item, status=FAILED, note=str(exc))
 
     def _loggable(self, exc: PacsflowError) -> str:
         """The error for a log line: without the file or folder name unless PHI may be logged."""

@@ -6,10 +6,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.errors import InvalidDicomError
-
 from pacsflow.errors import BadInput, ConfigError
 from pacsflow.roster import Roster
 
@@ -26,6 +22,8 @@ class JoinTable:
 
     @classmethod
     def load(cls, path: Path, key_column: str) -> JoinTable:
+        from pydicom.datadict import dictionary_VR, tag_for_keyword  # lazily: pydicom is slow to import
+
         table = Roster.load(path, [key_column])
         columns = [name for name in table.header if name != key_column]
         unknown = [name for name in columns if name != LABEL and tag_for_keyword(name) is None]
@@ -57,6 +55,9 @@ class JoinTable:
 
     def apply(self, data: bytes, key: str | None, where: str) -> tuple[bytes, str]:
         """The file with the key's values written in (KEY defaults to its PatientID); returns (bytes, key)."""
+        from pydicom import dcmread
+        from pydicom.errors import InvalidDicomError
+
         try:
             ds = dcmread(io.BytesIO(data), force=True)
         except (InvalidDicomError, EOFError, ValueError, TypeError, OSError) as exc:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,16 +28,15 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    and_,
+    bindparam,
     case,
     create_engine,
     event,
     func,
-    or_,
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from pacsflow.errors import ConfigError
@@ -92,6 +93,68 @@ checkpoints = Table(
 )
 
 
+class _Statements:
+    """The hot statements, built once with bound parameters, so SQLAlchemy compiles them once."""
+
+    def __init__(self) -> None:
+        q = bindparam
+        self.min_phase = select(func.min(items.c.phase)).where(
+            items.c.run_id == q("q_run"), items.c.status == q("q_status")
+        )
+
+        def ids(status: str, ready: Any) -> Any:
+            return (
+                select(items.c.id)
+                .where(
+                    items.c.run_id == q("q_run"),
+                    items.c.status == status,
+                    items.c.phase == q("q_phase"),
+                    ready,
+                )
+                .order_by(items.c.id)
+                .limit(q("q_limit", type_=Integer))
+                .with_for_update(
+                    skip_locked=True
+                )  # PostgreSQL: rows another worker is claiming are passed by
+            )
+
+        self.pending_ids = ids(PENDING, items.c.not_before <= q("q_now"))
+        self.stale_ids = ids(RUNNING, items.c.lease_until < q("q_now"))
+        self.take = (
+            update(items)
+            .where(items.c.id.in_(q("q_ids", expanding=True)))
+            .values(
+                status=RUNNING,
+                worker=q("q_worker"),
+                lease_until=q("q_lease"),
+                attempts=items.c.attempts + 1,
+                started_at=q("q_now"),
+            )
+            .returning(*items.c)
+        )
+        held = (items.c.id == q("q_id"), items.c.worker == q("q_worker"), items.c.status == RUNNING)
+        self.finish = (
+            update(items)
+            .where(*held)
+            .values(
+                status=q("q_status"),
+                lease_until=None,
+                finished_at=q("q_now"),
+                last_error=q("q_note", type_=Text),
+                bytes=q("q_bytes", type_=BigInteger),
+                result=q("q_result", type_=JSON),
+            )
+        )
+        retry_values = {
+            "status": PENDING,
+            "lease_until": None,
+            "not_before": q("q_at", type_=Float),
+            "last_error": func.coalesce(q("q_note", type_=Text), items.c.last_error),
+        }
+        self.retry = update(items).where(*held).values(**retry_values)
+        self.give_back = update(items).where(*held).values(**retry_values, attempts=items.c.attempts - 1)
+
+
 @dataclass(frozen=True)
 class PlannedItem:
     """An item an operation wants done; KEY is unique within its run (a path, an Orthanc ID...)."""
@@ -100,6 +163,25 @@ class PlannedItem:
     key: str
     payload: dict[str, Any] = field(default_factory=dict)
     phase: int = 0
+    #: already settled when planned (e.g. SKIPPED: an unchanged file a previous run verified)
+    status: str = PENDING
+    note: str | None = None
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class Record:
+    """What became of a claimed item: done/skipped (bytes, result, children), failed, or pending again."""
+
+    item: Item
+    status: str
+    nbytes: int = 0
+    result: dict[str, Any] | None = None
+    note: str | None = None
+    children: Sequence[PlannedItem] = ()
+    retry_at: float | None = None
+    #: given back before it started (stop, rate limit): the claim does not count as an attempt
+    unstarted: bool = False
 
 
 @dataclass
@@ -187,21 +269,56 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _make_engine(url)
-        try:
-            metadata.create_all(self.engine)
-        except OperationalError as exc:
-            raise ConfigError(f"cannot open ledger {_safe_url(url)}: {exc.orig}") from None
+        for attempt in range(100):
+            try:
+                metadata.create_all(self.engine)
+                break
+            except OperationalError as exc:
+                # another process may be creating the same new ledger this very moment
+                if attempt == 99 or not _is_lock_race(exc):
+                    raise ConfigError(f"cannot open ledger {_safe_url(url)}: {exc.orig}") from None
+                time.sleep(0.1)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        self._local = threading.local()
+        self._open_phase: dict[str, int] = {}
+        self._stale_checked: dict[str, float] = {}
+        if self.is_postgres:
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        self._insert_ignore = insert(items).on_conflict_do_nothing(index_elements=["run_id", "key"])
 
     def close(self) -> None:
+        writer = getattr(self._local, "writer", None)
+        if writer is not None:
+            writer.close()
         self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).
+
+        Each thread keeps its writing connection: checking one out of the pool for every transaction
+        cost more than the engine's whole claim.
+        """
+        conn = getattr(self._local, "writer", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(pacsflow_write=True)
+            self._local.writer = conn
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            self._local.writer = None  # a broken connection is not reused
+            conn.close()
+            raise
 
     # -- runs -----------------------------------------------------------------------------------
 
     def create_run(self, operation: str, params: dict[str, Any], run_id: str | None = None) -> str:
         run_id = run_id or new_run_id()
         now = time.time()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 runs.insert().values(
                     id=run_id,
@@ -221,7 +338,7 @@ class Ledger:
             values["finished_at"] = now
         if summary is not None:
             values["summary"] = summary
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
 
     def run(self, ref: str) -> RunInfo:
@@ -294,63 +411,65 @@ class Ledger:
                 "kind": item.kind,
                 "key": item.key,
                 "payload": item.payload,
-                "status": PENDING,
+                "status": item.status,
+                "last_error": item.note,
+                "result": item.result,
                 "attempts": 0,
                 "bytes": 0,
                 "not_before": 0.0,
                 "created_at": now,
+                "finished_at": None if item.status == PENDING else now,
             }
             for item in {item.key: item for item in batch}.values()
         ]
-        statement = self._insert_ignore().values(rows)
+        # executemany of one prepared statement: compiling a 1000-row VALUES list costs more than the insert
         if conn is not None:
-            return conn.execute(statement).rowcount or 0
-        with self.engine.begin() as own:
-            return own.execute(statement).rowcount or 0
-
-    def _insert_ignore(self) -> Any:
-        if self.is_postgres:
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(items).on_conflict_do_nothing(index_elements=["run_id", "key"])
+            return max(0, conn.execute(self._insert_ignore, rows).rowcount or 0)
+        with self._write() as own:
+            return max(0, own.execute(self._insert_ignore, rows).rowcount or 0)
 
     def claim(self, run_id: str, worker: str, limit: int, lease_seconds: float) -> list[Item]:
         """Atomically take up to LIMIT runnable items of the run's lowest unfinished phase."""
+        return self.exchange(run_id, worker, [], limit, lease_seconds)
+
+    def exchange(
+        self, run_id: str, worker: str, records: Sequence[Record], limit: int, lease_seconds: float
+    ) -> list[Item]:
+        """Record outcomes and claim more items in one transaction (the engine's one write per cycle)."""
+        with self._write() as conn:
+            self._record(conn, records, worker)
+            return self._claim(conn, run_id, worker, limit, lease_seconds) if limit > 0 else []
+
+    def _claim(
+        self, conn: Connection, run_id: str, worker: str, limit: int, lease_seconds: float
+    ) -> list[Item]:
+        # Every query is an index seek on (run_id, status, phase, id), so claiming stays cheap however
+        # many items a run has finished. The open phase is remembered and looked up again only when
+        # it runs dry; silent workers' items (expired leases) are looked for every few seconds.
         now = time.time()
-        open_phase = (
-            select(func.min(items.c.phase))
-            .where(items.c.run_id == run_id, items.c.status.in_((PENDING, RUNNING)))
-            .scalar_subquery()
-        )
-        candidates = (
-            select(items.c.id)
-            .where(
-                items.c.run_id == run_id,
-                items.c.phase == open_phase,
-                or_(
-                    and_(items.c.status == PENDING, items.c.not_before <= now),
-                    and_(items.c.status == RUNNING, items.c.lease_until < now),
-                ),
-            )
-            .order_by(items.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            update(items)
-            .where(items.c.id.in_(candidates))
-            .values(
-                status=RUNNING,
-                worker=worker,
-                lease_until=now + lease_seconds,
-                attempts=items.c.attempts + 1,
-                started_at=now,
-            )
-            .returning(*items.c)
-        )
-        with self.engine.begin() as conn:
-            rows = conn.execute(statement).all()
+        phase = self._open_phase.get(run_id)
+        where = {"q_run": run_id, "q_phase": phase, "q_now": now, "q_limit": limit}
+        ids = list(conn.execute(_SQL.pending_ids, where).scalars()) if phase is not None else []
+        if len(ids) < limit:
+            phases = [
+                conn.execute(_SQL.min_phase, {"q_run": run_id, "q_status": status}).scalar()
+                for status in (PENDING, RUNNING)
+            ]
+            open_phases = [found for found in phases if found is not None]
+            if not open_phases:
+                self._open_phase.pop(run_id, None)
+                return []
+            if min(open_phases) != phase:
+                self._open_phase[run_id] = where["q_phase"] = min(open_phases)
+                ids = list(conn.execute(_SQL.pending_ids, where).scalars())
+            if len(ids) < limit and now - self._stale_checked.get(run_id, 0.0) > 5.0:
+                self._stale_checked[run_id] = now
+                ids += conn.execute(_SQL.stale_ids, {**where, "q_limit": limit - len(ids)}).scalars()
+        if not ids:
+            return []
+        rows = conn.execute(
+            _SQL.take, {"q_ids": ids, "q_worker": worker, "q_lease": now + lease_seconds, "q_now": now}
+        ).all()
         return sorted((_item(row) for row in rows), key=lambda item: item.id)
 
     def complete(
@@ -364,47 +483,63 @@ class Ledger:
         note: str | None = None,
         children: Sequence[PlannedItem] = (),
     ) -> bool:
-        """Mark an item done or skipped and add its children, in one transaction.
-
-        Returns False when the item is no longer ours (its lease ran out and another worker took it).
-        """
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(items)
-                .where(items.c.id == item.id, items.c.worker == worker, items.c.status == RUNNING)
-                .values(
-                    status=status,
-                    bytes=nbytes,
-                    result=result,
-                    last_error=note,
-                    finished_at=time.time(),
-                    lease_until=None,
-                )
-            ).rowcount
-            if changed and children:
-                self._insert(item.run_id, children, conn)
-        return bool(changed)
+        """Mark one item done or skipped and add its children; False if it is no longer ours."""
+        record = Record(item, status=status, nbytes=nbytes, result=result, note=note, children=children)
+        return self.record([record], worker) == 1
 
     def fail(self, item: Item, worker: str, error: str, retry_at: float | None = None) -> bool:
         """Record an error: back to pending after RETRY_AT, or failed for good when RETRY_AT is None."""
-        values: dict[str, Any] = {"last_error": error[:2000], "lease_until": None}
-        if retry_at is None:
-            values.update(status=FAILED, finished_at=time.time())
-        else:
-            values.update(status=PENDING, not_before=retry_at)
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(items)
-                .where(items.c.id == item.id, items.c.worker == worker, items.c.status == RUNNING)
-                .values(**values)
-            ).rowcount
-        return bool(changed)
+        status = FAILED if retry_at is None else PENDING
+        return self.record([Record(item, status=status, note=error, retry_at=retry_at)], worker) == 1
+
+    def record(self, records: Sequence[Record], worker: str) -> int:
+        """Write many outcomes in one transaction; only items this worker still holds change.
+
+        Returns how many items changed (fewer when a lease ran out and another worker took an item).
+        """
+        if not records:
+            return 0
+        with self._write() as conn:
+            return self._record(conn, records, worker)
+
+    def _record(self, conn: Connection, records: Sequence[Record], worker: str) -> int:
+        now = time.time()
+        finished, retried, given_back = [], [], []
+        for record in records:
+            params = {
+                "q_id": record.item.id,
+                "q_worker": worker,
+                "q_note": record.note and record.note[:2000],
+            }
+            if record.status == PENDING:
+                params["q_at"] = record.retry_at or now
+                (given_back if record.unstarted else retried).append(params)
+            else:
+                keep = record.status != FAILED
+                params.update(
+                    q_status=record.status,
+                    q_now=now,
+                    q_bytes=record.nbytes if keep else 0,
+                    q_result=record.result if keep else None,
+                )
+                finished.append((record, params))
+        changed = 0
+        plain = [params for record, params in finished if not record.children]
+        for statement, batch in ((_SQL.finish, plain), (_SQL.retry, retried), (_SQL.give_back, given_back)):
+            if batch:
+                changed += max(0, conn.execute(statement, batch).rowcount or 0)
+        for record, params in finished:
+            # children only for an item we still hold
+            if record.children and conn.execute(_SQL.finish, params).rowcount:
+                changed += 1
+                self._insert(record.item.run_id, record.children, conn)
+        return changed
 
     def release(self, held: Sequence[Item], worker: str) -> None:
         """Give items back untouched (stop requested before they started): not counted as an attempt."""
         if not held:
             return
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(items)
                 .where(
@@ -416,7 +551,7 @@ class Ledger:
             )
 
     def renew_leases(self, worker: str, lease_seconds: float) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(items)
                 .where(items.c.worker == worker, items.c.status == RUNNING)
@@ -432,7 +567,7 @@ class Ledger:
             dead = [worker for worker in workers if worker and _worker_is_dead(worker)]
         if not dead:
             return 0
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(
                 update(items)
                 .where(items.c.run_id == run_id, items.c.status == RUNNING, items.c.worker.in_(dead))
@@ -441,7 +576,7 @@ class Ledger:
 
     def retry_failed(self, run_id: str) -> int:
         """Failed items back to pending with a fresh attempt count."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(
                 update(items)
                 .where(items.c.run_id == run_id, items.c.status == FAILED)
@@ -487,6 +622,21 @@ class Ledger:
             ).all()
         return Counter({(kind, status, why): count for kind, status, why, count in rows})
 
+    def finished_items(self, operations: Sequence[str], kind: str) -> Iterator[tuple[dict[str, Any], Item]]:
+        """(run params, item) for done or skipped items of KIND in earlier runs of OPERATIONS."""
+        with self.engine.connect() as conn:
+            chosen = conn.execute(
+                select(runs.c.id, runs.c.params).where(runs.c.operation.in_(operations))
+            ).all()
+            for run_id, params in chosen:
+                rows = conn.execute(
+                    select(items).where(
+                        items.c.run_id == run_id, items.c.kind == kind, items.c.status.in_((DONE, SKIPPED))
+                    )
+                )
+                for row in rows:
+                    yield params, _item(row)
+
     def next_retry_at(self, run_id: str) -> float | None:
         with self.engine.connect() as conn:
             return conn.execute(
@@ -504,7 +654,7 @@ class Ledger:
             ).scalar()
 
     def set_checkpoint(self, run_id: str, name: str, value: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             changed = conn.execute(
                 update(checkpoints)
                 .where(checkpoints.c.run_id == run_id, checkpoints.c.name == name)
@@ -514,6 +664,9 @@ class Ledger:
                 conn.execute(
                     checkpoints.insert().values(run_id=run_id, name=name, value=value, updated_at=time.time())
                 )
+
+
+_SQL = _Statements()
 
 
 def _item(row: Any) -> Item:
@@ -532,6 +685,11 @@ def _item(row: Any) -> Item:
         result=data["result"],
         worker=data["worker"],
     )
+
+
+def _is_lock_race(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "already exists" in text
 
 
 def _safe_url(url: str) -> str:
@@ -558,6 +716,22 @@ def _make_engine(url: str) -> Engine:
     raise ConfigError(f"unsupported ledger database {parsed.get_backend_name()!r}: use sqlite or postgresql")
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """WAL lets readers go on while a writer works. Switching needs the file to ourselves for a moment:
+    a process opening a brand-new ledger at the same time as another waits for it."""
+    import sqlite3
+
+    for _ in range(200):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower():
+                raise
+            time.sleep(0.05)
+    cursor.execute("PRAGMA journal_mode=WAL")
+
+
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         path = Path(database)
@@ -573,15 +747,18 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            _switch_to_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # IMMEDIATE takes the write lock up front: two processes can never claim the same item.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writes take the lock up front (IMMEDIATE): two processes can never claim the same item.
+        # Reads begin deferred and, in WAL mode, never wait for a writer.
+        immediate = conn.get_execution_options().get("pacsflow_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from pacsflow.dicomfiles import iter_files
 from pacsflow.errors import BadInput, ConfigError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.upload import FILE, MEMBER, ArchiveFiles, open_sender, upload_summary
+from pacsflow.ops.upload import FILE, MEMBER, ArchiveFiles, PriorUploads, open_sender, upload_summary
 from pacsflow.roster import Roster, merge_error_rows
 
 ROW, VERIFY, COMMIT = "row", "verify", "commit"
@@ -47,7 +48,12 @@ class RosterUpload(Operation):
             raise ConfigError(f"--root {self.root} is not a folder")
         self.sender.preflight()
 
+    @functools.cached_property
+    def prior(self) -> PriorUploads:
+        return PriorUploads(self.ledger, self.settings, self.sender.server)
+
     def plan(self) -> Iterable[PlannedItem]:
+        self.prior  # noqa: B018 - read earlier runs once, before the workers start
         roster = self._load()
         first_line: dict[str, int] = {}
         rows: list[tuple[str, int, int | None]] = []  # (id, line, line of the first row with that id)
@@ -89,8 +95,9 @@ class RosterUpload(Operation):
             raise BadInput(f"{self.id_column} is not a plain folder name", where=row_id)
         if not folder.is_dir():
             raise BadInput("folder missing", where=str(folder))
+        known = self.sender.known_ids() if self.prior.files and not self.sender.join else set()
         children = [
-            PlannedItem(FILE, f"f/{path}", {"path": str(path), "row": row_id}, item.phase + 1)
+            self.prior.file_item(path, f"f/{path}", {"path": str(path), "row": row_id}, item.phase + 1, known)
             for path in iter_files([folder])
         ]
         if not children:

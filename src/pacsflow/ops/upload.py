@@ -19,8 +19,8 @@ from pacsflow.archives import (
     list_zip,
     read_tar_member,
 )
-from pacsflow.dicomfiles import iter_files, looks_like_dicom, read_uids
-from pacsflow.errors import BadInput, ConfigError, ServerError, Unsupported
+from pacsflow.dicomfiles import InstanceUIDs, iter_files, looks_like_dicom, read_uids
+from pacsflow.errors import BadInput, ConfigError, PacsflowError, ServerError, Unsupported
 from pacsflow.join import JoinTable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
@@ -34,6 +34,7 @@ FILE, MEMBER = "file", "member"
 #: above this many instances on the server, asking for the full ID list costs more than it saves
 KNOWN_IDS_LIMIT = 200_000
 _HEAD = 1024
+_PROBE = 64 * 1024  # enough for any ordinary header before the pixel data
 
 
 class Sender:
@@ -65,28 +66,50 @@ class Sender:
                 self._known = set(self.server.ids("instances")) if 0 < count <= KNOWN_IDS_LIMIT else set()
             return self._known
 
-    def send(self, data: bytes, where: str, join_key: str | None = None) -> Outcome:
+    def already_there(self, header: bytes, where: str) -> tuple[Outcome | None, InstanceUIDs | None]:
+        """From a file's first bytes: an Outcome if the server holds it already, and the UIDs read."""
+        if self.join is not None or not self.known_ids():
+            return None, None  # a join changes the IDs; an empty server holds nothing
+        try:
+            uids = read_uids(header, where)
+        except BadInput:
+            return None, None  # the header is longer than what we read: send() reads it all
+        if uids.instance_id in self.known_ids():
+            return Outcome(
+                status=SKIPPED, note=ALREADY, result={"id": uids.instance_id, "study": uids.study_id}
+            ), uids
+        return None, uids
+
+    def send(
+        self, data: bytes, where: str, join_key: str | None = None, uids: InstanceUIDs | None = None
+    ) -> Outcome:
         if not looks_like_dicom(data[:_HEAD]):
             return Outcome(status=SKIPPED, note=NOT_DICOM)
         label = self.label
         if self.join is not None:
             data, join_key = self.join.apply(data, join_key, where)
             label = self.join.label_for(join_key) or label
-        uids = read_uids(data, where)
-        expected = uids.instance_id
-        result = {"id": expected, "study": uids.study_id}
-        if expected in self.known_ids():
-            return Outcome(status=SKIPPED, note=ALREADY, result=result)
+            uids = None
+        known = self.known_ids()
+        expected = None
+        if known:  # the server holds instances: read the header's UIDs to skip what it has
+            uids = uids or read_uids(data, where)
+            expected = uids.instance_id
+            if expected in known:
+                return Outcome(status=SKIPPED, note=ALREADY, result={"id": expected, "study": uids.study_id})
         try:
             answer = self.server.upload(data)
         except ServerError as exc:
             if exc.status == 400:  # Orthanc could not parse it: the file is at fault, not the server
-                raise BadInput(f"rejected by the server as not valid DICOM ({exc})", where=where) from None
+                raise BadInput(
+                    f"rejected by the server as not valid DICOM ({exc.reason})", where=where
+                ) from None
             raise
-        if answer.get("ID") != expected:
+        if expected is not None and answer.get("ID") != expected:
             raise BadInput(f"server stored it as {answer.get('ID')}, expected {expected}", where=where)
+        result = {"id": answer.get("ID"), "study": answer.get("ParentStudy")}
         if label:
-            self.server.request("PUT", f"/studies/{uids.study_id}/labels/{label}")
+            self.server.request("PUT", f"/studies/{result['study']}/labels/{label}")
         if answer.get("Status") == "AlreadyStored":
             return Outcome(status=SKIPPED, note=ALREADY, result=result)
         return Outcome(status=DONE, nbytes=len(data), result=result)
@@ -103,12 +126,22 @@ class ArchiveFiles:
         path = Path(item.payload.get("path", item.key))
         if path.name.upper() == "DICOMDIR":  # a media index, not an image
             return Outcome(status=SKIPPED, note=NOT_DICOM)
+        uids = None
         try:
             with open(path, "rb") as fh:
                 head = fh.read(_HEAD)
-                kind = archive_kind(head, path) if not looks_like_dicom(head) else None
-                if kind is None:
-                    data = head + fh.read()
+                if looks_like_dicom(head):
+                    kind = None
+                    # Most of a file is pixels: its header tells whether the server holds it already.
+                    settled, uids = self.sender.already_there(head + fh.read(_PROBE - _HEAD), path.name)
+                    if settled is not None:
+                        return settled
+                    fh.seek(0)
+                    data = fh.read()  # one read, no copy: this is the hot path
+                else:
+                    kind = archive_kind(head, path)
+                    if kind is None:
+                        return Outcome(status=SKIPPED, note=NOT_DICOM)
         except FileNotFoundError:
             raise BadInput("file vanished before upload", where=path.name) from None
         except IsADirectoryError:
@@ -116,7 +149,7 @@ class ArchiveFiles:
         except OSError as exc:
             raise BadInput(f"cannot read ({exc.strerror})", where=path.name) from None
         if kind is None:
-            return self.sender.send(data, path.name, join_key)
+            return self.sender.send(data, path.name, join_key, uids)
         if kind == COMPRESSED_TAR:
             return self._compressed_tar(path, join_key)
         members = list_zip(path) if kind == ZIP else list_tar(path)
@@ -183,6 +216,41 @@ class ArchiveFiles:
         self.zips.close()
 
 
+class PriorUploads:
+    """Files that earlier runs sent to this server: an unchanged one (same size and modification time)
+    whose instance the server still holds is settled when planned, without being opened again."""
+
+    def __init__(self, ledger: Ledger, settings: Any, server: Orthanc) -> None:
+        self.files: dict[str, tuple[int, int, str, str | None]] = {}
+        self.server = server
+        for params, item in ledger.finished_items(("upload", "roster-upload"), FILE):
+            result, payload = item.result or {}, item.payload
+            if "id" not in result or "size" not in payload or params.get("csv") or params.get("label"):
+                continue
+            try:
+                if settings.server(params["to"]).url != server.config.url:
+                    continue
+            except PacsflowError:
+                continue
+            path = payload.get("path", item.key)
+            self.files[path] = (payload["size"], payload["mtime"], result["id"], result.get("study"))
+
+    def file_item(
+        self, path: Path, key: str, payload: dict[str, Any], phase: int, known: set[str]
+    ) -> PlannedItem:
+        """The item for one file, already settled as skipped when an earlier run covers it."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return PlannedItem(FILE, key, payload, phase)  # doing it will say what is wrong
+        payload = {**payload, "size": stat.st_size, "mtime": stat.st_mtime_ns}
+        earlier = self.files.get(str(path))
+        if earlier and earlier[:2] == (stat.st_size, stat.st_mtime_ns) and earlier[2] in known:
+            result = {"id": earlier[2], "study": earlier[3]}
+            return PlannedItem(FILE, key, payload, phase, status=SKIPPED, note=ALREADY, result=result)
+        return PlannedItem(FILE, key, payload, phase)
+
+
 def open_sender(settings: Any, params: dict[str, Any]) -> Sender:
     server = connect(settings, params["to"], params.get("workers", settings.workers))
     join = JoinTable.load(Path(params["csv"]), params["csv_key"]) if params.get("csv") else None
@@ -207,8 +275,11 @@ class Upload(Operation):
         self.sender.preflight()
 
     def plan(self) -> Iterable[PlannedItem]:
+        prior = PriorUploads(self.ledger, self.settings, self.sender.server)
+        known = self.sender.known_ids() if prior.files and not self.sender.join else set()
         for path in iter_files(self.paths):
-            yield PlannedItem(FILE, str(path.absolute()))  # not resolve(): keep the name the user sees
+            absolute = path.absolute()  # not resolve(): keep the name the user sees
+            yield prior.file_item(absolute, str(absolute), {}, 0, known)
 
     def do(self, item: Item) -> Outcome:
         if item.kind == MEMBER:
