@@ -85,7 +85,7 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(setup: tuple[L
     assert errors == {
         "flaky-5": "server restarting",
         "bad-1": "corrupt file",
-        "crash-1": "unexpected ZeroDivisionError: bug",
+        "crash-1": "unexpected ZeroDivisionError (bug)",
     }
 
 

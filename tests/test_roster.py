@@ -246,3 +246,51 @@ def test_roster_killed_mid_run_resumes_batch_by_batch(
     assert resumed.returncode == 0, resumed.stderr
     assert all(row[1] == "1" for row in Roster.load(workdir / "Final.csv", ["UHID"]).rows)
     assert client_a.statistics()["CountInstances"] == 12 * 2 * 20
+
+
+def test_roster_edited_during_the_run_marks_rows_by_id(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    shape = Shape(patients=2, series=1, instances=2, pixels=16, seed=35)
+    p0, p1 = make_folders(workdir / "root", shape)
+    (workdir / "Final.csv").write_text(f"UHID,Uploaded\n{p0},0\n{p1},0\n")
+    planned = run_cli(
+        "upload",
+        "--roster",
+        "Final.csv",
+        "--root",
+        "root",
+        "--to",
+        "a",
+        "--batch-size",
+        "5",
+        "--plan-only",
+        cwd=workdir,
+    )
+    assert planned.returncode == 0, planned.stderr
+    # staff add a row at the top and sort the rest while the run waits
+    (workdir / "Final.csv").write_text(f"UHID,Uploaded\nNEW-1,0\n{p1},0\n{p0},0\n")
+    result = run_cli("resume", "last", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\nNEW-1,0\n{p1},1\n{p0},1\n"
+
+
+def test_roster_retry_marks_rows_fixed_after_the_batch(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    shape = Shape(patients=1, series=1, instances=2, pixels=16, seed=36)
+    (p0,) = make_folders(workdir / "root", shape)
+    broken = workdir / "root" / p0 / "scan" / "0-1"
+    good = broken.read_bytes()
+    broken.write_bytes(good[:150])
+    (workdir / "Final.csv").write_text(f"UHID,Uploaded\n{p0},0\n")
+    first = run_cli(
+        "upload", "--roster", "Final.csv", "--root", "root", "--to", "a", "--batch-size", "1", cwd=workdir
+    )
+    assert first.returncode == 1
+    assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},0\n"
+    broken.write_bytes(good)
+    retried = run_cli("retry", "last", cwd=workdir)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},1\n"
+    assert client_a.statistics()["CountInstances"] == 2

@@ -262,3 +262,18 @@ def test_rerun_settles_unchanged_files_without_opening_them(
     settled = [name for name, item in items.items() if item.attempts == 0]
     assert sorted(settled) == sorted(f"{n}.dcm" for n in range(2, 12))  # never opened
     assert client_a.statistics()["CountInstances"] == 12
+
+
+def test_file_names_that_are_not_utf8(workdir: Path, config_file: Path, client_a: Orthanc) -> None:
+    folder = workdir / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9-\xff.dcm")  # Latin-1 bytes on disk: not valid UTF-8
+    (folder / name).write_bytes(instances()[0])
+    (folder / os.fsdecode(b"broken-\xe9.dcm")).write_bytes(instances()[1][:150])
+    result = run_cli("upload", "in", "--to", "a", cwd=workdir)
+    assert result.returncode == 1, result.stderr  # the broken one fails; nothing crashes
+    assert "sent 1" in result.stdout
+    assert client_a.statistics()["CountInstances"] == 1
+    assert "broken-\\udce9.dcm: rejected by the server" in failures(workdir)  # escaped, not lost
+    again = run_cli("upload", "in", "--to", "a", cwd=workdir)
+    assert "already there 1" in again.stdout

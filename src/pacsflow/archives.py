@@ -8,6 +8,8 @@ import lzma
 import tarfile
 import threading
 import zipfile
+import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -57,7 +59,7 @@ def list_zip(path: Path) -> list[Member]:
         with zipfile.ZipFile(path) as archive:
             return [Member(info.filename, info.file_size) for info in archive.infolist() if not info.is_dir()]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
-        raise BadInput(f"corrupt ZIP archive ({exc})", where=path.name) from None
+        raise BadInput(f"corrupt ZIP archive ({_why(exc)})", where=path.name) from None
 
 
 def list_tar(path: Path) -> list[Member]:
@@ -65,13 +67,23 @@ def list_tar(path: Path) -> list[Member]:
         with tarfile.open(path, "r:") as archive:
             return [Member(info.name, info.size, info.offset_data) for info in archive if info.isfile()]
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BadInput(f"corrupt TAR archive ({exc})", where=path.name) from None
+        raise BadInput(f"corrupt TAR archive ({_why(exc)})", where=path.name) from None
+
+
+def _why(exc: BaseException) -> str:
+    """An error's reason without the file path an OSError carries (paths may name patients)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def read_tar_member(path: Path, member: Member) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(member.offset)
-        data = fh.read(member.size)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(member.offset)
+            data = fh.read(member.size)
+    except OSError as exc:
+        raise BadInput(f"cannot read archive ({_why(exc)})", where=f"{path.name}!{member.name}") from None
     if len(data) != member.size:
         raise BadInput("archive is truncated", where=f"{path.name}!{member.name}")
     return data
@@ -88,35 +100,40 @@ def iter_compressed_tar(path: Path) -> Iterator[tuple[Member, IO[bytes]]]:
                 if stream is not None:
                     yield Member(info.name, info.size), stream
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as exc:
-        raise BadInput(f"corrupt compressed TAR archive ({exc})", where=path.name) from None
+        raise BadInput(f"corrupt compressed TAR archive ({_why(exc)})", where=path.name) from None
 
 
 class ZipReader:
-    """Reads ZIP members from many threads; each thread keeps its archives open (directory parsed once)."""
+    """Reads ZIP members from many threads; each thread keeps its last few archives open (the central
+    directory is parsed once, and open files stay few however many archives a run has)."""
+
+    KEEP_OPEN = 4
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._all: list[zipfile.ZipFile] = []
-        self._lock = threading.Lock()
 
     def read(self, path: Path, name: str) -> bytes:
-        cache: dict[Path, zipfile.ZipFile] = getattr(self._local, "cache", None) or {}
-        self._local.cache = cache
+        cache: OrderedDict[Path, zipfile.ZipFile] | None = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = OrderedDict()
+        where = f"{path.name}!{name}"
         try:
             archive = cache.get(path)
             if archive is None:
-                archive = zipfile.ZipFile(path)
-                cache[path] = archive
-                with self._lock:
-                    self._all.append(archive)
+                archive = cache[path] = zipfile.ZipFile(path)
+                while len(cache) > self.KEEP_OPEN:
+                    cache.popitem(last=False)[1].close()
+            cache.move_to_end(path)
             return archive.read(name)
         except KeyError:
-            raise BadInput("no such member", where=f"{path.name}!{name}") from None
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-            raise BadInput(f"cannot read member ({exc})", where=f"{path.name}!{name}") from None
+            raise BadInput("no such member", where=where) from None
+        except RuntimeError:  # zipfile's way of saying the member is encrypted
+            raise BadInput("encrypted member, no password", where=where) from None
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error) as exc:
+            raise BadInput(f"cannot read member ({_why(exc)})", where=where) from None
 
     def close(self) -> None:
-        with self._lock:
-            for archive in self._all:
-                archive.close()
-            self._all.clear()
+        """Close this thread's archives (the others close with their threads' objects)."""
+        cache = getattr(self._local, "cache", None)
+        while cache:
+            cache.popitem()[1].close()

@@ -405,18 +405,26 @@ def worker(
     stop = threading.Event()
     shared = Ledger(options.settings().ledger)
     exit_code = EXIT_OK
+    unusable: set[str] = set()
     with stop_on_signals(stop):
         while not stop.is_set():
-            active = shared.active_runs()
+            active = [run for run in shared.active_runs() if run.id not in unusable]
             if not active and once:
                 break
             for run in active:
                 if stop.is_set():
                     break
                 log.info("joining run %s (%s, %d items left)", run.id, run.operation, run.remaining)
-                # a new engine per run: its counters and failure state belong to that run
-                result = _engine(options, workers, stop=stop).resume(run.id)
+                try:
+                    # a new engine per run: its counters and failure state belong to that run
+                    result = _engine(options, workers, stop=stop).resume(run.id)
+                except PacsflowError as exc:  # this run cannot start here; the others still can
+                    log.error("run %s: %s", run.id, exc)
+                    unusable.add(run.id)
+                    exit_code = max(exit_code, EXIT_USAGE if exc.fatal else 1)
+                    continue
                 exit_code = max(exit_code, _report(result))
+            active = [run for run in active if run.id not in unusable]
             if not active:
                 stop.wait(poll)
     raise typer.Exit(exit_code)

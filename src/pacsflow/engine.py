@@ -146,6 +146,10 @@ class Engine:
             thread.start()
         try:
             self._dispatch(run_id, work)
+        except Exception:  # the ledger itself failed: stop cleanly, say so, keep the items for resume
+            log.exception("run %s: the ledger failed; stopping", run_id)
+            self._fatal = self._fatal or PacsflowError("the ledger database failed; see the log")
+            self.stop.set()
         finally:
             self._shutdown(work, threads)
             self.progress.close()
@@ -160,7 +164,9 @@ class Engine:
             if self.stop.is_set():
                 return
             if self.window is not None and not self.window.is_open():
+                self._give_back_queued(work)  # nothing new starts outside the window
                 self._flush()
+                self.ledger.renew_leases(self.worker_id, self.lease_seconds)  # items still finishing
                 if not waiting_logged:
                     log.info("outside time window %s: waiting until %s", self.window, self.window.next_open())
                     waiting_logged = True
@@ -199,6 +205,15 @@ class Engine:
             else:
                 self._wake.wait(0.2)
                 self._wake.clear()
+
+    def _give_back_queued(self, work: queue.Queue[Item | None]) -> None:
+        while True:
+            try:
+                item = work.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self._results.put(Record(item, status=PENDING, unstarted=True))
 
     def _drain(self) -> list[Record]:
         records: list[Record] = []
@@ -272,7 +287,7 @@ class Engine:
             return self._on_error(item, exc)
         except Exception as exc:
             log.debug("item #%d raised", item.id, exc_info=True)
-            return self._on_error(item, PacsflowError(f"unexpected {type(exc).__name__}: {exc}"))
+            return self._on_error(item, PacsflowError(f"unexpected {type(exc).__name__}", detail=str(exc)))
         return Record(
             item,
             status=outcome.status,

@@ -32,6 +32,12 @@ class ConfigError(PacsflowError):
     fatal = True
 
 
+class TransientError(PacsflowError):
+    """Not now, but later: the item goes back to pending and is tried again after a backoff."""
+
+    transient = True
+
+
 class BadInput(PacsflowError):
     """One input item is unusable (corrupt file, missing folder, malformed CSV row)."""
 

@@ -37,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from pacsflow.errors import ConfigError
 
@@ -119,6 +119,7 @@ class _Statements:
             )
 
         self.pending_ids = ids(PENDING, items.c.not_before <= q("q_now"))
+        self.run_lock = select(func.pg_advisory_xact_lock(func.hashtext(q("q_run", type_=String))))
         self.stale_ids = ids(RUNNING, items.c.lease_until < q("q_now"))
         self.take = (
             update(items)
@@ -273,14 +274,13 @@ class Ledger:
             try:
                 metadata.create_all(self.engine)
                 break
-            except OperationalError as exc:
+            except DBAPIError as exc:
                 # another process may be creating the same new ledger this very moment
                 if attempt == 99 or not _is_lock_race(exc):
                     raise ConfigError(f"cannot open ledger {_safe_url(url)}: {exc.orig}") from None
                 time.sleep(0.1)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._local = threading.local()
-        self._open_phase: dict[str, int] = {}
         self._stale_checked: dict[str, float] = {}
         if self.is_postgres:
             from sqlalchemy.dialects.postgresql import insert
@@ -409,7 +409,7 @@ class Ledger:
                 "run_id": run_id,
                 "phase": item.phase,
                 "kind": item.kind,
-                "key": item.key,
+                "key": storable(item.key),
                 "payload": item.payload,
                 "status": item.status,
                 "last_error": item.note,
@@ -444,27 +444,26 @@ class Ledger:
         self, conn: Connection, run_id: str, worker: str, limit: int, lease_seconds: float
     ) -> list[Item]:
         # Every query is an index seek on (run_id, status, phase, id), so claiming stays cheap however
-        # many items a run has finished. The open phase is remembered and looked up again only when
-        # it runs dry; silent workers' items (expired leases) are looked for every few seconds.
+        # many items a run has finished. Running items are looked at before pending ones: an item goes
+        # from running to done-with-pending-children (or back to pending) in one commit, so even with
+        # PostgreSQL's per-statement snapshots a claim sees it in one form or the other and never
+        # opens a later phase too early. Silent workers' items (expired leases) are looked for every
+        # few seconds.
         now = time.time()
-        phase = self._open_phase.get(run_id)
-        where = {"q_run": run_id, "q_phase": phase, "q_now": now, "q_limit": limit}
-        ids = list(conn.execute(_SQL.pending_ids, where).scalars()) if phase is not None else []
-        if len(ids) < limit:
-            phases = [
-                conn.execute(_SQL.min_phase, {"q_run": run_id, "q_status": status}).scalar()
-                for status in (PENDING, RUNNING)
-            ]
-            open_phases = [found for found in phases if found is not None]
-            if not open_phases:
-                self._open_phase.pop(run_id, None)
-                return []
-            if min(open_phases) != phase:
-                self._open_phase[run_id] = where["q_phase"] = min(open_phases)
-                ids = list(conn.execute(_SQL.pending_ids, where).scalars())
-            if len(ids) < limit and now - self._stale_checked.get(run_id, 0.0) > 5.0:
-                self._stale_checked[run_id] = now
-                ids += conn.execute(_SQL.stale_ids, {**where, "q_limit": limit - len(ids)}).scalars()
+        if self.is_postgres:  # one claim per run at a time across all processes
+            conn.execute(_SQL.run_lock, {"q_run": run_id})
+        phases = [
+            conn.execute(_SQL.min_phase, {"q_run": run_id, "q_status": status}).scalar()
+            for status in (RUNNING, PENDING)
+        ]
+        open_phases = [found for found in phases if found is not None]
+        if not open_phases:
+            return []
+        where = {"q_run": run_id, "q_phase": min(open_phases), "q_now": now, "q_limit": limit}
+        ids = list(conn.execute(_SQL.pending_ids, where).scalars())
+        if len(ids) < limit and now - self._stale_checked.get(run_id, 0.0) > 5.0:
+            self._stale_checked[run_id] = now
+            ids += conn.execute(_SQL.stale_ids, {**where, "q_limit": limit - len(ids)}).scalars()
         if not ids:
             return []
         rows = conn.execute(
@@ -509,7 +508,7 @@ class Ledger:
             params = {
                 "q_id": record.item.id,
                 "q_worker": worker,
-                "q_note": record.note and record.note[:2000],
+                "q_note": record.note and storable(record.note[:2000]),
             }
             if record.status == PENDING:
                 params["q_at"] = record.retry_at or now
@@ -603,9 +602,9 @@ class Ledger:
         if note:
             query = query.where(items.c.last_error == note)
         if key_prefix:
-            query = query.where(items.c.key.startswith(key_prefix, autoescape=True))
+            query = query.where(items.c.key.startswith(storable(key_prefix), autoescape=True))
         if keys is not None:
-            query = query.where(items.c.key.in_(list(keys)))
+            query = query.where(items.c.key.in_([storable(key) for key in keys]))
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:
@@ -687,9 +686,14 @@ def _item(row: Any) -> Item:
     )
 
 
-def _is_lock_race(exc: OperationalError) -> bool:
+def storable(value: str) -> str:
+    """Text any database stores: undecodable bytes of file names (lone surrogates) become escapes."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_lock_race(exc: DBAPIError) -> bool:
     text = str(exc.orig).lower()
-    return "locked" in text or "already exists" in text
+    return any(word in text for word in ("locked", "already exists", "duplicate key"))
 
 
 def _safe_url(url: str) -> str:

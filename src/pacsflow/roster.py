@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +71,8 @@ class Roster:
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
         fmt = sniff_format(raw)
         reader = csv.reader(
-            io.StringIO(raw.decode(fmt.encoding, errors="replace"), newline=""), delimiter=fmt.delimiter
+            io.StringIO(raw.decode(fmt.encoding, errors="surrogateescape"), newline=""),
+            delimiter=fmt.delimiter,
         )
         try:
             header = next(reader)
@@ -121,7 +125,7 @@ class Roster:
         )
         writer.writerow(self.header)
         writer.writerows(self.rows)
-        return buffer.getvalue().encode(self.format.encoding)
+        return buffer.getvalue().encode(self.format.encoding, errors="surrogateescape")
 
     def save(self) -> None:
         """Atomically replace the file (temp file, fsync, rename); the original is kept once as .bak."""
@@ -129,6 +133,18 @@ class Roster:
         if not backup.exists():
             shutil.copy2(self.path, backup)
         atomic_write(self.path, self.render(), mode=self.path.stat().st_mode & 0o777)
+
+
+@contextmanager
+def roster_lock(path: Path) -> Iterator[None]:
+    """Only one process at a time reads, changes and rewrites a roster (e.g. two runs with other --where)."""
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from pacsflow.dicomfiles import iter_files
-from pacsflow.errors import BadInput, ConfigError
+from pacsflow.errors import BadInput, ConfigError, TransientError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.upload import FILE, MEMBER, ArchiveFiles, PriorUploads, open_sender, upload_summary
-from pacsflow.roster import Roster, merge_error_rows
+from pacsflow.roster import Roster, merge_error_rows, roster_lock, same_value
 
 ROW, VERIFY, COMMIT = "row", "verify", "commit"
 # Each batch takes five phases: scan rows, files, archive members, verify rows, rewrite the roster.
@@ -68,10 +68,12 @@ class RosterUpload(Operation):
             for row_id, line, duplicate_of in chunk:
                 payload = {"row": row_id, "line": line, "duplicate_of": duplicate_of}
                 yield PlannedItem(ROW, f"r/{line}", payload, phase)
-            lines = [line for _, line, _ in chunk]
-            yield PlannedItem(
-                COMMIT, f"c/{batch}", {"batch": batch, "lines": lines}, phase + PHASES_PER_BATCH - 1
-            )
+            commit = {
+                "batch": batch,
+                "lines": [line for _, line, _ in chunk],
+                "ids": [i for i, _, _ in chunk],
+            }
+            yield PlannedItem(COMMIT, f"c/{batch}", commit, phase + PHASES_PER_BATCH - 1)
 
     # -- doing ----------------------------------------------------------------------------------
 
@@ -102,9 +104,8 @@ class RosterUpload(Operation):
         ]
         if not children:
             raise BadInput("folder is empty", where=str(folder))
-        children.append(
-            PlannedItem(VERIFY, f"v/{line}", {"row": row_id, "folder": str(folder)}, item.phase + 3)
-        )
+        verify = {"row": row_id, "folder": str(folder), "files": len(children)}
+        children.append(PlannedItem(VERIFY, f"v/{line}", verify, item.phase + 3))
         return Outcome(result={"files": len(children) - 1}, children=children)
 
     def _verify_row(self, item: Item) -> Outcome:
@@ -113,6 +114,14 @@ class RosterUpload(Operation):
         found = self.ledger.items(item.run_id, key_prefix=f"f/{folder}/") + self.ledger.items(
             item.run_id, key_prefix=f"m/{folder}/"
         )
+        unfinished = [one for one in found if one.status not in (DONE, SKIPPED, FAILED)]
+        files = [one for one in found if one.kind == FILE]
+        members = sum(
+            (one.result or {}).get("members", 0) for one in files if "sent" not in (one.result or {})
+        )  # members of a ZIP or plain TAR are items of their own; a compressed TAR's are not
+        if unfinished or len(files) != item.payload["files"] or len(found) - len(files) != members:
+            # never mark a row on an incomplete picture (e.g. items put back by `retry`): look again later
+            raise TransientError("some files of this folder are not finished yet", where=folder)
         failed = [one for one in found if one.status == FAILED]
         if failed:
             raise BadInput(
@@ -137,33 +146,66 @@ class RosterUpload(Operation):
         return Outcome(result={"instances": len(wanted)})
 
     def _commit_batch(self, item: Item) -> Outcome:
-        """Mark the batch's verified rows as uploaded; write the others to the errors CSV with the reason."""
-        lines = set(item.payload["lines"])
+        """Mark the batch's verified rows as uploaded; write the others to the errors CSV with the reason.
+
+        Rows are found by line and checked by ID: if someone edited the roster meanwhile, a row that
+        moved is looked up by its ID, and no other row is ever marked in its place.
+        """
+        rows = dict(zip(item.payload["lines"], item.payload["ids"], strict=True))
         verified: set[int] = set()
         reasons: dict[int, str] = {}
-        keys = [f"{prefix}/{line}" for line in lines for prefix in ("r", "v")]
+        keys = [f"{prefix}/{line}" for line in rows for prefix in ("r", "v")]
         for found in self.ledger.items(item.run_id, keys=keys):
             line = int(found.key.split("/", 1)[1])
             if found.status == FAILED:
                 reasons[line] = found.last_error or "failed"
             elif found.kind == VERIFY and found.status in (DONE, SKIPPED):
                 verified.add(line)
-        roster = self._load()
-        for line in verified:
-            roster.set_cell(roster.rows[line - 2], self.status_column, "1")
-        if verified:
-            roster.save()
-        if reasons:
-            header = [*roster.header, "Error"]
-            rows = [[*roster.rows[line - 2], reason] for line, reason in sorted(reasons.items())]
-            merge_error_rows(self.errors_path, header, rows, roster.format)
-        return Outcome(result={"marked": len(verified), "errors": len(reasons)})
+        with roster_lock(self.roster_path):
+            roster = self._load()
+            marked, changed = 0, False
+            for line in sorted(verified):
+                index = self._find_row(roster, line, rows[line])
+                if index is None:
+                    reasons[line] = f"roster changed: no row with this {self.id_column} any more"
+                    continue
+                marked += 1
+                if not same_value(roster.cell(roster.rows[index], self.status_column) or "0", "1"):
+                    roster.set_cell(roster.rows[index], self.status_column, "1")
+                    changed = True
+            if changed:
+                roster.save()
+            if reasons:
+                header = [*roster.header, "Error"]
+                error_rows = []
+                for line, reason in sorted(reasons.items()):
+                    index = self._find_row(roster, line, rows[line])
+                    original = roster.rows[index] if index is not None else [rows[line]]
+                    error_rows.append([*original, reason])
+                merge_error_rows(self.errors_path, header, error_rows, roster.format)
+        return Outcome(result={"marked": marked, "errors": len(reasons)})
+
+    def _find_row(self, roster: Roster, line: int, row_id: str) -> int | None:
+        """The row planned at LINE if it still holds ROW_ID, else the first row with that ID."""
+        index = line - 2
+        if (
+            0 <= index < len(roster.rows)
+            and roster.cell(roster.rows[index], self.id_column).strip() == row_id
+        ):
+            return index
+        for other, row in enumerate(roster.rows):
+            if roster.cell(row, self.id_column).strip() == row_id:
+                return other
+        return None
 
     def finish(self, run: RunInfo) -> list[str]:
+        # Rows that verified only after a `retry` came after their batch's commit: commit again
+        # (idempotent: marked rows stay marked, errors already written are not written twice).
         marked = errors = 0
         for commit in self.ledger.items(run.id, kind=COMMIT, status=DONE):
-            marked += (commit.result or {}).get("marked", 0)
-            errors += (commit.result or {}).get("errors", 0)
+            counts = self._commit_batch(commit).result or {}
+            marked += counts.get("marked", 0)
+            errors += counts.get("errors", 0)
         tally = self.ledger.tally(run.id)
         batches = sum(n for (kind, _, _), n in tally.items() if kind == COMMIT)
         rows = sum(n for (kind, _, _), n in tally.items() if kind == ROW)

@@ -22,7 +22,7 @@ from pacsflow.archives import (
 from pacsflow.dicomfiles import InstanceUIDs, iter_files, looks_like_dicom, read_uids
 from pacsflow.errors import BadInput, ConfigError, PacsflowError, ServerError, Unsupported
 from pacsflow.join import JoinTable
-from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo
+from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo, storable
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.orthanc import Orthanc
@@ -244,6 +244,8 @@ class PriorUploads:
         except OSError:
             return PlannedItem(FILE, key, payload, phase)  # doing it will say what is wrong
         payload = {**payload, "size": stat.st_size, "mtime": stat.st_mtime_ns}
+        if storable(key) != key:  # a name that is not UTF-8: the key is escaped, the payload keeps it
+            payload.setdefault("path", str(path))
         earlier = self.files.get(str(path))
         if earlier and earlier[:2] == (stat.st_size, stat.st_mtime_ns) and earlier[2] in known:
             result = {"id": earlier[2], "study": earlier[3]}
