@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pacsflow.config import Settings
+from pacsflow.ledger import Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.pgsandbox import LocalPostgres
 from pacsflow.sandbox import LocalOrthanc
@@ -126,6 +129,30 @@ def settings(workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc) ->
         retries=3,
         servers={"a": orthanc_a.server_config(), "b": orthanc_b.server_config()},
     )
+
+
+def wait_for(condition: Callable[[], object], what: str, process: subprocess.Popen | None = None) -> None:
+    """Poll CONDITION (60 s at most); fail if PROCESS ends first."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def latest_run(workdir: Path, kind: str | None = None, status: str | None = None) -> Any:
+    """The newest run of the default ledger under WORKDIR, or (with KIND/STATUS) its matching items."""
+    path = workdir / ".pacsflow" / "ledger.db"
+    if not path.exists():
+        return None
+    ledger = Ledger(f"sqlite:///{path}")
+    runs = ledger.runs(1)
+    if not runs or kind is None:
+        return runs[0] if runs else None
+    return ledger.items(runs[0].id, status=status, kind=kind)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120):

@@ -7,14 +7,16 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from pacsflow.ledger import DONE, Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import PACSFLOW, run_cli
+from tests.conftest import PACSFLOW, latest_run, run_cli, wait_for
 
 N_PATIENTS, N_INSTANCES = 10, 60  # 600 instances
 TOTAL = N_PATIENTS * N_INSTANCES
+NO_RUN = SimpleNamespace(counts={})
 
 
 def ledger_of(workdir: Path) -> Ledger:
@@ -59,16 +61,9 @@ def test_sigkill_half_way_then_resume_loses_and_repeats_nothing(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    ledger_path = workdir / ".pacsflow" / "ledger.db"
-    deadline = time.monotonic() + 60
-    done = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if ledger_path.exists():
-            runs = ledger_of(workdir).runs()
-            done = runs[0].counts.get(DONE, 0) if runs else 0
-            if done >= TOTAL // 4:
-                break
-        time.sleep(0.05)
+    wait_for(
+        lambda: (latest_run(workdir) or NO_RUN).counts.get(DONE, 0) >= TOTAL // 4, "a quarter done", process
+    )
     assert process.poll() is None, "the run finished before it could be killed; make it bigger"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -143,15 +138,7 @@ def start_populate(workdir: Path, *extra: str, env: dict[str, str] | None = None
 
 
 def wait_until_done_at_least(workdir: Path, count: int, process: subprocess.Popen[str]) -> None:
-    ledger_path = workdir / ".pacsflow" / "ledger.db"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if ledger_path.exists():
-            runs = ledger_of(workdir).runs()
-            if runs and runs[0].counts.get(DONE, 0) >= count:
-                return
-        time.sleep(0.05)
-    raise AssertionError("the run ended or stalled before reaching the point of the test")
+    wait_for(lambda: (latest_run(workdir) or NO_RUN).counts.get(DONE, 0) >= count, f"{count} done", process)
 
 
 def test_sigterm_finishes_in_flight_items_and_stops(

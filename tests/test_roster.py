@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from pacsflow.ledger import DONE, Ledger
+from pacsflow.ledger import DONE
 from pacsflow.orthanc import Orthanc
 from pacsflow.roster import Roster, sniff_format
 from pacsflow.sandbox import LocalOrthanc
 from pacsflow.synthetic import Shape, instance_bytes, patient_id
-from tests.conftest import PACSFLOW, USER, run_cli
+from tests.conftest import PACSFLOW, USER, latest_run, run_cli, wait_for
 
 
 def make_folders(root: Path, shape: Shape) -> list[str]:
@@ -113,8 +112,7 @@ def test_roster_with_commas_quotes_and_custom_columns(
     shape = Shape(patients=1, series=1, instances=2, pixels=16, seed=32)
     (p0,) = make_folders(workdir / "root", shape)
     text = f'MRN,Name,Done\n{p0},"Doe, John",no\n'
-    (workdir / "list.csv").write_text(text)
-    result = run_cli(
+    upload = (
         "upload",
         "--roster",
         "list.csv",
@@ -130,29 +128,13 @@ def test_roster_with_commas_quotes_and_custom_columns(
         "Done",
         "--errors",
         "errs.csv",
-        cwd=workdir,
     )
+    (workdir / "list.csv").write_text(text)
+    result = run_cli(*upload, cwd=workdir)
     # 'no' is neither 0 nor empty: the row is not shortlisted
     assert "rows 0 in 0 batches" in result.stdout
     (workdir / "list.csv").write_text(f'MRN,Name,Done\n{p0},"Doe, John",0\n')
-    result = run_cli(
-        "upload",
-        "--roster",
-        "list.csv",
-        "--root",
-        "root",
-        "--to",
-        "a",
-        "--batch-size",
-        "5",
-        "--id-column",
-        "MRN",
-        "--status-column",
-        "Done",
-        "--errors",
-        "errs.csv",
-        cwd=workdir,
-    )
+    result = run_cli(*upload, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert (workdir / "list.csv").read_text() == f'MRN,Name,Done\n{p0},"Doe, John",1\n'
     assert sniff_format((workdir / "list.csv").read_bytes()).delimiter == ","
@@ -227,14 +209,9 @@ def test_roster_killed_mid_run_resumes_batch_by_batch(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    ledger_path = workdir / ".pacsflow" / "ledger.db"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if ledger_path.exists():
-            runs = Ledger(f"sqlite:///{ledger_path}").runs()
-            if runs and Ledger(f"sqlite:///{ledger_path}").items(runs[0].id, kind="commit", status=DONE):
-                break
-        time.sleep(0.05)
+    wait_for(
+        lambda: bool(latest_run(workdir, kind="commit", status=DONE)), "the first batch's commit", process
+    )
     process.send_signal(signal.SIGKILL)
     process.wait()
     marked = Roster.load(workdir / "Final.csv", ["UHID"]).rows

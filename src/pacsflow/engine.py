@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pacsflow.config import Settings
 from pacsflow.errors import PacsflowError
@@ -29,6 +29,7 @@ from pacsflow.pacing import RetryPolicy, TimeWindow, TokenBucket, parse_rate
 from pacsflow.progress import LogProgress, Progress
 
 log = logging.getLogger("pacsflow")
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -207,21 +208,12 @@ class Engine:
                 self._wake.clear()
 
     def _give_back_queued(self, work: queue.Queue[Item | None]) -> None:
-        while True:
-            try:
-                item = work.get_nowait()
-            except queue.Empty:
-                return
+        for item in _take_all(work):
             if item is not None:
                 self._results.put(Record(item, status=PENDING, unstarted=True))
 
     def _drain(self) -> list[Record]:
-        records: list[Record] = []
-        while True:
-            try:
-                records.append(self._results.get_nowait())
-            except queue.Empty:
-                return records
+        return _take_all(self._results)
 
     def _account(self, records: list[Record], claimed: list[Item]) -> None:
         """Progress for what was recorded; outstanding = claimed and not yet recorded."""
@@ -242,14 +234,7 @@ class Engine:
             self._account(records, [])
 
     def _shutdown(self, work: queue.Queue[Item | None], threads: list[threading.Thread]) -> None:
-        unstarted: list[Item] = []
-        while True:
-            try:
-                item = work.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                unstarted.append(item)
+        unstarted = [item for item in _take_all(work) if item is not None]
         for _ in threads:
             work.put(None)
         for thread in threads:
@@ -342,6 +327,16 @@ class Engine:
         finally:
             op.close()
         return RunResult(run_id, status, run.counts, run.bytes, elapsed, self._fatal, lines)
+
+
+def _take_all(source: queue.Queue[T]) -> list[T]:
+    """Everything in a queue right now, without waiting."""
+    taken: list[T] = []
+    while True:
+        try:
+            taken.append(source.get_nowait())
+        except queue.Empty:
+            return taken
 
 
 def describe_run(run: RunInfo) -> str:
