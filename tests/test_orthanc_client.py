@@ -75,3 +75,17 @@ def test_not_found_and_server_messages(client_a: Orthanc) -> None:
 
 def test_missing_study_has_no_instances(client_a: Orthanc) -> None:
     assert client_a.instance_ids_of("studies", orthanc_id("nobody", "1.2.3")) == []
+
+
+def test_payload_posts_use_http_client_unless_a_proxy_is_set(
+    orthanc_a: LocalOrthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    with Orthanc(orthanc_a.server_config()) as client:
+        assert client._payloads is not None
+        answer = client.upload(instance_bytes(Shape(seed=7), 0, 0, 0, 0))
+        assert answer["Status"] == "Success"  # through http.client, with basic auth
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    with Orthanc(orthanc_a.server_config()) as client:
+        assert client._payloads is None  # httpx honours the proxy; http.client would bypass it
