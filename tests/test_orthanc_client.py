@@ -80,7 +80,15 @@ def test_missing_study_has_no_instances(client_a: Orthanc) -> None:
 def test_payload_posts_use_http_client_unless_a_proxy_is_set(
     orthanc_a: LocalOrthanc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+    for key in (
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+    ):
         monkeypatch.delenv(key, raising=False)
     with Orthanc(orthanc_a.server_config()) as client:
         assert client._payloads is not None

@@ -170,6 +170,19 @@ def start_run(
     raise typer.Exit(_report(result))
 
 
+def parse_query(conditions: list[str] | None) -> dict[str, str] | None:
+    """--query PatientID=PF* StudyDate=20200101-20201231 -> Orthanc's /tools/find query."""
+    query = {}
+    for condition in conditions or []:
+        tag, sep, value = condition.partition("=")
+        if not sep or not tag.strip():
+            raise ConfigError(
+                f"--query {condition!r}: write TAG=VALUE, e.g. PatientID=PF* or StudyDate=2020-"
+            )
+        query[tag.strip()] = value.strip()
+    return query or None
+
+
 WorkersOption = typer.Option(
     None, "--workers", "-w", min=1, max=256, help="parallel workers (default: config)"
 )
@@ -300,15 +313,28 @@ def transfer(
     source: str = typer.Option(..., "--from", help="source Orthanc server"),
     destination: str = typer.Option(..., "--to", help="destination Orthanc server"),
     study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
+    query: list[str] = typer.Option(None, "--query", help="TAG=VALUE the studies match (repeatable; * ok)"),
+    via: str = typer.Option("rest", "--via", help="rest: copy through pacsflow; peer: the source sends"),
+    peer: str | None = typer.Option(None, "--peer", help="with --via peer: the source's name for the peer"),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
 ) -> None:
     """Copy studies to another server: only what is missing, each study verified afterwards."""
     from pacsflow.ops.transfer import Transfer
 
-    start_run(
-        ctx, Transfer, {"from": source, "to": destination, "studies": study or None}, workers, plan_only
-    )
+    if via not in ("rest", "peer"):
+        raise ConfigError(f"--via {via!r}: use rest or peer")
+    if study and query:
+        raise ConfigError("give --study or --query, not both")
+    params = {
+        "from": source,
+        "to": destination,
+        "studies": study or None,
+        "query": parse_query(query),
+        "via": via,
+        "peer": peer,
+    }
+    start_run(ctx, Transfer, params, workers, plan_only)
 
 
 @app.command()

@@ -10,7 +10,9 @@ from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_server
 
-STUDY, INSTANCE, VERIFY = "study", "instance", "verify"
+STUDY, INSTANCE, PEER_STORE, VERIFY = "study", "instance", "peer-store", "verify"
+ALREADY_COMPLETE = "already complete"
+PEER_BATCH = 200  # instances per peer store request
 
 
 @register
@@ -23,15 +25,37 @@ class Transfer(Operation):
         workers = params.get("workers", settings.workers)
         self.source = connect(settings, params["from"], workers)
         self.destination = connect(settings, params["to"], workers)
+        self.via = params.get("via") or "rest"
+        self.peer: str | None = params.get("peer")
 
     def preflight(self) -> None:
         if self.source.config.url == self.destination.config.url:
             raise ConfigError("source and destination are the same server")
         preflight_server(self.source)
         preflight_server(self.destination)
+        if self.via == "peer" and not self.peer:
+            self.peer = self._find_peer()
+            self.params["peer"] = self.peer  # remembered for resume
+
+    def _find_peer(self) -> str:
+        """The source Orthanc's name for the destination among its OrthancPeers, matched by URL."""
+        peers = self.source.get_json("/peers", expand="")
+        wanted = self.destination.config.url.rstrip("/")
+        for name, info in peers.items() if isinstance(peers, dict) else []:
+            if str(info.get("Url", "")).rstrip("/") == wanted:
+                return name
+        known = ", ".join(peers) if peers else "none"
+        raise ConfigError(
+            f"{self.source.display} has no Orthanc peer with URL {wanted} (its peers: {known}); "
+            "add it to OrthancPeers or name one with --peer"
+        )
 
     def plan(self) -> Iterable[PlannedItem]:
-        studies = self.params.get("studies") or self.source.ids("studies")
+        studies = self.params.get("studies")
+        if not studies and self.params.get("query"):
+            studies = self.source.find("Study", self.params["query"])
+        elif not studies:
+            studies = self.source.ids("studies")
         for study in studies:
             yield PlannedItem(STUDY, f"s/{study}", {"study": study})
 
@@ -40,6 +64,8 @@ class Transfer(Operation):
             return self._plan_study(item.payload["study"])
         if item.kind == INSTANCE:
             return self._copy_instance(item.payload["id"])
+        if item.kind == PEER_STORE:
+            return self._peer_store(item.payload["ids"])
         return self._verify_study(item.payload["study"])
 
     def _plan_study(self, study: str) -> Outcome:
@@ -48,15 +74,34 @@ class Transfer(Operation):
         if not wanted:
             raise BadInput(f"study {study} is not on {self.source.display}")
         present = set(self.destination.instance_ids_of("studies", study))
-        children = [
-            PlannedItem(INSTANCE, f"i/{instance}", {"id": instance}, phase=1)
-            for instance in wanted
-            if instance not in present
-        ]
+        missing = [instance for instance in wanted if instance not in present]
+        result = {"instances": len(wanted), "present": len(wanted) - len(missing)}
+        if not missing:  # both lists just read: the destination already holds the whole study
+            return Outcome(note=ALREADY_COMPLETE, result=result)
+        if self.via == "peer":
+            children = [
+                PlannedItem(PEER_STORE, f"p/{study}/{n}", {"ids": missing[n : n + PEER_BATCH]}, phase=1)
+                for n in range(0, len(missing), PEER_BATCH)
+            ]
+        else:
+            children = [
+                PlannedItem(INSTANCE, f"i/{instance}", {"id": instance}, phase=1) for instance in missing
+            ]
         children.append(PlannedItem(VERIFY, f"v/{study}", {"study": study}, phase=2))
-        return Outcome(
-            result={"instances": len(wanted), "present": len(wanted) - len(children) + 1}, children=children
-        )
+        return Outcome(result=result, children=children)
+
+    def _peer_store(self, instances: list[str]) -> Outcome:
+        """The source Orthanc sends these instances to its peer itself (a synchronous job: its answer is its
+        status); what arrived is checked by the study's verify item."""
+        try:
+            self.source.post_json(
+                f"/peers/{self.peer}/store", {"Resources": instances, "Synchronous": True}, retry=False
+            )
+        except ServerError as exc:
+            raise ServerError(
+                f"peer store to {self.peer} failed: {exc}", status=exc.status, transient=True
+            ) from None
+        return Outcome(result={"sent": len(instances)})
 
     def _copy_instance(self, instance: str) -> Outcome:
         data = self.source.instance_file(instance)
@@ -87,10 +132,17 @@ class Transfer(Operation):
         def count(kind: str, *statuses: str) -> int:
             return sum(n for (k, status, _), n in tally.items() if k == kind and status in statuses)
 
+        complete = sum(
+            n for (kind, _, note), n in tally.items() if kind == STUDY and note == ALREADY_COMPLETE
+        )
+        copied = count(INSTANCE, DONE, SKIPPED) + sum(
+            (item.result or {}).get("sent", 0) for item in self.ledger.items(run.id, DONE, kind=PEER_STORE)
+        )
         return [
-            f"studies {count(STUDY, DONE, FAILED)}: verified {count(VERIFY, DONE)}, "
-            f"failed {count(VERIFY, FAILED) + count(STUDY, FAILED)}; instances copied "
-            f"{count(INSTANCE, DONE, SKIPPED)}, failed {count(INSTANCE, FAILED)}; {run.bytes / 1e6:.1f} MB"
+            f"studies {count(STUDY, DONE, FAILED)}: verified {count(VERIFY, DONE) + complete}, "
+            f"failed {count(VERIFY, FAILED) + count(STUDY, FAILED)}; instances copied {copied}, "
+            f"failed {count(INSTANCE, FAILED) + count(PEER_STORE, FAILED)}; {run.bytes / 1e6:.1f} MB; "
+            f"{complete} studies were complete already"
         ]
 
     def close(self) -> None:

@@ -1,0 +1,113 @@
+"""transfer between real Orthancs: REST copy of what is missing, Orthanc peers, queries, verification."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pacsflow.orthanc import Orthanc
+from pacsflow.sandbox import LocalOrthanc
+from tests.conftest import PASSWORD, USER, run_cli
+
+
+@pytest.fixture(scope="module")
+def peer_source(
+    tmp_path_factory: pytest.TempPathFactory, _orthanc_a: LocalOrthanc, _orthanc_b: LocalOrthanc
+) -> Iterator[LocalOrthanc]:
+    """An Orthanc that knows A (with its password) and B as OrthancPeers."""
+    peers = {
+        "to-a": {"Url": _orthanc_a.url + "/", "Username": USER, "Password": PASSWORD},
+        "to-b": [_orthanc_b.url + "/"],
+    }
+    server = LocalOrthanc("P", tmp_path_factory.mktemp("orthanc-p"), aet="ORTHANCP", peers=peers).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def source(peer_source: LocalOrthanc) -> Iterator[Orthanc]:
+    with Orthanc(peer_source.server_config()) as client:
+        for patient in client.ids("patients"):
+            client.delete_resource("patients", patient)
+        yield client
+
+
+def test_via_peer_the_source_sends_and_each_study_is_verified(
+    workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_a: LocalOrthanc, client_a: Orthanc
+) -> None:
+    run_cli(
+        "populate",
+        "--to",
+        peer_source.url,
+        "--patients",
+        "2",
+        "--series",
+        "2",
+        "--instances",
+        "3",
+        cwd=workdir,
+    )
+    result = run_cli(
+        "transfer",
+        "--from",
+        peer_source.url,
+        "--to",
+        orthanc_a.url_with_credentials,
+        "--via",
+        "peer",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verified 2, failed 0; instances copied 12" in result.stdout
+    assert sorted(client_a.ids("instances")) == sorted(source.ids("instances"))
+    again = run_cli(
+        "transfer",
+        "--from",
+        peer_source.url,
+        "--to",
+        orthanc_a.url_with_credentials,
+        "--via",
+        "peer",
+        cwd=workdir,
+    )
+    assert "instances copied 0" in again.stdout and "2 studies were complete already" in again.stdout
+
+
+def test_via_peer_needs_the_destination_among_the_source_peers(
+    workdir: Path, config_file: Path, orthanc_b: LocalOrthanc
+) -> None:
+    result = run_cli("transfer", "--from", "b", "--to", "a", "--via", "peer", cwd=workdir)
+    assert result.returncode == 2
+    assert "has no Orthanc peer with URL" in result.stderr and "(its peers: none)" in result.stderr
+
+
+def test_query_chooses_the_studies(
+    workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
+) -> None:
+    run_cli("populate", "--to", "a", "--patients", "3", "--instances", "2", "--seed", "4", cwd=workdir)
+    result = run_cli("transfer", "--from", "a", "--to", "b", "--query", "PatientID=PF004-00001", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    patients = [
+        client_b.resource("patients", p)["MainDicomTags"]["PatientID"] for p in client_b.ids("patients")
+    ]
+    assert patients == ["PF004-00001"]
+    bad = run_cli("transfer", "--from", "a", "--to", "b", "--query", "PatientID", cwd=workdir)
+    assert bad.returncode == 2 and "write TAG=VALUE" in bad.stderr
+
+
+def test_destination_missing_an_instance_after_copy_fails_verification(
+    workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
+) -> None:
+    run_cli("populate", "--to", "a", "--patients", "1", "--instances", "3", cwd=workdir)
+    planned = run_cli("transfer", "--from", "a", "--to", "b", "--plan-only", cwd=workdir)
+    assert planned.returncode == 0
+    first = run_cli("transfer", "--from", "a", "--to", "b", cwd=workdir)
+    assert first.returncode == 0
+    # someone deletes an instance on B: a new transfer copies exactly that one back and verifies
+    client_b.delete_resource("instances", client_b.ids("instances")[0])
+    again = run_cli("transfer", "--from", "a", "--to", "b", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert "instances copied 1" in again.stdout and "verified 1" in again.stdout
+    assert sorted(client_b.ids("instances")) == sorted(client_a.ids("instances"))
