@@ -339,6 +339,50 @@ def transfer(
 
 @app.command()
 @errors_to_exit
+def compare(
+    ctx: typer.Context,
+    a: str = typer.Argument(..., metavar="A", help="Orthanc server (name or URL)"),
+    b: str = typer.Argument(..., metavar="B", help="Orthanc server (name or URL)"),
+    level: str = typer.Option("study", "--level", help="study, series or instance"),
+    query: list[str] = typer.Option(None, "--query", help="TAG=VALUE to compare only part (repeatable)"),
+    from_date: str | None = typer.Option(None, "--from-date", help="StudyDate from (YYYYMMDD)"),
+    to_date: str | None = typer.Option(None, "--to-date", help="StudyDate to (YYYYMMDD)"),
+    out: Path | None = typer.Option(None, "--out", help="write the differences to this CSV"),
+    transfer_missing: bool = typer.Option(False, "--transfer-missing", help="copy what B lacks from A"),
+    workers: int | None = WorkersOption,
+) -> None:
+    """What A and B hold, side by side; exit 0 when they match, 1 when they differ."""
+    from pacsflow.ops import compare as comparing
+    from pacsflow.ops.servers import connect, preflight_server
+    from pacsflow.ops.transfer import Transfer
+
+    settings = _options(ctx).settings()
+    conditions = parse_query(query) or {}
+    if from_date or to_date:
+        conditions["StudyDate"] = f"{from_date or ''}-{to_date or ''}"
+    with (
+        connect(settings, a, workers or settings.workers) as left,
+        connect(settings, b, workers or settings.workers) as right,
+    ):
+        preflight_server(left)
+        preflight_server(right)
+        held_a = comparing.holdings(left, level, conditions or None)
+        held_b = comparing.holdings(right, level, conditions or None)
+        differences = comparing.compare(held_a, held_b, level)
+        typer.echo(comparing.summary(differences, level, (len(held_a), len(held_b))))
+        if out is not None:
+            comparing.write_csv(out, differences)
+            typer.echo(f"differences written to {out}")
+        missing = comparing.studies_to_copy(left, differences) if transfer_missing else []
+    if not differences:
+        raise typer.Exit(EXIT_OK)
+    if transfer_missing and missing:
+        start_run(ctx, Transfer, {"from": a, "to": b, "studies": missing}, workers, False)
+    raise typer.Exit(1)
+
+
+@app.command()
+@errors_to_exit
 def download(
     ctx: typer.Context,
     source: str = typer.Option(..., "--from", help="Orthanc server"),

@@ -1,0 +1,87 @@
+"""compare: what two Orthanc archives hold, at study, series or instance level, by Orthanc ID."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pacsflow.errors import ConfigError
+from pacsflow.orthanc import Orthanc
+from pacsflow.roster import atomic_write
+
+LEVELS = {"study": "studies", "series": "series", "instance": "instances"}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One resource that is only on one side, or on both with other instance counts."""
+
+    level: str
+    resource: str
+    where: str  # "only-a", "only-b" or "count-differs"
+    count_a: int
+    count_b: int
+
+
+def holdings(server: Orthanc, level: str, query: dict[str, str] | None) -> dict[str, int]:
+    """Resource ID -> number of instances, for every resource at LEVEL (optionally matching QUERY)."""
+    if level not in LEVELS:
+        raise ConfigError(f"--level {level!r}: use study, series or instance")
+    if level == "instance":
+        ids = server.find("Instance", query) if query else server.ids("instances")
+        return dict.fromkeys(ids, 1)
+    plural = LEVELS[level]
+    ids = server.find(level.capitalize(), query) if query else server.ids(plural)
+    return {resource: len(server.instance_ids_of(plural, resource)) for resource in ids}
+
+
+def compare(a: dict[str, int], b: dict[str, int], level: str) -> list[Difference]:
+    differences = [Difference(level, key, "only-a", a[key], 0) for key in sorted(a.keys() - b.keys())]
+    differences += [Difference(level, key, "only-b", 0, b[key]) for key in sorted(b.keys() - a.keys())]
+    differences += [
+        Difference(level, key, "count-differs", a[key], b[key])
+        for key in sorted(a.keys() & b.keys())
+        if a[key] != b[key]
+    ]
+    return differences
+
+
+def summary(differences: Iterable[Difference], level: str, sizes: tuple[int, int]) -> str:
+    counts = {"only-a": 0, "only-b": 0, "count-differs": 0}
+    for difference in differences:
+        counts[difference.where] += 1
+    noun = "series" if level == "series" else f"{level}s" if level != "study" else "studies"
+    return (
+        f"{noun}: A has {sizes[0]}, B has {sizes[1]}; only in A {counts['only-a']}, only in B "
+        f"{counts['only-b']}, instance counts differ {counts['count-differs']}"
+    )
+
+
+def write_csv(path: Path, differences: list[Difference]) -> None:
+    """The differences as CSV (mode 0600: Orthanc IDs are derived from patient IDs)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["level", "orthanc_id", "where", "instances_a", "instances_b"])
+    for difference in differences:
+        writer.writerow(
+            [difference.level, difference.resource, difference.where, difference.count_a, difference.count_b]
+        )
+    atomic_write(path, buffer.getvalue().encode(), mode=0o600)
+
+
+def studies_to_copy(source: Orthanc, differences: list[Difference]) -> list[str]:
+    """The studies of A that B lacks in whole or in part."""
+    studies: set[str] = set()
+    for difference in differences:
+        if difference.where == "only-b":
+            continue  # nothing of A to send (a transfer copies only what B lacks anyway)
+        if difference.level == "study":
+            studies.add(difference.resource)
+        elif difference.level == "series":
+            studies.add(source.resource("series", difference.resource)["ParentStudy"])
+        else:
+            studies.add(source.get_json(f"/instances/{difference.resource}/study")["ID"])
+    return sorted(studies)
