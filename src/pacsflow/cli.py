@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import typer
 
 from pacsflow.config import Settings, load_settings
-from pacsflow.engine import EXIT_OK, EXIT_USAGE, Engine, RunResult, describe_run
+from pacsflow.engine import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Engine, RunResult, describe_run
 from pacsflow.errors import ConfigError, PacsflowError
 from pacsflow.ledger import FAILED, Ledger
 from pacsflow.ops.base import Operation
@@ -335,6 +335,76 @@ def transfer(
         "peer": peer,
     }
     start_run(ctx, Transfer, params, workers, plan_only)
+
+
+@app.command()
+@errors_to_exit
+def clone(
+    ctx: typer.Context,
+    source: str = typer.Option(..., "--from", help="source Orthanc server"),
+    destination: str = typer.Option(..., "--to", help="destination Orthanc server"),
+    follow: bool = typer.Option(False, "--follow", help="then keep copying new instances until stopped"),
+    window: str | None = typer.Option(
+        None, "--window", help="work only then, e.g. 'Mon-Fri 19:00-07:00, Sat-Sun'"
+    ),
+    poll: float = typer.Option(2.0, "--poll", min=0.1, help="seconds between looks at the change feed"),
+    workers: int | None = WorkersOption,
+) -> None:
+    """Copy everything to another server; with --follow keep following the source's new instances.
+
+    A clone of the same source and destination continues the earlier clone run: a crash or a stop loses
+    nothing, and the change feed is read again from the last point whose changes were all done.
+    """
+    from pacsflow.ops.transfer import Clone, instance_item
+    from pacsflow.pacing import TimeWindow
+    from pacsflow.services.follower import CHECKPOINT, ChangeFollower, last_change
+
+    options = _options(ctx)
+    settings = options.settings()
+    params = {"from": source, "to": destination, "workers": workers or settings.workers}
+    stop = threading.Event()
+    engine = _engine(options, workers, window=window, stop=stop)
+    earlier = [
+        run
+        for run in engine.ledger.runs(10_000)
+        if run.operation == "clone"
+        and run.params.get("from") == source
+        and run.params.get("to") == destination
+    ]
+    with stop_on_signals(stop):
+        if earlier:
+            run_id = earlier[0].id
+            log.info("continuing clone run %s", run_id)
+            result = engine.resume(run_id)
+        else:
+            operation = Clone(settings, params)
+            operation.preflight()
+            params["start_change"] = last_change(operation.source)  # changes after this are followed
+            result = engine.start(operation)
+            run_id = result.run_id
+        if engine.ledger.checkpoint(run_id, CHECKPOINT) is None:
+            start = engine.ledger.run(run_id).params.get("start_change", 0)
+            engine.ledger.set_checkpoint(run_id, CHECKPOINT, str(start))
+        code = _report(result)
+        if not follow or stop.is_set() or result.error is not None:
+            raise typer.Exit(code)
+        typer.echo(f"following the changes of {source} (Ctrl-C to stop)")
+        run = engine.ledger.run(run_id)
+        follower_source = Clone(settings, run.params)
+        ChangeFollower(
+            engine.ledger,
+            run_id,
+            make_operation=lambda: Clone(settings, run.params),
+            make_engine=lambda: _engine(options, workers, window=window, stop=stop),
+            source=follower_source.source,
+            stop=stop,
+            poll=poll,
+            window=TimeWindow(window) if window else None,
+            item=instance_item,
+        ).run()
+        follower_source.close()
+    typer.echo(f"stopped following; continue with the same `pacsflow clone --follow` (run {run_id})")
+    raise typer.Exit(EXIT_INTERRUPTED if stop.is_set() else EXIT_OK)
 
 
 @app.command()

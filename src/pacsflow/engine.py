@@ -128,6 +128,7 @@ class Engine:
     # -- the loop -------------------------------------------------------------------------------
 
     def execute(self, op: Operation, run_id: str) -> RunResult:
+        op.ledger = self.ledger
         started = time.monotonic()
         reclaimed = self.ledger.reclaim_dead(run_id)
         if reclaimed:

@@ -148,3 +148,19 @@ class Transfer(Operation):
     def close(self) -> None:
         self.source.close()
         self.destination.close()
+
+
+@register
+class Clone(Transfer):
+    """Everything of the source, then (with the follower) each new instance as it arrives."""
+
+    name = "clone"
+
+    def plan(self) -> Iterable[PlannedItem]:
+        for study in self.source.ids("studies"):
+            yield PlannedItem(STUDY, f"s/{study}", {"study": study})
+
+
+def instance_item(instance: str) -> PlannedItem:
+    """A copy item for one instance (as the change feed names it)."""
+    return PlannedItem(INSTANCE, f"i/{instance}", {"id": instance})

@@ -1,0 +1,1 @@
+"""Long-running services: change-feed followers; later the storage SCP, worklist server, web app."""

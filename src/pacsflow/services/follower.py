@@ -1,0 +1,92 @@
+"""Following an Orthanc's change feed: each new instance becomes an item of a long-lived clone run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from pacsflow.engine import Engine
+from pacsflow.errors import PacsflowError
+from pacsflow.ledger import PENDING, RUNNING, Ledger, PlannedItem
+from pacsflow.ops.base import Operation
+from pacsflow.orthanc import Orthanc
+from pacsflow.pacing import TimeWindow
+
+log = logging.getLogger("pacsflow")
+CHECKPOINT = "changes"
+PAGE = 1000
+
+
+def last_change(source: Orthanc) -> int:
+    """The sequence number of the source's newest change (0 for a new server)."""
+    return int(source.get_json("/changes", last="").get("Last", 0))
+
+
+class ChangeFollower:
+    """Reads /changes from the run's checkpoint, queues NewInstance changes as copy items, works them, and
+    moves the checkpoint only past changes whose items are finished: a crash re-reads from there."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        run_id: str,
+        make_operation: Callable[[], Operation],
+        make_engine: Callable[[], Engine],
+        source: Orthanc,
+        stop: threading.Event,
+        *,
+        poll: float = 2.0,
+        window: TimeWindow | None = None,
+        item: Callable[[str], PlannedItem],
+    ) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.make_operation = make_operation
+        self.make_engine = make_engine
+        self.source = source
+        self.stop = stop
+        self.poll = poll
+        self.window = window
+        self.item = item
+
+    def checkpoint(self) -> int:
+        return int(self.ledger.checkpoint(self.run_id, CHECKPOINT) or 0)
+
+    def run(self) -> None:
+        """Until stopped: one page of changes at a time."""
+        while not self.stop.is_set():
+            if self.window is not None and not self.window.is_open():
+                self.stop.wait(30.0)
+                continue
+            since = self.checkpoint()
+            try:
+                page = self.source.get_json("/changes", since=since, limit=PAGE)
+            except PacsflowError as exc:
+                if exc.fatal:
+                    raise
+                log.warning("change feed: %s; trying again", exc.reason)
+                self.stop.wait(max(self.poll, 5.0))
+                continue
+            new = [
+                self.item(change["ID"])
+                for change in page.get("Changes", [])
+                if change.get("ChangeType") == "NewInstance"
+            ]
+            if new:
+                self.ledger.add_items(self.run_id, new)
+            if new or self._unfinished():
+                result = self.make_engine().execute(self.make_operation(), self.run_id)
+                if result.status == "stopped":
+                    return
+            if self._unfinished():
+                continue  # another process still holds items: the checkpoint waits for them
+            last = int(page.get("Last", since))
+            if last > since:
+                self.ledger.set_checkpoint(self.run_id, CHECKPOINT, str(last))
+            if page.get("Done", True):
+                self.stop.wait(self.poll)
+
+    def _unfinished(self) -> bool:
+        counts, _ = self.ledger.counts(self.run_id)
+        return bool(counts.get(PENDING, 0) + counts.get(RUNNING, 0))
