@@ -400,10 +400,75 @@ def clone(
             stop=stop,
             poll=poll,
             window=TimeWindow(window) if window else None,
-            item=instance_item,
+            items=lambda instance: [instance_item(instance)],
         ).run()
         follower_source.close()
     typer.echo(f"stopped following; continue with the same `pacsflow clone --follow` (run {run_id})")
+    raise typer.Exit(EXIT_INTERRUPTED if stop.is_set() else EXIT_OK)
+
+
+@app.command()
+@errors_to_exit
+def forward(
+    ctx: typer.Context,
+    source: str = typer.Option(..., "--from", help="source Orthanc server (e.g. an inbox)"),
+    destinations: list[str] = typer.Option(..., "--to", help="destination Orthanc server (repeatable)"),
+    trigger: str = typer.Option(
+        "stable-study", "--trigger", help="stable-study: when Orthanc calls it stable"
+    ),
+    window: str | None = typer.Option(None, "--window", help="work only then, e.g. 'Mon-Fri 19:00-07:00'"),
+    poll: float = typer.Option(2.0, "--poll", min=0.1, help="seconds between looks at the change feed"),
+    workers: int | None = WorkersOption,
+) -> None:
+    """Send each stable study to every destination, then delete it from the source once all hold it.
+
+    A failure never deletes: the study stays on the source and is tried again with backoff.
+    """
+    from pacsflow.ops.transfer import Forward
+    from pacsflow.pacing import TimeWindow
+    from pacsflow.services.follower import CHECKPOINT, ChangeFollower
+
+    if trigger != "stable-study":
+        raise ConfigError(f"--trigger {trigger!r}: only stable-study for now")
+    options = _options(ctx)
+    settings = options.settings()
+    params = {"from": source, "to": list(destinations), "workers": workers or settings.workers}
+    stop = threading.Event()
+    engine = _engine(options, workers, window=window, stop=stop)
+    earlier = [
+        run
+        for run in engine.ledger.runs(10_000)
+        if run.operation == "forward"
+        and run.params.get("from") == source
+        and run.params.get("to") == list(destinations)
+    ]
+    with stop_on_signals(stop):
+        if earlier:
+            run_id = earlier[0].id
+            result = engine.resume(run_id)
+        else:
+            result = engine.start(Forward(settings, params))
+            run_id = result.run_id
+            engine.ledger.set_checkpoint(run_id, CHECKPOINT, "0")  # studies already waiting go too
+        if result.error is not None:
+            raise typer.Exit(_report(result))
+        typer.echo(f"forwarding stable studies of {source} to {', '.join(destinations)} (Ctrl-C to stop)")
+        params = engine.ledger.run(run_id).params
+        planner = Forward(settings, params)
+        ChangeFollower(
+            engine.ledger,
+            run_id,
+            make_operation=lambda: Forward(settings, params),
+            make_engine=lambda: _engine(options, workers, window=window, stop=stop),
+            source=planner.source,
+            stop=stop,
+            poll=poll,
+            window=TimeWindow(window) if window else None,
+            items=planner.items_for,
+            change_type="StableStudy",
+        ).run()
+        planner.close()
+    typer.echo(f"stopped forwarding (run {run_id}); the same command continues it")
     raise typer.Exit(EXIT_INTERRUPTED if stop.is_set() else EXIT_OK)
 
 

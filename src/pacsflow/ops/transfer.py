@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pacsflow.errors import BadInput, ConfigError, ServerError
+from pacsflow.errors import BadInput, ConfigError, ServerError, TransientError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_server
+from pacsflow.orthanc import Orthanc
 
 STUDY, INSTANCE, PEER_STORE, VERIFY = "study", "instance", "peer-store", "verify"
 ALREADY_COMPLETE = "already complete"
@@ -164,3 +165,86 @@ class Clone(Transfer):
 def instance_item(instance: str) -> PlannedItem:
     """A copy item for one instance (as the change feed names it)."""
     return PlannedItem(INSTANCE, f"i/{instance}", {"id": instance})
+
+
+FORWARD, DELETE = "forward", "delete"
+
+
+@register
+class Forward(Operation):
+    """Each study the change feed announces goes to every destination; it is deleted from the source only
+    once every destination holds every one of its instances."""
+
+    name = "forward"
+    unit = "items"
+
+    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+        super().__init__(settings, params)
+        workers = params.get("workers", settings.workers)
+        self.source = connect(settings, params["from"], workers)
+        self.destinations = {spec: connect(settings, spec, workers) for spec in params["to"]}
+
+    def preflight(self) -> None:
+        preflight_server(self.source)
+        for destination in self.destinations.values():
+            if destination.config.url == self.source.config.url:
+                raise ConfigError("a destination is the source itself")
+            preflight_server(destination)
+
+    def plan(self) -> Iterable[PlannedItem]:
+        return []  # studies come from the change feed
+
+    def items_for(self, study: str) -> list[PlannedItem]:
+        sends = [
+            PlannedItem(FORWARD, f"f/{study}/{spec}", {"study": study, "to": spec})
+            for spec in self.destinations
+        ]
+        return [*sends, PlannedItem(DELETE, f"d/{study}", {"study": study}, phase=1)]
+
+    def do(self, item: Item) -> Outcome:
+        study = item.payload["study"]
+        if item.kind == FORWARD:
+            return self._send(study, self.destinations[item.payload["to"]])
+        return self._delete(study)
+
+    def _send(self, study: str, destination: Orthanc) -> Outcome:
+        wanted = self.source.instance_ids_of("studies", study)
+        if not wanted:
+            return Outcome(status=SKIPPED, note="no longer on the source")
+        present = set(destination.instance_ids_of("studies", study))
+        copied = 0
+        for instance in wanted:
+            if instance not in present:
+                answer = destination.upload(self.source.instance_file(instance))
+                if answer.get("ID") != instance:
+                    raise BadInput(f"instance {instance}: destination stored it as {answer.get('ID')}")
+                copied += 1
+        missing = set(wanted) - set(destination.instance_ids_of("studies", study))
+        if missing:
+            raise TransientError(f"study {study}: {destination.display} lacks {len(missing)} instances")
+        return Outcome(result={"instances": len(wanted), "copied": copied})
+
+    def _delete(self, study: str) -> Outcome:
+        wanted = set(self.source.instance_ids_of("studies", study))
+        if not wanted:
+            return Outcome(status=SKIPPED, note="no longer on the source")
+        for destination in self.destinations.values():  # check again right before deleting
+            lacking = wanted - set(destination.instance_ids_of("studies", study))
+            if lacking:
+                raise TransientError(
+                    f"study {study}: {destination.display} lacks {len(lacking)}; not deleted"
+                )
+        self.source.delete_resource("studies", study)
+        return Outcome(result={"deleted": len(wanted)})
+
+    def finish(self, run: RunInfo) -> list[str]:
+        tally = self.ledger.tally(run.id)
+        sent = sum(n for (kind, status, _), n in tally.items() if kind == FORWARD and status == DONE)
+        deleted = sum(n for (kind, status, _), n in tally.items() if kind == DELETE and status == DONE)
+        failed = sum(n for (_, status, _), n in tally.items() if status == FAILED)
+        return [f"study copies sent {sent}, studies deleted from the source {deleted}, failed {failed}"]
+
+    def close(self) -> None:
+        self.source.close()
+        for destination in self.destinations.values():
+            destination.close()

@@ -24,8 +24,8 @@ def last_change(source: Orthanc) -> int:
 
 
 class ChangeFollower:
-    """Reads /changes from the run's checkpoint, queues NewInstance changes as copy items, works them, and
-    moves the checkpoint only past changes whose items are finished: a crash re-reads from there."""
+    """Reads /changes from the run's checkpoint, turns each change of CHANGE_TYPE into items, works them,
+    and moves the checkpoint only past changes whose items are finished: a crash re-reads from there."""
 
     def __init__(
         self,
@@ -38,7 +38,8 @@ class ChangeFollower:
         *,
         poll: float = 2.0,
         window: TimeWindow | None = None,
-        item: Callable[[str], PlannedItem],
+        items: Callable[[str], list[PlannedItem]],
+        change_type: str = "NewInstance",
     ) -> None:
         self.ledger = ledger
         self.run_id = run_id
@@ -48,7 +49,8 @@ class ChangeFollower:
         self.stop = stop
         self.poll = poll
         self.window = window
-        self.item = item
+        self.items = items
+        self.change_type = change_type
 
     def checkpoint(self) -> int:
         return int(self.ledger.checkpoint(self.run_id, CHECKPOINT) or 0)
@@ -69,9 +71,10 @@ class ChangeFollower:
                 self.stop.wait(max(self.poll, 5.0))
                 continue
             new = [
-                self.item(change["ID"])
+                item
                 for change in page.get("Changes", [])
-                if change.get("ChangeType") == "NewInstance"
+                if change.get("ChangeType") == self.change_type
+                for item in self.items(change["ID"])
             ]
             if new:
                 self.ledger.add_items(self.run_id, new)
