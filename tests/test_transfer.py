@@ -21,7 +21,10 @@ def peer_source(
         "to-a": {"Url": _orthanc_a.url + "/", "Username": USER, "Password": PASSWORD},
         "to-b": [_orthanc_b.url + "/"],
     }
-    server = LocalOrthanc("P", tmp_path_factory.mktemp("orthanc-p"), aet="ORTHANCP", peers=peers).start()
+    modalities = {"node-b": [_orthanc_b.aet, "127.0.0.1", _orthanc_b.dicom_port]}
+    server = LocalOrthanc(
+        "P", tmp_path_factory.mktemp("orthanc-p"), aet="ORTHANCP", peers=peers, modalities=modalities
+    ).start()
     yield server
     server.kill()
 
@@ -111,3 +114,31 @@ def test_destination_missing_an_instance_after_copy_fails_verification(
     assert again.returncode == 0, again.stderr
     assert "instances copied 1" in again.stdout and "verified 1" in again.stdout
     assert sorted(client_b.ids("instances")) == sorted(client_a.ids("instances"))
+
+
+def test_via_dicom_the_source_c_stores_and_c_find_verifies(
+    workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_b: LocalOrthanc, client_b: Orthanc
+) -> None:
+    run_cli("populate", "--to", peer_source.url, "--patients", "2", "--instances", "3", cwd=workdir)
+    client_b.upload(source.instance_file(source.ids("instances")[0]))  # one is there already
+    node = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}"
+    result = run_cli("transfer", "--from", peer_source.url, "--to", node, cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verified 2, failed 0; instances copied 5" in result.stdout
+    assert sorted(client_b.ids("instances")) == sorted(source.ids("instances"))
+    again = run_cli("transfer", "--from", peer_source.url, "--to", node, cwd=workdir)
+    assert "instances copied 0" in again.stdout and "2 studies were complete already" in again.stdout
+
+
+def test_via_dicom_needs_a_known_and_reachable_node(workdir: Path, peer_source: LocalOrthanc) -> None:
+    unknown = run_cli(
+        "transfer",
+        "--from",
+        peer_source.url,
+        "--to",
+        f"ORTHANCP@127.0.0.1:{peer_source.dicom_port}",
+        cwd=workdir,
+    )
+    assert unknown.returncode == 2 and "has no DICOM modality ORTHANCP@127.0.0.1" in unknown.stderr
+    dead = run_cli("transfer", "--from", peer_source.url, "--to", "NOBODY@127.0.0.1:1", cwd=workdir)
+    assert dead.returncode == 2 and "cannot reach" in dead.stderr

@@ -311,19 +311,26 @@ def upload(
 def transfer(
     ctx: typer.Context,
     source: str = typer.Option(..., "--from", help="source Orthanc server"),
-    destination: str = typer.Option(..., "--to", help="destination Orthanc server"),
+    destination: str = typer.Option(..., "--to", help="destination Orthanc server or DICOM MODALITY"),
     study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
     query: list[str] = typer.Option(None, "--query", help="TAG=VALUE the studies match (repeatable; * ok)"),
-    via: str = typer.Option("rest", "--via", help="rest: copy through pacsflow; peer: the source sends"),
+    via: str | None = typer.Option(
+        None,
+        "--via",
+        help="rest (default for a server), peer (the source sends), dicom (default for a MODALITY)",
+    ),
     peer: str | None = typer.Option(None, "--peer", help="with --via peer: the source's name for the peer"),
+    modality: str | None = typer.Option(
+        None, "--modality", help="with --via dicom: the source's name for it"
+    ),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
 ) -> None:
     """Copy studies to another server: only what is missing, each study verified afterwards."""
     from pacsflow.ops.transfer import Transfer
 
-    if via not in ("rest", "peer"):
-        raise ConfigError(f"--via {via!r}: use rest or peer")
+    if via not in (None, "rest", "peer", "dicom"):
+        raise ConfigError(f"--via {via!r}: use rest, peer or dicom")
     if study and query:
         raise ConfigError("give --study or --query, not both")
     params = {
@@ -333,6 +340,7 @@ def transfer(
         "query": parse_query(query),
         "via": via,
         "peer": peer,
+        "modality": modality,
     }
     start_run(ctx, Transfer, params, workers, plan_only)
 

@@ -35,3 +35,38 @@ def echo(modality: ModalityConfig, our_aet: str, timeout: float = 10.0) -> float
     if not status or int(getattr(status, "Status", -1)) != 0:
         raise RemoteError(f"{modality.display}: C-ECHO failed")
     return (time.monotonic() - started) * 1000
+
+
+def study_instance_uids(
+    modality: ModalityConfig, our_aet: str, study_uid: str, timeout: float = 30.0
+) -> set[str]:
+    """SOPInstanceUIDs a node holds for one study (C-FIND at IMAGE level, Study Root)."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    ae = AE(ae_title=our_aet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = ""
+    query.SOPInstanceUID = ""
+    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
+    if assoc.is_rejected:
+        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
+    if not assoc.is_established:
+        raise Unreachable(f"cannot reach {modality.display}: no DICOM association")
+    found: set[str] = set()
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            code = int(getattr(status, "Status", -1)) if status else -1
+            if code in (0xFF00, 0xFF01) and identifier is not None:
+                found.add(str(identifier.get("SOPInstanceUID", "")))
+            elif code != 0:
+                raise RemoteError(f"{modality.display}: C-FIND failed (status 0x{code & 0xFFFF:04X})")
+    finally:
+        assoc.release()
+    found.discard("")
+    return found

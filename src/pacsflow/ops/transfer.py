@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pacsflow.errors import BadInput, ConfigError, ServerError, TransientError
+from pacsflow.dimse import echo, study_instance_uids
+from pacsflow.errors import BadInput, ConfigError, NotFound, ServerError, TransientError, Unreachable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.servers import connect, preflight_server
+from pacsflow.ops.servers import PreflightError, connect, preflight_server
 from pacsflow.orthanc import Orthanc
 
-STUDY, INSTANCE, PEER_STORE, VERIFY = "study", "instance", "peer-store", "verify"
+STUDY, INSTANCE, PEER_STORE, DICOM_STORE, VERIFY = "study", "instance", "peer-store", "dicom-store", "verify"
 ALREADY_COMPLETE = "already complete"
 PEER_BATCH = 200  # instances per peer store request
 
@@ -25,11 +26,24 @@ class Transfer(Operation):
         super().__init__(settings, params)
         workers = params.get("workers", settings.workers)
         self.source = connect(settings, params["from"], workers)
-        self.destination = connect(settings, params["to"], workers)
-        self.via = params.get("via") or "rest"
+        self.via = params.get("via") or ("dicom" if settings.is_modality(params["to"]) else "rest")
+        # a DICOM node is reached through the source Orthanc's C-STORE and checked with our C-FIND
+        self.node = settings.modality(params["to"]) if self.via == "dicom" else None
+        self.destination = connect(settings, params["to"], workers) if self.node is None else None
         self.peer: str | None = params.get("peer")
+        self.modality: str | None = params.get("modality")
 
     def preflight(self) -> None:
+        if self.node is not None:
+            preflight_server(self.source)
+            try:
+                echo(self.node, self.settings.aet)  # reachable, and it answers our AET
+            except Unreachable as exc:
+                raise PreflightError(str(exc)) from None
+            if not self.modality:
+                self.modality = self._find_modality()
+                self.params["modality"] = self.modality
+            return
         if self.source.config.url == self.destination.config.url:
             raise ConfigError("source and destination are the same server")
         preflight_server(self.source)
@@ -37,6 +51,21 @@ class Transfer(Operation):
         if self.via == "peer" and not self.peer:
             self.peer = self._find_peer()
             self.params["peer"] = self.peer  # remembered for resume
+
+    def _find_modality(self) -> str:
+        """The source Orthanc's name for the destination node among its DicomModalities."""
+        assert self.node is not None
+        found = self.source.get_json("/modalities", expand="")
+        for name, info in found.items() if isinstance(found, dict) else []:
+            if (info.get("AET"), int(info.get("Port", 0))) == (self.node.aet, self.node.port) and info.get(
+                "Host"
+            ) in (self.node.host, "localhost" if self.node.host == "127.0.0.1" else self.node.host):
+                return name
+        known = ", ".join(found) if found else "none"
+        raise ConfigError(
+            f"{self.source.display} has no DICOM modality {self.node.aet}@{self.node.host}:{self.node.port} "
+            f"(its modalities: {known}); add it to DicomModalities or name one with --modality"
+        )
 
     def _find_peer(self) -> str:
         """The source Orthanc's name for the destination among its OrthancPeers, matched by URL."""
@@ -67,10 +96,35 @@ class Transfer(Operation):
             return self._copy_instance(item.payload["id"])
         if item.kind == PEER_STORE:
             return self._peer_store(item.payload["ids"])
+        if item.kind == DICOM_STORE:
+            return self._dicom_store(item.payload["ids"])
         return self._verify_study(item.payload["study"])
+
+    def _node_holdings(self, study: str) -> tuple[dict[str, str], set[str]]:
+        """Source instance ID -> SOPInstanceUID, and the SOPInstanceUIDs the DICOM node holds."""
+        assert self.node is not None
+        try:
+            instances = self.source.children("studies", study, "instances")
+        except NotFound:
+            raise BadInput(f"study {study} is not on {self.source.display}") from None
+        sop = {one["ID"]: one.get("MainDicomTags", {}).get("SOPInstanceUID", "") for one in instances}
+        study_uid = self.source.resource("studies", study)["MainDicomTags"]["StudyInstanceUID"]
+        return sop, study_instance_uids(self.node, self.settings.aet, study_uid)
 
     def _plan_study(self, study: str) -> Outcome:
         """List the study on both sides: one copy item per missing instance, one verify item after them."""
+        if self.node is not None:
+            sop, held = self._node_holdings(study)
+            missing = [instance for instance, uid in sop.items() if uid not in held]
+            result = {"instances": len(sop), "present": len(sop) - len(missing)}
+            if not missing:
+                return Outcome(note=ALREADY_COMPLETE, result=result)
+            children = [
+                PlannedItem(DICOM_STORE, f"c/{study}/{n}", {"ids": missing[n : n + PEER_BATCH]}, phase=1)
+                for n in range(0, len(missing), PEER_BATCH)
+            ]
+            children.append(PlannedItem(VERIFY, f"v/{study}", {"study": study}, phase=2))
+            return Outcome(result=result, children=children)
         wanted = self.source.instance_ids_of("studies", study)
         if not wanted:
             raise BadInput(f"study {study} is not on {self.source.display}")
@@ -117,7 +171,29 @@ class Transfer(Operation):
         status = SKIPPED if answer.get("Status") == "AlreadyStored" else DONE
         return Outcome(status=status, nbytes=len(data))
 
+    def _dicom_store(self, instances: list[str]) -> Outcome:
+        """The source Orthanc C-STOREs these instances to the node (a synchronous job)."""
+        try:
+            self.source.post_json(
+                f"/modalities/{self.modality}/store",
+                {"Resources": instances, "Synchronous": True},
+                retry=False,
+            )
+        except ServerError as exc:
+            raise ServerError(
+                f"C-STORE to {self.modality} failed: {exc}", status=exc.status, transient=True
+            ) from None
+        return Outcome(result={"sent": len(instances)})
+
     def _verify_study(self, study: str) -> Outcome:
+        if self.node is not None:
+            sop, held = self._node_holdings(study)
+            lacking = [uid for uid in sop.values() if uid not in held]
+            if lacking:
+                raise BadInput(
+                    f"study {study}: {self.node.display} holds {len(sop) - len(lacking)} of {len(sop)}"
+                )
+            return Outcome(result={"instances": len(sop)})
         wanted = set(self.source.instance_ids_of("studies", study))
         present = set(self.destination.instance_ids_of("studies", study))
         missing = wanted - present
@@ -137,7 +213,9 @@ class Transfer(Operation):
             n for (kind, _, note), n in tally.items() if kind == STUDY and note == ALREADY_COMPLETE
         )
         copied = count(INSTANCE, DONE, SKIPPED) + sum(
-            (item.result or {}).get("sent", 0) for item in self.ledger.items(run.id, DONE, kind=PEER_STORE)
+            (item.result or {}).get("sent", 0)
+            for kind in (PEER_STORE, DICOM_STORE)
+            for item in self.ledger.items(run.id, DONE, kind=kind)
         )
         return [
             f"studies {count(STUDY, DONE, FAILED)}: verified {count(VERIFY, DONE) + complete}, "
@@ -148,7 +226,8 @@ class Transfer(Operation):
 
     def close(self) -> None:
         self.source.close()
-        self.destination.close()
+        if self.destination is not None:
+            self.destination.close()
 
 
 @register
