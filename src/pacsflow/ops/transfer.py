@@ -166,6 +166,8 @@ class Transfer(Operation):
             if exc.status == 400:
                 raise BadInput(f"instance {instance}: destination rejected it ({exc})") from None
             raise
+        if answer.get("Status") not in ("Success", "AlreadyStored"):  # e.g. FilteredOut by a Lua filter
+            raise BadInput(f"instance {instance}: destination refused it ({answer.get('Status')})")
         if answer.get("ID") != instance:
             raise BadInput(f"instance {instance}: destination stored it as {answer.get('ID')}")
         status = SKIPPED if answer.get("Status") == "AlreadyStored" else DONE
@@ -295,6 +297,10 @@ class Forward(Operation):
         for instance in wanted:
             if instance not in present:
                 answer = destination.upload(self.source.instance_file(instance))
+                if answer.get("Status") not in ("Success", "AlreadyStored"):
+                    raise BadInput(
+                        f"instance {instance}: {destination.display} refused it ({answer.get('Status')})"
+                    )
                 if answer.get("ID") != instance:
                     raise BadInput(f"instance {instance}: destination stored it as {answer.get('ID')}")
                 copied += 1

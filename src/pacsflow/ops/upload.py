@@ -105,6 +105,8 @@ class Sender:
                     f"rejected by the server as not valid DICOM ({exc.reason})", where=where
                 ) from None
             raise
+        if answer.get("Status") not in ("Success", "AlreadyStored"):  # e.g. FilteredOut by a Lua filter
+            raise BadInput(f"refused by the server ({answer.get('Status')})", where=where)
         if expected is not None and answer.get("ID") != expected:
             raise BadInput(f"server stored it as {answer.get('ID')}, expected {expected}", where=where)
         result = {"id": answer.get("ID"), "study": answer.get("ParentStudy")}

@@ -1,0 +1,103 @@
+"""transfer under faults: a destination that refuses some instances, restarts, a kill -9, bad passwords."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pacsflow.ledger import DONE, Ledger
+from pacsflow.orthanc import Orthanc
+from pacsflow.sandbox import LocalOrthanc
+from tests.conftest import PACSFLOW, USER, latest_run, run_cli, wait_for
+
+REFUSE_SECOND = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  return dicom.InstanceNumber ~= '2'
+end
+"""
+
+
+@pytest.fixture
+def picky(tmp_path: Path) -> Iterator[LocalOrthanc]:
+    """An Orthanc whose Lua filter refuses every instance number 2."""
+    script = tmp_path / "filter.lua"
+    script.write_text(REFUSE_SECOND)
+    server = LocalOrthanc("F", tmp_path / "orthanc-f", extra={"LuaScripts": [str(script)]}).start()
+    yield server
+    server.kill()
+
+
+def test_refused_instances_are_recorded_and_the_rest_goes_on(
+    workdir: Path, config_file: Path, client_a: Orthanc, picky: LocalOrthanc
+) -> None:
+    run_cli("populate", "--to", "a", "--patients", "2", "--instances", "3", cwd=workdir)
+    result = run_cli("transfer", "--from", "a", "--to", picky.url, cwd=workdir)
+    assert result.returncode == 1
+    assert "instances copied 4, failed 2" in result.stdout
+    shown = run_cli("run", "show", "last", "--failed", cwd=workdir).stdout
+    assert shown.count("refused it (FilteredOut)") == 2
+    assert shown.count("destination has 2 of 3 instances") == 2  # both studies fail their check
+    with Orthanc(picky.server_config()) as destination:
+        assert len(destination.ids("instances")) == 4
+
+
+def test_kill_9_mid_transfer_then_resume_ends_identical(
+    workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
+) -> None:
+    run_cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    process = subprocess.Popen(
+        [*PACSFLOW, "transfer", "--from", "a", "--to", "b", "--workers", "2"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: len(client_b.ids("instances")) >= 100, "a part copied", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(client_b.ids("instances")) < 480
+    resumed = run_cli("resume", "last", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(client_b.ids("instances")) == sorted(client_a.ids("instances"))
+    run = latest_run(workdir)
+    items = Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}").items(run.id, kind="instance")
+    assert all(item.status in (DONE, "skipped") for item in items)  # skipped: stored just before the kill
+    assert sum(item.attempts - 1 for item in items) <= 4 * 2  # only what the killed process held
+
+
+def test_destination_restarting_mid_transfer_loses_nothing(
+    workdir: Path, config_file: Path, client_a: Orthanc, orthanc_b: LocalOrthanc
+) -> None:
+    run_cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")} | {"PACSFLOW_RETRIES": "10"}
+    log = (workdir / "transfer.log").open("a")
+    process = subprocess.Popen(
+        [*PACSFLOW, "transfer", "--from", "a", "--to", "b", "--workers", "2"],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    with Orthanc(orthanc_b.server_config()) as destination:
+        wait_for(lambda: len(destination.ids("instances")) >= 100, "a part copied", process)
+    orthanc_b.kill()
+    time.sleep(3)
+    orthanc_b.start()
+    assert process.wait(timeout=200) == 0, (workdir / "transfer.log").read_text()[-2000:]
+    with Orthanc(orthanc_b.server_config()) as destination:
+        assert sorted(destination.ids("instances")) == sorted(client_a.ids("instances"))
+
+
+def test_wrong_password_on_the_source(
+    workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc
+) -> None:
+    wrong = f"http://{USER}:bad@127.0.0.1:{orthanc_a.http_port}"
+    result = run_cli("transfer", "--from", wrong, "--to", orthanc_b.url, cwd=workdir)
+    assert result.returncode == 2 and "wrong user or password" in result.stderr and "bad" not in result.stderr
