@@ -142,3 +142,36 @@ def test_via_dicom_needs_a_known_and_reachable_node(workdir: Path, peer_source: 
     assert unknown.returncode == 2 and "has no DICOM modality ORTHANCP@127.0.0.1" in unknown.stderr
     dead = run_cli("transfer", "--from", peer_source.url, "--to", "NOBODY@127.0.0.1:1", cwd=workdir)
     assert dead.returncode == 2 and "cannot reach" in dead.stderr
+
+
+def test_compare_with_a_dicom_node_and_transfer_missing_to_it(
+    workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_b: LocalOrthanc, client_b: Orthanc
+) -> None:
+    run_cli(
+        "populate",
+        "--to",
+        peer_source.url,
+        "--patients",
+        "2",
+        "--series",
+        "2",
+        "--instances",
+        "2",
+        cwd=workdir,
+    )
+    for instance in source.ids("instances")[:5]:
+        client_b.upload(source.instance_file(instance))
+    node = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}"
+    for level, expected in (
+        ("study", "studies: A has 2, B has 2; only in A 0, only in B 0, instance counts differ 1"),
+        ("series", "series: A has 4, B has 3; only in A 1, only in B 0, instance counts differ 1"),
+        ("instance", "instances: A has 8, B has 5; only in A 3, only in B 0, instance counts differ 0"),
+    ):
+        result = run_cli("compare", peer_source.url, node, "--level", level, cwd=workdir)
+        assert result.returncode == 1, result.stderr
+        assert expected in result.stdout
+    fixed = run_cli("compare", peer_source.url, node, "--transfer-missing", cwd=workdir)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert sorted(client_b.ids("instances")) == sorted(source.ids("instances"))
+    same = run_cli("compare", peer_source.url, node, "--level", "instance", cwd=workdir)
+    assert same.returncode == 0

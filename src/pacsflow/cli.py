@@ -484,8 +484,8 @@ def forward(
 @errors_to_exit
 def compare(
     ctx: typer.Context,
-    a: str = typer.Argument(..., metavar="A", help="Orthanc server (name or URL)"),
-    b: str = typer.Argument(..., metavar="B", help="Orthanc server (name or URL)"),
+    a: str = typer.Argument(..., metavar="A", help="Orthanc server, or DICOM node (name or AET@host:port)"),
+    b: str = typer.Argument(..., metavar="B", help="Orthanc server, or DICOM node (name or AET@host:port)"),
     level: str = typer.Option("study", "--level", help="study, series or instance"),
     query: list[str] = typer.Option(None, "--query", help="TAG=VALUE to compare only part (repeatable)"),
     from_date: str | None = typer.Option(None, "--from-date", help="StudyDate from (YYYYMMDD)"),
@@ -495,32 +495,45 @@ def compare(
     workers: int | None = WorkersOption,
 ) -> None:
     """What A and B hold, side by side; exit 0 when they match, 1 when they differ."""
+    from pacsflow.dimse import echo
+    from pacsflow.errors import Unreachable
     from pacsflow.ops import compare as comparing
-    from pacsflow.ops.servers import connect, preflight_server
+    from pacsflow.ops.servers import PreflightError, connect, preflight_server
     from pacsflow.ops.transfer import Transfer
 
     settings = _options(ctx).settings()
     conditions = parse_query(query) or {}
     if from_date or to_date:
         conditions["StudyDate"] = f"{from_date or ''}-{to_date or ''}"
-    with (
-        connect(settings, a, workers or settings.workers) as left,
-        connect(settings, b, workers or settings.workers) as right,
-    ):
-        preflight_server(left)
-        preflight_server(right)
-        held_a = comparing.holdings(left, level, conditions or None)
-        held_b = comparing.holdings(right, level, conditions or None)
-        differences = comparing.compare(held_a, held_b, level)
-        typer.echo(comparing.summary(differences, level, (len(held_a), len(held_b))))
-        if out is not None:
-            comparing.write_csv(out, differences)
-            typer.echo(f"differences written to {out}")
-        missing = comparing.studies_to_copy(left, differences) if transfer_missing else []
+    pool = workers or settings.workers
+
+    def holdings(spec: str) -> dict[str, int]:
+        if settings.is_modality(spec):
+            node = settings.modality(spec)
+            try:
+                echo(node, settings.aet)
+            except Unreachable as exc:
+                raise PreflightError(str(exc)) from None
+            return comparing.node_holdings(node, settings.aet, level, conditions or None)
+        with connect(settings, spec, pool) as server:
+            preflight_server(server)
+            return comparing.holdings(server, level, conditions or None)
+
+    if transfer_missing and settings.is_modality(a):
+        raise ConfigError("--transfer-missing copies from A: A must be an Orthanc server (B may be a node)")
+    held_a, held_b = holdings(a), holdings(b)
+    differences = comparing.compare(held_a, held_b, level)
+    typer.echo(comparing.summary(differences, level, (len(held_a), len(held_b))))
+    if out is not None:
+        comparing.write_csv(out, differences)
+        typer.echo(f"differences written to {out}")
     if not differences:
         raise typer.Exit(EXIT_OK)
-    if transfer_missing and missing:
-        start_run(ctx, Transfer, {"from": a, "to": b, "studies": missing}, workers, False)
+    if transfer_missing:
+        with connect(settings, a, pool) as left:
+            missing = comparing.studies_to_copy(left, differences)
+        if missing:
+            start_run(ctx, Transfer, {"from": a, "to": b, "studies": missing}, workers, False)
     raise typer.Exit(1)
 
 

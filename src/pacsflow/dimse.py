@@ -70,3 +70,36 @@ def study_instance_uids(
         assoc.release()
     found.discard("")
     return found
+
+
+def find(
+    modality: ModalityConfig, our_aet: str, level: str, keys: dict[str, str], timeout: float = 30.0
+) -> list[dict[str, str]]:
+    """C-FIND (Study Root) at LEVEL with KEYS as matching and return keys; one dict of strings per answer."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    ae = AE(ae_title=our_aet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    query = Dataset()
+    query.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
+    if assoc.is_rejected:
+        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
+    if not assoc.is_established:
+        raise Unreachable(f"cannot reach {modality.display}: no DICOM association")
+    answers: list[dict[str, str]] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            code = int(getattr(status, "Status", -1)) if status else -1
+            if code in (0xFF00, 0xFF01) and identifier is not None:
+                answers.append({keyword: str(identifier.get(keyword, "") or "") for keyword in keys})
+            elif code != 0:
+                raise RemoteError(f"{modality.display}: C-FIND failed (status 0x{code & 0xFFFF:04X})")
+    finally:
+        assoc.release()
+    return answers

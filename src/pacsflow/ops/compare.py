@@ -1,4 +1,4 @@
-"""compare: what two Orthanc archives hold, at study, series or instance level, by Orthanc ID."""
+"""compare: what two archives (Orthanc servers or DICOM nodes) hold, at study, series or instance level."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacsflow.config import ModalityConfig
+from pacsflow.dimse import find
 from pacsflow.errors import ConfigError
-from pacsflow.orthanc import Orthanc
+from pacsflow.orthanc import Orthanc, orthanc_id
 from pacsflow.roster import atomic_write
 
 LEVELS = {"study": "studies", "series": "series", "instance": "instances"}
@@ -36,6 +38,46 @@ def holdings(server: Orthanc, level: str, query: dict[str, str] | None) -> dict[
     plural = LEVELS[level]
     ids = server.find(level.capitalize(), query) if query else server.ids(plural)
     return {resource: len(server.instance_ids_of(plural, resource)) for resource in ids}
+
+
+def node_holdings(
+    node: ModalityConfig, our_aet: str, level: str, query: dict[str, str] | None
+) -> dict[str, int]:
+    """The same for a DICOM node, by C-FIND; keys are the Orthanc IDs its UIDs give, so the two compare."""
+    if level not in LEVELS:
+        raise ConfigError(f"--level {level!r}: use study, series or instance")
+    unsupported = set(query or {}) - {"StudyDate", "PatientID", "AccessionNumber", "ModalitiesInStudy"}
+    if unsupported:
+        raise ConfigError(
+            f"a DICOM node is queried by StudyDate, PatientID, AccessionNumber only, not {unsupported}"
+        )
+    study_keys = {
+        "PatientID": "",
+        "StudyInstanceUID": "",
+        "NumberOfStudyRelatedInstances": "",
+        **(query or {}),
+    }
+    studies = find(node, our_aet, "STUDY", study_keys)
+    held: dict[str, int] = {}
+    for study in studies:
+        patient, study_uid = study["PatientID"], study["StudyInstanceUID"]
+        if level == "study":
+            held[orthanc_id(patient, study_uid)] = int(study["NumberOfStudyRelatedInstances"] or 0)
+            continue
+        if level == "series":
+            keys = {
+                "StudyInstanceUID": study_uid,
+                "SeriesInstanceUID": "",
+                "NumberOfSeriesRelatedInstances": "",
+            }
+            for series in find(node, our_aet, "SERIES", keys):
+                count = int(series["NumberOfSeriesRelatedInstances"] or 0)
+                held[orthanc_id(patient, study_uid, series["SeriesInstanceUID"])] = count
+            continue
+        keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": "", "SOPInstanceUID": ""}
+        for image in find(node, our_aet, "IMAGE", keys):
+            held[orthanc_id(patient, study_uid, image["SeriesInstanceUID"], image["SOPInstanceUID"])] = 1
+    return held
 
 
 def compare(a: dict[str, int], b: dict[str, int], level: str) -> list[Difference]:
