@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import pytest
 
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import PASSWORD, USER, run_cli
+from tests.conftest import PACSFLOW, PASSWORD, USER, run_cli, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +178,51 @@ def test_compare_with_a_dicom_node_and_transfer_missing_to_it(
     assert sorted(client_b.ids("instances")) == sorted(source.ids("instances"))
     same = run_cli("compare", peer_source.url, node, "--level", "instance", cwd=workdir)
     assert same.returncode == 0
+
+
+def test_forward_each_new_instance_to_a_dicom_node(
+    workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_b: LocalOrthanc, client_b: Orthanc
+) -> None:
+    node = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    log = (workdir / "forward.log").open("a")
+    forwarder = subprocess.Popen(
+        [
+            *PACSFLOW,
+            "forward",
+            "--from",
+            peer_source.url,
+            "--to",
+            node,
+            "--trigger",
+            "new-instance",
+            "--poll",
+            "0.3",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        run_cli(
+            "populate",
+            "--to",
+            peer_source.url,
+            "--patients",
+            "1",
+            "--instances",
+            "4",
+            "--seed",
+            "8",
+            cwd=workdir,
+        )
+        wait_for(
+            lambda: len(client_b.ids("instances")) == 4 and not source.ids("instances"),
+            "every instance on the node and gone from the source",
+            forwarder,
+        )
+    finally:
+        forwarder.send_signal(signal.SIGTERM)
+        code = forwarder.wait(timeout=30)
+    assert code == 130, (workdir / "forward.log").read_text()

@@ -407,7 +407,7 @@ def clone(
             source=follower_source.source,
             stop=stop,
             poll=poll,
-            window=TimeWindow(window) if window else None,
+            window=TimeWindow(window or settings.window) if (window or settings.window) else None,
             items=lambda instance: [instance_item(instance)],
         ).run()
         follower_source.close()
@@ -420,9 +420,9 @@ def clone(
 def forward(
     ctx: typer.Context,
     source: str = typer.Option(..., "--from", help="source Orthanc server (e.g. an inbox)"),
-    destinations: list[str] = typer.Option(..., "--to", help="destination Orthanc server (repeatable)"),
+    destinations: list[str] = typer.Option(..., "--to", help="destination server or DICOM node (repeatable)"),
     trigger: str = typer.Option(
-        "stable-study", "--trigger", help="stable-study: when Orthanc calls it stable"
+        "stable-study", "--trigger", help="stable-study (whole studies) or new-instance (each at once)"
     ),
     window: str | None = typer.Option(None, "--window", help="work only then, e.g. 'Mon-Fri 19:00-07:00'"),
     poll: float = typer.Option(2.0, "--poll", min=0.1, help="seconds between looks at the change feed"),
@@ -436,11 +436,16 @@ def forward(
     from pacsflow.pacing import TimeWindow
     from pacsflow.services.follower import CHECKPOINT, ChangeFollower
 
-    if trigger != "stable-study":
-        raise ConfigError(f"--trigger {trigger!r}: only stable-study for now")
+    if trigger not in ("stable-study", "new-instance"):
+        raise ConfigError(f"--trigger {trigger!r}: use stable-study or new-instance")
     options = _options(ctx)
     settings = options.settings()
-    params = {"from": source, "to": list(destinations), "workers": workers or settings.workers}
+    params = {
+        "from": source,
+        "to": list(destinations),
+        "workers": workers or settings.workers,
+        "trigger": trigger,
+    }
     stop = threading.Event()
     engine = _engine(options, workers, window=window, stop=stop)
     earlier = [
@@ -449,6 +454,7 @@ def forward(
         if run.operation == "forward"
         and run.params.get("from") == source
         and run.params.get("to") == list(destinations)
+        and run.params.get("trigger", "stable-study") == trigger
     ]
     with stop_on_signals(stop):
         if earlier:
@@ -471,9 +477,9 @@ def forward(
             source=planner.source,
             stop=stop,
             poll=poll,
-            window=TimeWindow(window) if window else None,
+            window=TimeWindow(window or settings.window) if (window or settings.window) else None,
             items=planner.items_for,
-            change_type="StableStudy",
+            change_type="StableStudy" if trigger == "stable-study" else "NewInstance",
         ).run()
         planner.close()
     typer.echo(f"stopped forwarding (run {run_id}); the same command continues it")

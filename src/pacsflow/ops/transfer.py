@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from pacsflow.config import ModalityConfig
 from pacsflow.dimse import echo, study_instance_uids
 from pacsflow.errors import BadInput, ConfigError, NotFound, ServerError, TransientError, Unreachable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
@@ -15,6 +17,20 @@ from pacsflow.orthanc import Orthanc
 STUDY, INSTANCE, PEER_STORE, DICOM_STORE, VERIFY = "study", "instance", "peer-store", "dicom-store", "verify"
 ALREADY_COMPLETE = "already complete"
 PEER_BATCH = 200  # instances per peer store request
+
+
+def source_modality_name(source: Orthanc, node: ModalityConfig) -> str:
+    """The source Orthanc's name for a DICOM node among its DicomModalities (by AET, host and port)."""
+    found = source.get_json("/modalities", expand="")
+    hosts = {node.host, "localhost" if node.host == "127.0.0.1" else node.host}
+    for name, info in found.items() if isinstance(found, dict) else []:
+        if (info.get("AET"), int(info.get("Port", 0))) == (node.aet, node.port) and info.get("Host") in hosts:
+            return name
+    known = ", ".join(found) if found else "none"
+    raise ConfigError(
+        f"{source.display} has no DICOM modality {node.aet}@{node.host}:{node.port} "
+        f"(its modalities: {known}); add it to DicomModalities or name one with --modality"
+    )
 
 
 @register
@@ -53,19 +69,8 @@ class Transfer(Operation):
             self.params["peer"] = self.peer  # remembered for resume
 
     def _find_modality(self) -> str:
-        """The source Orthanc's name for the destination node among its DicomModalities."""
         assert self.node is not None
-        found = self.source.get_json("/modalities", expand="")
-        for name, info in found.items() if isinstance(found, dict) else []:
-            if (info.get("AET"), int(info.get("Port", 0))) == (self.node.aet, self.node.port) and info.get(
-                "Host"
-            ) in (self.node.host, "localhost" if self.node.host == "127.0.0.1" else self.node.host):
-                return name
-        known = ", ".join(found) if found else "none"
-        raise ConfigError(
-            f"{self.source.display} has no DICOM modality {self.node.aet}@{self.node.host}:{self.node.port} "
-            f"(its modalities: {known}); add it to DicomModalities or name one with --modality"
-        )
+        return source_modality_name(self.source, self.node)
 
     def _find_peer(self) -> str:
         """The source Orthanc's name for the destination among its OrthancPeers, matched by URL."""
@@ -251,10 +256,63 @@ def instance_item(instance: str) -> PlannedItem:
 FORWARD, DELETE = "forward", "delete"
 
 
+@dataclass
+class _Members:
+    """What one forwarded resource (a study or an instance) holds on the source."""
+
+    sop: dict[str, str]  # Orthanc instance ID -> SOPInstanceUID
+    study_uid: str
+    study_id: str
+
+
+class _ServerDestination:
+    def __init__(self, server: Orthanc, source: Orthanc) -> None:
+        self.server, self.source, self.display = server, source, server.display
+
+    def holds(self, members: _Members) -> set[str]:
+        return set(self.server.instance_ids_of("studies", members.study_id)) & members.sop.keys()
+
+    def send(self, instances: list[str]) -> None:
+        for instance in instances:
+            answer = self.server.upload(self.source.instance_file(instance))
+            if answer.get("Status") not in ("Success", "AlreadyStored") or answer.get("ID") != instance:
+                raise BadInput(f"instance {instance}: {self.display} refused it ({answer.get('Status')})")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class _NodeDestination:
+    def __init__(self, node: ModalityConfig, name: str, source: Orthanc, our_aet: str) -> None:
+        self.node, self.name, self.source, self.our_aet, self.display = (
+            node,
+            name,
+            source,
+            our_aet,
+            node.display,
+        )
+
+    def holds(self, members: _Members) -> set[str]:
+        found = study_instance_uids(self.node, self.our_aet, members.study_uid)
+        return {instance for instance, uid in members.sop.items() if uid in found}
+
+    def send(self, instances: list[str]) -> None:
+        body = {"Resources": instances, "Synchronous": True}
+        try:
+            self.source.post_json(f"/modalities/{self.name}/store", body, retry=False)
+        except ServerError as exc:
+            raise ServerError(
+                f"C-STORE to {self.name} failed: {exc}", status=exc.status, transient=True
+            ) from None
+
+    def close(self) -> None:
+        pass
+
+
 @register
 class Forward(Operation):
-    """Each study the change feed announces goes to every destination; it is deleted from the source only
-    once every destination holds every one of its instances."""
+    """Each study (or instance) the change feed announces goes to every destination, servers or DICOM
+    nodes; it is deleted from the source only once every destination holds all of it."""
 
     name = "forward"
     unit = "items"
@@ -263,71 +321,87 @@ class Forward(Operation):
         super().__init__(settings, params)
         workers = params.get("workers", settings.workers)
         self.source = connect(settings, params["from"], workers)
-        self.destinations = {spec: connect(settings, spec, workers) for spec in params["to"]}
+        self.level = "instances" if params.get("trigger") == "new-instance" else "studies"
+        names: dict[str, str] = params.setdefault("modality_names", {})
+        self.destinations: dict[str, _ServerDestination | _NodeDestination] = {}
+        for spec in params["to"]:
+            if settings.is_modality(spec):
+                node = settings.modality(spec)
+                self.destinations[spec] = _NodeDestination(
+                    node, names.get(spec, ""), self.source, settings.aet
+                )
+            else:
+                self.destinations[spec] = _ServerDestination(connect(settings, spec, workers), self.source)
 
     def preflight(self) -> None:
         preflight_server(self.source)
-        for destination in self.destinations.values():
-            if destination.config.url == self.source.config.url:
-                raise ConfigError("a destination is the source itself")
-            preflight_server(destination)
+        for spec, destination in self.destinations.items():
+            if isinstance(destination, _ServerDestination):
+                if destination.server.config.url == self.source.config.url:
+                    raise ConfigError("a destination is the source itself")
+                preflight_server(destination.server)
+                continue
+            try:
+                echo(destination.node, self.settings.aet)
+            except Unreachable as exc:
+                raise PreflightError(str(exc)) from None
+            if not destination.name:
+                destination.name = source_modality_name(self.source, destination.node)
+                self.params["modality_names"][spec] = destination.name
 
     def plan(self) -> Iterable[PlannedItem]:
-        return []  # studies come from the change feed
+        return []  # what to forward comes from the change feed
 
-    def items_for(self, study: str) -> list[PlannedItem]:
+    def items_for(self, resource: str) -> list[PlannedItem]:
         sends = [
-            PlannedItem(FORWARD, f"f/{study}/{spec}", {"study": study, "to": spec})
+            PlannedItem(FORWARD, f"f/{resource}/{spec}", {"id": resource, "to": spec})
             for spec in self.destinations
         ]
-        return [*sends, PlannedItem(DELETE, f"d/{study}", {"study": study}, phase=1)]
+        return [*sends, PlannedItem(DELETE, f"d/{resource}", {"id": resource}, phase=1)]
+
+    def _members(self, resource: str) -> _Members | None:
+        try:
+            if self.level == "studies":
+                instances = self.source.children("studies", resource, "instances")
+                sop = {one["ID"]: one.get("MainDicomTags", {}).get("SOPInstanceUID", "") for one in instances}
+                study = self.source.resource("studies", resource)
+            else:
+                info = self.source.resource("instances", resource)
+                sop = {resource: info.get("MainDicomTags", {}).get("SOPInstanceUID", "")}
+                study = self.source.get_json(f"/instances/{resource}/study")
+        except NotFound:
+            return None
+        return _Members(sop, study.get("MainDicomTags", {}).get("StudyInstanceUID", ""), study["ID"])
 
     def do(self, item: Item) -> Outcome:
-        study = item.payload["study"]
+        members = self._members(item.payload["id"])
+        if members is None or not members.sop:
+            return Outcome(status=SKIPPED, note="no longer on the source")
         if item.kind == FORWARD:
-            return self._send(study, self.destinations[item.payload["to"]])
-        return self._delete(study)
-
-    def _send(self, study: str, destination: Orthanc) -> Outcome:
-        wanted = self.source.instance_ids_of("studies", study)
-        if not wanted:
-            return Outcome(status=SKIPPED, note="no longer on the source")
-        present = set(destination.instance_ids_of("studies", study))
-        copied = 0
-        for instance in wanted:
-            if instance not in present:
-                answer = destination.upload(self.source.instance_file(instance))
-                if answer.get("Status") not in ("Success", "AlreadyStored"):
-                    raise BadInput(
-                        f"instance {instance}: {destination.display} refused it ({answer.get('Status')})"
-                    )
-                if answer.get("ID") != instance:
-                    raise BadInput(f"instance {instance}: destination stored it as {answer.get('ID')}")
-                copied += 1
-        missing = set(wanted) - set(destination.instance_ids_of("studies", study))
-        if missing:
-            raise TransientError(f"study {study}: {destination.display} lacks {len(missing)} instances")
-        return Outcome(result={"instances": len(wanted), "copied": copied})
-
-    def _delete(self, study: str) -> Outcome:
-        wanted = set(self.source.instance_ids_of("studies", study))
-        if not wanted:
-            return Outcome(status=SKIPPED, note="no longer on the source")
-        for destination in self.destinations.values():  # check again right before deleting
-            lacking = wanted - set(destination.instance_ids_of("studies", study))
+            destination = self.destinations[item.payload["to"]]
+            missing = sorted(members.sop.keys() - destination.holds(members))
+            if missing:
+                destination.send(missing)
+            lacking = members.sop.keys() - destination.holds(members)
             if lacking:
                 raise TransientError(
-                    f"study {study}: {destination.display} lacks {len(lacking)}; not deleted"
+                    f"{destination.display} lacks {len(lacking)} of {len(members.sop)} instances"
                 )
-        self.source.delete_resource("studies", study)
-        return Outcome(result={"deleted": len(wanted)})
+            return Outcome(result={"instances": len(members.sop), "copied": len(missing)})
+        for destination in self.destinations.values():  # check again right before deleting
+            lacking = members.sop.keys() - destination.holds(members)
+            if lacking:
+                raise TransientError(f"{destination.display} lacks {len(lacking)} instances; not deleted")
+        self.source.delete_resource(self.level, item.payload["id"])
+        return Outcome(result={"deleted": len(members.sop)})
 
     def finish(self, run: RunInfo) -> list[str]:
         tally = self.ledger.tally(run.id)
         sent = sum(n for (kind, status, _), n in tally.items() if kind == FORWARD and status == DONE)
         deleted = sum(n for (kind, status, _), n in tally.items() if kind == DELETE and status == DONE)
         failed = sum(n for (_, status, _), n in tally.items() if status == FAILED)
-        return [f"study copies sent {sent}, studies deleted from the source {deleted}, failed {failed}"]
+        what = "studies" if self.level == "studies" else "instances"
+        return [f"{what} sent {sent} times, {what} deleted from the source {deleted}, failed {failed}"]
 
     def close(self) -> None:
         self.source.close()
