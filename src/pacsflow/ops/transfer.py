@@ -7,12 +7,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacsflow.config import ModalityConfig
-from pacsflow.dimse import echo, study_instance_uids
 from pacsflow.errors import BadInput, ConfigError, NotFound, ServerError, TransientError, Unreachable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import PreflightError, connect, preflight_server
 from pacsflow.orthanc import Orthanc
+
+
+class _LazyDimse:
+    """pacsflow.dimse on first use: pynetdicom and pydicom take 0.6 s to import; most transfers are REST."""
+
+    def __getattr__(self, name: str) -> Any:
+        from pacsflow import dimse as module
+
+        return getattr(module, name)
+
+
+dimse = _LazyDimse()
 
 STUDY, INSTANCE, PEER_STORE, DICOM_STORE, VERIFY = "study", "instance", "peer-store", "dicom-store", "verify"
 ALREADY_COMPLETE = "already complete"
@@ -53,7 +64,7 @@ class Transfer(Operation):
         if self.node is not None:
             preflight_server(self.source)
             try:
-                echo(self.node, self.settings.aet)  # reachable, and it answers our AET
+                dimse.echo(self.node, self.settings.aet)  # reachable, and it answers our AET
             except Unreachable as exc:
                 raise PreflightError(str(exc)) from None
             if not self.modality:
@@ -114,7 +125,7 @@ class Transfer(Operation):
             raise BadInput(f"study {study} is not on {self.source.display}") from None
         sop = {one["ID"]: one.get("MainDicomTags", {}).get("SOPInstanceUID", "") for one in instances}
         study_uid = self.source.resource("studies", study)["MainDicomTags"]["StudyInstanceUID"]
-        return sop, study_instance_uids(self.node, self.settings.aet, study_uid)
+        return sop, dimse.study_instance_uids(self.node, self.settings.aet, study_uid)
 
     def _plan_study(self, study: str) -> Outcome:
         """List the study on both sides: one copy item per missing instance, one verify item after them."""
@@ -293,7 +304,7 @@ class _NodeDestination:
         )
 
     def holds(self, members: _Members) -> set[str]:
-        found = study_instance_uids(self.node, self.our_aet, members.study_uid)
+        found = dimse.study_instance_uids(self.node, self.our_aet, members.study_uid)
         return {instance for instance, uid in members.sop.items() if uid in found}
 
     def send(self, instances: list[str]) -> None:
@@ -342,7 +353,7 @@ class Forward(Operation):
                 preflight_server(destination.server)
                 continue
             try:
-                echo(destination.node, self.settings.aet)
+                dimse.echo(destination.node, self.settings.aet)
             except Unreachable as exc:
                 raise PreflightError(str(exc)) from None
             if not destination.name:
