@@ -345,6 +345,52 @@ def transfer(
     start_run(ctx, Transfer, params, workers, plan_only)
 
 
+def _earlier_run(ledger: Ledger, operation: str, match: dict[str, Any]) -> str | None:
+    """The newest run of OPERATION with these parameters: a follower started again continues it."""
+    for run in ledger.runs(10_000):
+        if run.operation == operation and all(run.params.get(key) == value for key, value in match.items()):
+            return run.id
+    return None
+
+
+def follow_changes(
+    options: Options,
+    run_id: str,
+    op_class: type[Any],
+    items_of: Callable[[Any], Callable[[str], list[Any]]],
+    change_type: str,
+    *,
+    workers: int | None,
+    window: str | None,
+    poll: float,
+    stop: threading.Event,
+) -> None:
+    """Work a run from the source's change feed until stopped (clone --follow, forward)."""
+    from pacsflow.pacing import TimeWindow
+    from pacsflow.services.follower import ChangeFollower
+
+    settings = options.settings()
+    ledger = Ledger(settings.ledger)
+    params = ledger.run(run_id).params
+    planner = op_class(settings, params)
+    window = window or settings.window
+    try:
+        ChangeFollower(
+            ledger,
+            run_id,
+            make_operation=lambda: op_class(settings, params),
+            make_engine=lambda: _engine(options, workers, window=window, stop=stop),
+            source=planner.source,
+            stop=stop,
+            poll=poll,
+            window=TimeWindow(window) if window else None,
+            items=items_of(planner),
+            change_type=change_type,
+        ).run()
+    finally:
+        planner.close()
+
+
 @app.command()
 @errors_to_exit
 def clone(
@@ -364,24 +410,17 @@ def clone(
     nothing, and the change feed is read again from the last point whose changes were all done.
     """
     from pacsflow.ops.transfer import Clone, instance_item
-    from pacsflow.pacing import TimeWindow
-    from pacsflow.services.follower import CHECKPOINT, ChangeFollower, last_change
+    from pacsflow.services.follower import CHECKPOINT, last_change
 
     options = _options(ctx)
     settings = options.settings()
     params = {"from": source, "to": destination, "workers": workers or settings.workers}
     stop = threading.Event()
     engine = _engine(options, workers, window=window, stop=stop)
-    earlier = [
-        run
-        for run in engine.ledger.runs(10_000)
-        if run.operation == "clone"
-        and run.params.get("from") == source
-        and run.params.get("to") == destination
-    ]
+    earlier = _earlier_run(engine.ledger, "clone", {"from": source, "to": destination})
     with stop_on_signals(stop):
         if earlier:
-            run_id = earlier[0].id
+            run_id = earlier
             log.info("continuing clone run %s", run_id)
             result = engine.resume(run_id)
         else:
@@ -397,20 +436,17 @@ def clone(
         if not follow or stop.is_set() or result.error is not None:
             raise typer.Exit(code)
         typer.echo(f"following the changes of {source} (Ctrl-C to stop)")
-        run = engine.ledger.run(run_id)
-        follower_source = Clone(settings, run.params)
-        ChangeFollower(
-            engine.ledger,
+        follow_changes(
+            options,
             run_id,
-            make_operation=lambda: Clone(settings, run.params),
-            make_engine=lambda: _engine(options, workers, window=window, stop=stop),
-            source=follower_source.source,
-            stop=stop,
+            Clone,
+            lambda _: lambda instance: [instance_item(instance)],
+            "NewInstance",
+            workers=workers,
+            window=window,
             poll=poll,
-            window=TimeWindow(window or settings.window) if (window or settings.window) else None,
-            items=lambda instance: [instance_item(instance)],
-        ).run()
-        follower_source.close()
+            stop=stop,
+        )
     typer.echo(f"stopped following; continue with the same `pacsflow clone --follow` (run {run_id})")
     raise typer.Exit(EXIT_INTERRUPTED if stop.is_set() else EXIT_OK)
 
@@ -433,8 +469,7 @@ def forward(
     A failure never deletes: the study stays on the source and is tried again with backoff.
     """
     from pacsflow.ops.transfer import Forward
-    from pacsflow.pacing import TimeWindow
-    from pacsflow.services.follower import CHECKPOINT, ChangeFollower
+    from pacsflow.services.follower import CHECKPOINT
 
     if trigger not in ("stable-study", "new-instance"):
         raise ConfigError(f"--trigger {trigger!r}: use stable-study or new-instance")
@@ -448,17 +483,12 @@ def forward(
     }
     stop = threading.Event()
     engine = _engine(options, workers, window=window, stop=stop)
-    earlier = [
-        run
-        for run in engine.ledger.runs(10_000)
-        if run.operation == "forward"
-        and run.params.get("from") == source
-        and run.params.get("to") == list(destinations)
-        and run.params.get("trigger", "stable-study") == trigger
-    ]
+    earlier = _earlier_run(
+        engine.ledger, "forward", {"from": source, "to": list(destinations), "trigger": trigger}
+    )
     with stop_on_signals(stop):
         if earlier:
-            run_id = earlier[0].id
+            run_id = earlier
             result = engine.resume(run_id)
         else:
             result = engine.start(Forward(settings, params))
@@ -467,21 +497,18 @@ def forward(
         if result.error is not None:
             raise typer.Exit(_report(result))
         typer.echo(f"forwarding stable studies of {source} to {', '.join(destinations)} (Ctrl-C to stop)")
-        params = engine.ledger.run(run_id).params
-        planner = Forward(settings, params)
-        ChangeFollower(
-            engine.ledger,
+        change = "StableStudy" if trigger == "stable-study" else "NewInstance"
+        follow_changes(
+            options,
             run_id,
-            make_operation=lambda: Forward(settings, params),
-            make_engine=lambda: _engine(options, workers, window=window, stop=stop),
-            source=planner.source,
-            stop=stop,
+            Forward,
+            lambda planner: planner.items_for,
+            change,
+            workers=workers,
+            window=window,
             poll=poll,
-            window=TimeWindow(window or settings.window) if (window or settings.window) else None,
-            items=planner.items_for,
-            change_type="StableStudy" if trigger == "stable-study" else "NewInstance",
-        ).run()
-        planner.close()
+            stop=stop,
+        )
     typer.echo(f"stopped forwarding (run {run_id}); the same command continues it")
     raise typer.Exit(EXIT_INTERRUPTED if stop.is_set() else EXIT_OK)
 
