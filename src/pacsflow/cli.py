@@ -528,10 +528,8 @@ def compare(
     workers: int | None = WorkersOption,
 ) -> None:
     """What A and B hold, side by side; exit 0 when they match, 1 when they differ."""
-    from pacsflow.dimse import echo
-    from pacsflow.errors import Unreachable
     from pacsflow.ops import compare as comparing
-    from pacsflow.ops.servers import PreflightError, connect, preflight_server
+    from pacsflow.ops.servers import connect, preflight_node, preflight_server
     from pacsflow.ops.transfer import Transfer
 
     settings = _options(ctx).settings()
@@ -543,10 +541,7 @@ def compare(
     def holdings(spec: str) -> dict[str, int]:
         if settings.is_modality(spec):
             node = settings.modality(spec)
-            try:
-                echo(node, settings.aet)
-            except Unreachable as exc:
-                raise PreflightError(str(exc)) from None
+            preflight_node(node, settings.aet)
             return comparing.node_holdings(node, settings.aet, level, conditions or None)
         with connect(settings, spec, pool) as server:
             preflight_server(server)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pacsflow.config import Settings
+from pacsflow.config import ModalityConfig, Settings
 from pacsflow.errors import ConfigError, PacsflowError, Unreachable
 from pacsflow.orthanc import Orthanc
 
@@ -18,6 +18,16 @@ def connect(settings: Settings, spec: str, workers: int) -> Orthanc:
     if settings.is_modality(spec):
         raise ConfigError(f"{spec!r} is a DICOM modality; this command needs an Orthanc server here")
     return Orthanc(settings.server(spec), pool_size=max(2, workers + 2))
+
+
+def preflight_node(node: ModalityConfig, our_aet: str) -> None:
+    """Fail at once, with one clear line, when a DICOM node does not answer our C-ECHO."""
+    from pacsflow.dimse import echo  # lazily: pynetdicom is slow to import and most runs never need it
+
+    try:
+        echo(node, our_aet)
+    except Unreachable as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def preflight_server(server: Orthanc) -> None:

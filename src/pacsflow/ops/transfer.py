@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacsflow.config import ModalityConfig
-from pacsflow.errors import BadInput, ConfigError, NotFound, ServerError, TransientError, Unreachable
+from pacsflow.errors import BadInput, ConfigError, NotFound, ServerError, TransientError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.servers import PreflightError, connect, preflight_server
+from pacsflow.ops.servers import connect, preflight_node, preflight_server
 from pacsflow.orthanc import Orthanc
 
 
@@ -63,10 +63,7 @@ class Transfer(Operation):
     def preflight(self) -> None:
         if self.node is not None:
             preflight_server(self.source)
-            try:
-                dimse.echo(self.node, self.settings.aet)  # reachable, and it answers our AET
-            except Unreachable as exc:
-                raise PreflightError(str(exc)) from None
+            preflight_node(self.node, self.settings.aet)
             if not self.modality:
                 self.modality = self._find_modality()
                 self.params["modality"] = self.modality
@@ -352,10 +349,7 @@ class Forward(Operation):
                     raise ConfigError("a destination is the source itself")
                 preflight_server(destination.server)
                 continue
-            try:
-                dimse.echo(destination.node, self.settings.aet)
-            except Unreachable as exc:
-                raise PreflightError(str(exc)) from None
+            preflight_node(destination.node, self.settings.aet)
             if not destination.name:
                 destination.name = source_modality_name(self.source, destination.node)
                 self.params["modality_names"][spec] = destination.name
