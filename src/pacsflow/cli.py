@@ -440,7 +440,7 @@ def clone(
             options,
             run_id,
             Clone,
-            lambda _: lambda instance: [instance_item(instance)],
+            lambda _: lambda change: [instance_item(change["ID"])],
             "NewInstance",
             workers=workers,
             window=window,

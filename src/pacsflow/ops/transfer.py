@@ -357,7 +357,8 @@ class Forward(Operation):
     def plan(self) -> Iterable[PlannedItem]:
         return []  # what to forward comes from the change feed
 
-    def items_for(self, resource: str) -> list[PlannedItem]:
+    def items_for(self, change: dict[str, Any]) -> list[PlannedItem]:
+        resource = change["ID"]
         sends = [
             PlannedItem(FORWARD, f"f/{resource}/{spec}", {"id": resource, "to": spec})
             for spec in self.destinations

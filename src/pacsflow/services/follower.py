@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from pacsflow.engine import Engine
 from pacsflow.errors import PacsflowError
@@ -38,7 +39,7 @@ class ChangeFollower:
         *,
         poll: float = 2.0,
         window: TimeWindow | None = None,
-        items: Callable[[str], list[PlannedItem]],
+        items: Callable[[dict[str, Any]], list[PlannedItem]],
         change_type: str = "NewInstance",
     ) -> None:
         self.ledger = ledger
@@ -74,7 +75,7 @@ class ChangeFollower:
                 item
                 for change in page.get("Changes", [])
                 if change.get("ChangeType") == self.change_type
-                for item in self.items(change["ID"])
+                for item in self.items(change)
             ]
             if new:
                 self.ledger.add_items(self.run_id, new)
