@@ -1,4 +1,4 @@
-"""What Orthanc's answer to `POST /instances` means: stored, already stored, or refused (one rule everywhere)."""
+"""What Orthanc's answer to `POST /instances` means: stored, already stored, or refused (one rule)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def check_stored(answer: dict[str, Any], *, where: str | None = None, expected_i
         raise BadInput(f"refused by the server ({status or 'no status'})", where=where)
     if expected_id is not None and answer.get("ID") != expected_id:
         raise BadInput(
-            "stored under another ID than expected", where=where, detail=f"{answer.get('ID')} != {expected_id}"
+            "stored under another ID than expected",
+            where=where,
+            detail=f"{answer.get('ID')} != {expected_id}",
         )
     return status == STORED
