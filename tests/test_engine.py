@@ -48,9 +48,6 @@ class Scripted(Operation):
             raise ZeroDivisionError("bug")
         return Outcome(nbytes=10)
 
-    def rate_key(self, item: Item) -> str | None:
-        return "remote"
-
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Ledger, Settings]:
@@ -98,18 +95,6 @@ def test_fatal_error_stops_the_run_and_keeps_items_pending(setup: tuple[Ledger, 
     counts = ledger.run(result.run_id).counts
     assert counts.get(FAILED, 0) == 0 and counts[PENDING] >= 29
     assert ledger.run(result.run_id).summary["error"] == "wrong password"
-
-
-def test_rate_limit_paces_items(setup: tuple[Ledger, Settings]) -> None:
-    ledger, _ = setup
-    settings = Settings(ledger=ledger.url, workers=4, rate_limits={"remote": "20/s"})
-    started = time.monotonic()
-    keys = [f"ok-{i}" for i in range(31)]
-    result = Engine(ledger, settings).start(Scripted(settings, {"keys": keys}))
-    elapsed = time.monotonic() - started
-    assert result.counts == {DONE: 31}
-    # burst of 10, then 21 more at 20/s: at least about one second
-    assert elapsed >= 0.9
 
 
 def test_closed_window_does_nothing_until_stopped(setup: tuple[Ledger, Settings]) -> None:

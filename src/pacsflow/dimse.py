@@ -1,40 +1,96 @@
-"""DICOM network (DIMSE) helpers on pynetdicom: C-ECHO now; FIND, MOVE, GET, STORE and the SCP build on it."""
+"""DICOM network (DIMSE) helpers on pynetdicom: C-ECHO and C-FIND; MOVE, GET, STORE and an SCP come next."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ModalityConfig
 from pacsflow.errors import RemoteError, Unreachable
+from pacsflow.pacing import limiter_for
 
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+#: A-ASSOCIATE-RJ result 2: "rejected-transient" (busy, too many associations): try again later
+_REJECTED_TRANSIENT = 0x02
+_PENDING = (0xFF00, 0xFF01)
+
+
+def _unreachable(modality: ModalityConfig, our_aet: str, message: str) -> Unreachable:
+    return Unreachable(
+        f"{modality.display}: {message}",
+        remote=modality.name or modality.display,
+        probe=lambda: echo(modality, our_aet),
+    )
+
+
+@contextmanager
+def associate(
+    modality: ModalityConfig, our_aet: str, contexts: list[Any], timeout: float
+) -> Iterator[Association]:
+    """An association with the node, released afterwards; every step bounded by TIMEOUT.
+
+    Raises Unreachable (a retry later may work) when the node does not answer, aborts, or rejects us
+    transiently, and RemoteError when it rejects us for good (e.g. our AET is unknown to it). Each
+    association takes a token from the node's rate limit.
+    """
+    bucket = limiter_for(modality.name)
+    if bucket is not None:
+        bucket.acquire()
+    ae = AE(ae_title=our_aet)
+    for context in contexts:
+        ae.add_requested_context(context)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    answers: list[Any] = []  # the ACSE primitives the node sent: a rejection's result is in there
+    handlers = [(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))]
+    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet, evt_handlers=handlers)
+    if assoc.is_rejected:
+        results = [getattr(primitive, "result", None) for primitive in answers]
+        if _REJECTED_TRANSIENT in results:
+            raise _unreachable(modality, our_aet, "association rejected for now (busy); will try again")
+        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
+    if not assoc.is_established:
+        raise _unreachable(modality, our_aet, "no DICOM association (refused, timed out or aborted)")
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
 
 
 def echo(modality: ModalityConfig, our_aet: str, timeout: float = 10.0) -> float:
     """C-ECHO a node; returns the round trip in milliseconds or raises with the reason."""
-    ae = AE(ae_title=our_aet)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
     started = time.monotonic()
-    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
-    if assoc.is_rejected:
-        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
-    if not assoc.is_established:
-        raise Unreachable(
-            f"cannot reach {modality.display}: no DICOM association (refused, timed out or aborted)"
-        )
-    try:
+    with associate(modality, our_aet, [Verification], timeout) as assoc:
         status = assoc.send_c_echo()
-    finally:
-        assoc.release()
-    if not status or int(getattr(status, "Status", -1)) != 0:
+        if not status:
+            raise _unreachable(modality, our_aet, "association aborted during C-ECHO")
+    if int(getattr(status, "Status", -1)) != 0:
         raise RemoteError(f"{modality.display}: C-ECHO failed")
     return (time.monotonic() - started) * 1000
+
+
+def _find(modality: ModalityConfig, our_aet: str, query: Any, timeout: float) -> Iterator[Any]:
+    """The identifiers a Study Root C-FIND answers with; an abort mid-way is Unreachable."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as StudyRootFind
+
+    with associate(modality, our_aet, [StudyRootFind], timeout) as assoc:
+        for status, identifier in assoc.send_c_find(query, StudyRootFind):
+            if not status:  # pynetdicom's sign of an aborted association or a DIMSE timeout
+                raise _unreachable(modality, our_aet, "association aborted or timed out during C-FIND")
+            code = int(getattr(status, "Status", -1))
+            if code in _PENDING and identifier is not None:
+                yield identifier
+            elif code != 0:
+                raise RemoteError(f"{modality.display}: C-FIND failed (status 0x{code & 0xFFFF:04X})")
 
 
 def study_instance_uids(
@@ -42,32 +98,15 @@ def study_instance_uids(
 ) -> set[str]:
     """SOPInstanceUIDs a node holds for one study (C-FIND at IMAGE level, Study Root)."""
     from pydicom.dataset import Dataset
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-    ae = AE(ae_title=our_aet)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
     query.StudyInstanceUID = study_uid
     query.SeriesInstanceUID = ""
     query.SOPInstanceUID = ""
-    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
-    if assoc.is_rejected:
-        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
-    if not assoc.is_established:
-        raise Unreachable(f"cannot reach {modality.display}: no DICOM association")
-    found: set[str] = set()
-    try:
-        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            code = int(getattr(status, "Status", -1)) if status else -1
-            if code in (0xFF00, 0xFF01) and identifier is not None:
-                found.add(str(identifier.get("SOPInstanceUID", "")))
-            elif code != 0:
-                raise RemoteError(f"{modality.display}: C-FIND failed (status 0x{code & 0xFFFF:04X})")
-    finally:
-        assoc.release()
+    found = {
+        str(identifier.get("SOPInstanceUID", "")) for identifier in _find(modality, our_aet, query, timeout)
+    }
     found.discard("")
     return found
 
@@ -77,29 +116,12 @@ def find(
 ) -> list[dict[str, str]]:
     """C-FIND (Study Root) at LEVEL with KEYS as matching and return keys; one dict of strings per answer."""
     from pydicom.dataset import Dataset
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-    ae = AE(ae_title=our_aet)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
     query = Dataset()
     query.QueryRetrieveLevel = level
     for keyword, value in keys.items():
         setattr(query, keyword, value)
-    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
-    if assoc.is_rejected:
-        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
-    if not assoc.is_established:
-        raise Unreachable(f"cannot reach {modality.display}: no DICOM association")
-    answers: list[dict[str, str]] = []
-    try:
-        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            code = int(getattr(status, "Status", -1)) if status else -1
-            if code in (0xFF00, 0xFF01) and identifier is not None:
-                answers.append({keyword: str(identifier.get(keyword, "") or "") for keyword in keys})
-            elif code != 0:
-                raise RemoteError(f"{modality.display}: C-FIND failed (status 0x{code & 0xFFFF:04X})")
-    finally:
-        assoc.release()
-    return answers
+    return [
+        {keyword: str(identifier.get(keyword, "") or "") for keyword in keys}
+        for identifier in _find(modality, our_aet, query, timeout)
+    ]

@@ -25,8 +25,12 @@ from pacsflow.ledger import (
     new_worker_id,
 )
 from pacsflow.ops.base import Operation, operation_class, summarize
-from pacsflow.pacing import RetryPolicy, TimeWindow, TokenBucket, parse_rate
+from pacsflow.outages import Outages, human_seconds
+from pacsflow.pacing import RetryPolicy, TimeWindow, configure_limits
 from pacsflow.progress import LogProgress, Progress
+
+#: how long a remote may stay unreachable before a run gives up on it, unless configured
+DEFAULT_GIVE_UP_AFTER = 3600.0
 
 log = logging.getLogger("pacsflow")
 T = TypeVar("T")
@@ -45,11 +49,15 @@ class RunResult:
     elapsed: float
     error: PacsflowError | None = None
     lines: list[str] = field(default_factory=list)
+    #: stopped because a remote stayed unreachable for longer than --give-up-after
+    gave_up: bool = False
 
     @property
     def exit_code(self) -> int:
         if self.error is not None and self.error.fatal:
             return EXIT_USAGE
+        if self.gave_up:
+            return EXIT_FAILED
         if self.status == "stopped":
             return EXIT_INTERRUPTED
         if self.counts.get(FAILED, 0):
@@ -72,6 +80,7 @@ class Engine:
         lease_seconds: float = 60.0,
         stop: threading.Event | None = None,
         log_phi: bool | None = None,
+        give_up_after: float | None = None,
     ) -> None:
         self.ledger = ledger
         self.settings = settings
@@ -83,9 +92,13 @@ class Engine:
         self.lease_seconds = lease_seconds
         self.stop = stop or threading.Event()
         self.log_phi = settings.log_phi if log_phi is None else log_phi
-        self.limits = {name: TokenBucket(parse_rate(rate)) for name, rate in settings.rate_limits.items()}
+        configure_limits(settings.rate_limits)  # the clients of each remote take their tokens there
+        if give_up_after is None:
+            give_up_after = getattr(settings, "give_up_after", None) or DEFAULT_GIVE_UP_AFTER
+        self.outages = Outages(give_up_after, on_change=lambda text: self.progress.note(text))
         self.worker_id = new_worker_id()
         self._fatal: PacsflowError | None = None
+        self._gave_up: PacsflowError | None = None
         self._outstanding = 0  # claimed and not yet recorded; only the dispatcher thread touches it
         self._results: queue.Queue[Record] = queue.Queue()
         self._wake = threading.Event()
@@ -111,12 +124,22 @@ class Engine:
         return self.execute(op, run.id)
 
     def _plan_and_execute(self, op: Operation, run_id: str, *, plan_only: bool) -> RunResult:
-        try:
-            added = self.ledger.add_items(run_id, op.plan())
-        except PacsflowError as exc:
-            self.ledger.set_status(run_id, "failed", {"error": str(exc)})
-            op.close()
-            raise
+        added = 0
+        while True:
+            try:
+                # planning again after an outage is harmless: keys the run has already are ignored
+                added += self.ledger.add_items(run_id, op.plan())
+                break
+            except PacsflowError as exc:
+                if self.outages.confirm(exc) and self._wait_out_outages():
+                    continue
+                if self._gave_up is not None or self.stop.is_set():
+                    op.close()
+                    run = self.ledger.run(run_id)
+                    return self._stopped_while_planning(run_id, run)
+                self.ledger.set_status(run_id, "failed", {"error": str(exc)})
+                op.close()
+                raise
         self.ledger.set_status(run_id, "ready")
         log.info("run %s: %d %s planned", run_id, added, op.unit)
         if plan_only:
@@ -124,6 +147,38 @@ class Engine:
             run = self.ledger.run(run_id)
             return RunResult(run_id, run.status, run.counts, run.bytes, 0.0)
         return self.execute(op, run_id)
+
+    def _wait_out_outages(self) -> bool:
+        """Block until every remote answers again (True), or until stopped or given up (False)."""
+        while self.outages:
+            if self._give_up_if_expired() or self.stop.wait(0.5):
+                return False
+            self.outages.poll()
+        return True
+
+    def _give_up_if_expired(self) -> bool:
+        outage = self.outages.expired()
+        if outage is None:
+            return False
+        if self._gave_up is None:
+            self._gave_up = PacsflowError(
+                f"gave up: {outage.remote} has not answered since "
+                f"{datetime.fromtimestamp(outage.since):%Y-%m-%d %H:%M} "
+                f"(longer than --give-up-after {human_seconds(self.outages.give_up_after)}); "
+                "everything not done is still pending"
+            )
+            log.error("%s", self._gave_up)
+        self.stop.set()
+        return True
+
+    def _stopped_while_planning(self, run_id: str, run: RunInfo) -> RunResult:
+        summary: dict[str, Any] = {**summarize(run)}
+        if self._gave_up is not None:
+            summary["error"] = str(self._gave_up)
+        self.ledger.set_status(run_id, "planning", summary)  # resume plans again
+        return RunResult(
+            run_id, "stopped", run.counts, run.bytes, 0.0, self._gave_up, gave_up=self._gave_up is not None
+        )
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -147,7 +202,7 @@ class Engine:
         for thread in threads:
             thread.start()
         try:
-            self._dispatch(run_id, work)
+            self._dispatch(op, run_id, work)
         except Exception:  # the ledger itself failed: stop cleanly, say so, keep the items for resume
             log.exception("run %s: the ledger failed; stopping", run_id)
             self._fatal = self._fatal or PacsflowError("the ledger database failed; see the log")
@@ -157,7 +212,7 @@ class Engine:
             self.progress.close()
         return self._conclude(op, run_id, time.monotonic() - started)
 
-    def _dispatch(self, run_id: str, work: queue.Queue[Item | None]) -> None:
+    def _dispatch(self, op: Operation, run_id: str, work: queue.Queue[Item | None]) -> None:
         """The only thread that writes to the ledger: one transaction per cycle records what the workers
         finished and claims what they do next."""
         last_renew = last_write = time.monotonic()
@@ -178,6 +233,15 @@ class Engine:
             if time.monotonic() - last_renew > self.lease_seconds / 3:
                 self.ledger.renew_leases(self.worker_id, self.lease_seconds)
                 last_renew = time.monotonic()
+            if self.outages:
+                self.outages.poll()
+                if self._give_up_if_expired():
+                    return
+                if not op.remotes_per_item:
+                    # every item needs the remote that is down: claim nothing, record what finishes
+                    self._flush()
+                    self.stop.wait(0.5)
+                    continue
             # Work flows in batches: a claim when fewer than one item per worker is queued, taking up
             # to four per worker in all (at most that many to redo if this process dies), and the
             # outcomes written with it. One transaction per batch, not per item.
@@ -190,9 +254,14 @@ class Engine:
             records = self._drain()
             held = self._outstanding - len(records)
             limit = max(0, 4 * self.workers - held)
-            claimed = self.ledger.exchange(run_id, self.worker_id, records, limit, self.lease_seconds)
+            claimed, exhausted = self.ledger.exchange(
+                run_id, self.worker_id, records, limit, self.lease_seconds, self.retry.max_attempts
+            )
             last_write = time.monotonic()
             self._account(records, claimed)
+            if exhausted:
+                log.error("run %s: %d items failed: their attempts never reported back", run_id, exhausted)
+                self.progress.advance(exhausted, 0, failed=exhausted)
             for item in claimed:
                 work.put(item)
             if claimed:
@@ -263,10 +332,8 @@ class Engine:
             self._wake.set()
 
     def _work(self, op: Operation, item: Item) -> Record:
-        key = op.rate_key(item)
-        bucket = self.limits.get(key) if key else None
-        if bucket is not None and not bucket.acquire(self.stop):
-            return Record(item, status=PENDING, unstarted=True)
+        if self.outages.blocks(op.item_remotes(item)):
+            return self._wait_for_remote(item)
         try:
             outcome = op.do(item)
         except PacsflowError as exc:
@@ -283,8 +350,16 @@ class Engine:
             children=outcome.children,
         )
 
+    def _wait_for_remote(self, item: Item) -> Record:
+        """Back to pending, not counted as an attempt, until the next look at the remote that is down."""
+        return Record(
+            item, status=PENDING, unstarted=True, retry_at=time.time() + self.outages.seconds_to_next_probe()
+        )
+
     def _on_error(self, item: Item, exc: PacsflowError) -> Record:
         where = self._describe(item)
+        if self.outages.confirm(exc):
+            return self._wait_for_remote(item)
         if exc.fatal:
             if self._fatal is None:
                 self._fatal = exc
@@ -312,7 +387,7 @@ class Engine:
         lines: list[str] = []
         try:
             run = self.ledger.run(run_id)
-            if self._fatal is not None or self.stop.is_set():
+            if self._fatal is not None or self._gave_up is not None or self.stop.is_set():
                 status = "stopped"
             elif run.remaining:
                 status = "running"  # other processes still hold items
@@ -322,12 +397,22 @@ class Engine:
                 run = self.ledger.run(run_id)
                 status = "failed" if run.counts.get(FAILED) else "done"
             summary: dict[str, Any] = {**summarize(run), "elapsed": round(elapsed, 3)}
-            if self._fatal is not None:
-                summary["error"] = str(self._fatal)
+            error = self._fatal or self._gave_up
+            if error is not None:
+                summary["error"] = str(error)
             self.ledger.set_status(run_id, status, summary)
         finally:
             op.close()
-        return RunResult(run_id, status, run.counts, run.bytes, elapsed, self._fatal, lines)
+        return RunResult(
+            run_id,
+            status,
+            run.counts,
+            run.bytes,
+            elapsed,
+            self._fatal or self._gave_up,
+            lines,
+            gave_up=self._gave_up is not None,
+        )
 
 
 def _take_all(source: queue.Queue[T]) -> list[T]:

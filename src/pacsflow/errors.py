@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class PacsflowError(Exception):
     """Base of every error pacsflow raises on purpose; its message is one line for a person.
@@ -47,9 +49,27 @@ class RemoteError(PacsflowError):
 
 
 class Unreachable(RemoteError):
-    """Connection refused, DNS failure, timeout or a dropped connection."""
+    """Connection refused, DNS failure, timeout, a dropped connection or an aborted DICOM association.
+
+    REMOTE names the server or node (its configured name, or its URL without credentials); PROBE, when
+    given, asks that remote a cheap question (`GET /system`, C-ECHO) and raises if it still does not
+    answer: the engine uses it to tell "this remote is down, wait for it" from "this item failed".
+    """
 
     transient = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        remote: str | None = None,
+        probe: Callable[[], object] | None = None,
+        where: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, where=where, detail=detail)
+        self.remote = remote
+        self.probe = probe
 
 
 class Unauthorized(RemoteError):

@@ -153,6 +153,14 @@ class _Statements:
             "last_error": func.coalesce(q("q_note", type_=Text), items.c.last_error),
         }
         self.retry = update(items).where(*held).values(**retry_values)
+        self.exhaust = (
+            update(items)
+            .where(items.c.id == q("q_id"))
+            .values(
+                status=FAILED, lease_until=None, finished_at=q("q_now"), last_error=q("q_note", type_=Text)
+            )
+        )
+        self.db_now = select(func.extract("epoch", func.clock_timestamp()))
         self.give_back = update(items).where(*held).values(**retry_values, attempts=items.c.attempts - 1)
 
 
@@ -225,6 +233,13 @@ class RunInfo:
     @property
     def remaining(self) -> int:
         return self.counts.get(PENDING, 0) + self.counts.get(RUNNING, 0)
+
+
+def exhausted_note(attempts: int) -> str:
+    return (
+        f"gave up after {attempts} attempts that never reported back "
+        "(the process working on it died: killed, out of memory?)"
+    )
 
 
 def new_worker_id() -> str:
@@ -428,28 +443,56 @@ class Ledger:
         with self._write() as own:
             return max(0, own.execute(self._insert_ignore, rows).rowcount or 0)
 
-    def claim(self, run_id: str, worker: str, limit: int, lease_seconds: float) -> list[Item]:
+    def claim(
+        self, run_id: str, worker: str, limit: int, lease_seconds: float, max_attempts: int | None = None
+    ) -> list[Item]:
         """Atomically take up to LIMIT runnable items of the run's lowest unfinished phase."""
-        return self.exchange(run_id, worker, [], limit, lease_seconds)
+        return self.exchange(run_id, worker, [], limit, lease_seconds, max_attempts)[0]
 
     def exchange(
-        self, run_id: str, worker: str, records: Sequence[Record], limit: int, lease_seconds: float
-    ) -> list[Item]:
-        """Record outcomes and claim more items in one transaction (the engine's one write per cycle)."""
+        self,
+        run_id: str,
+        worker: str,
+        records: Sequence[Record],
+        limit: int,
+        lease_seconds: float,
+        max_attempts: int | None = None,
+    ) -> tuple[list[Item], int]:
+        """Record outcomes and claim more items in one transaction (the engine's one write per cycle).
+
+        Returns the items claimed and how many claimed items were failed instead because their attempts
+        ran out (see `_claim`).
+        """
         with self._write() as conn:
-            self._record(conn, records, worker)
-            return self._claim(conn, run_id, worker, limit, lease_seconds) if limit > 0 else []
+            now = self._now(conn)
+            self._record(conn, records, worker, now)
+            if limit <= 0:
+                return [], 0
+            return self._claim(conn, run_id, worker, limit, lease_seconds, now, max_attempts)
+
+    def _now(self, conn: Connection) -> float:
+        """The time leases and retry times are measured in: the database's clock on PostgreSQL, so
+        that machines whose clocks disagree can never see another's lease as expired too early."""
+        if self.is_postgres:
+            return float(conn.execute(_SQL.db_now).scalar())
+        return time.time()
 
     def _claim(
-        self, conn: Connection, run_id: str, worker: str, limit: int, lease_seconds: float
-    ) -> list[Item]:
+        self,
+        conn: Connection,
+        run_id: str,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        max_attempts: int | None,
+    ) -> tuple[list[Item], int]:
         # Every query is an index seek on (run_id, status, phase, id), so claiming stays cheap however
         # many items a run has finished. Running items are looked at before pending ones: an item goes
         # from running to done-with-pending-children (or back to pending) in one commit, so even with
         # PostgreSQL's per-statement snapshots a claim sees it in one form or the other and never
         # opens a later phase too early. Silent workers' items (expired leases) are looked for every
         # few seconds.
-        now = time.time()
         if self.is_postgres:  # one claim per run at a time across all processes
             conn.execute(_SQL.run_lock, {"q_run": run_id})
         phases = [
@@ -458,18 +501,32 @@ class Ledger:
         ]
         open_phases = [found for found in phases if found is not None]
         if not open_phases:
-            return []
+            return [], 0
         where = {"q_run": run_id, "q_phase": min(open_phases), "q_now": now, "q_limit": limit}
         ids = list(conn.execute(_SQL.pending_ids, where).scalars())
         if len(ids) < limit and now - self._stale_checked.get(run_id, 0.0) > 5.0:
             self._stale_checked[run_id] = now
             ids += conn.execute(_SQL.stale_ids, {**where, "q_limit": limit - len(ids)}).scalars()
         if not ids:
-            return []
+            return [], 0
         rows = conn.execute(
             _SQL.take, {"q_ids": ids, "q_worker": worker, "q_lease": now + lease_seconds, "q_now": now}
         ).all()
-        return sorted((_item(row) for row in rows), key=lambda item: item.id)
+        taken = sorted((_item(row) for row in rows), key=lambda item: item.id)
+        if max_attempts is None:
+            return taken, 0
+        # An item whose process died while working it (killed for memory on one huge file, say) never
+        # reported back; without this check it would be claimed again, and kill its next process, forever.
+        exhausted = [item for item in taken if item.attempts > max_attempts]
+        if exhausted:
+            conn.execute(
+                _SQL.exhaust,
+                [
+                    {"q_id": item.id, "q_now": now, "q_note": exhausted_note(item.attempts - 1)}
+                    for item in exhausted
+                ],
+            )
+        return [item for item in taken if item.attempts <= max_attempts], len(exhausted)
 
     def complete(
         self,
@@ -499,10 +556,10 @@ class Ledger:
         if not records:
             return 0
         with self._write() as conn:
-            return self._record(conn, records, worker)
+            return self._record(conn, records, worker, self._now(conn))
 
-    def _record(self, conn: Connection, records: Sequence[Record], worker: str) -> int:
-        now = time.time()
+    def _record(self, conn: Connection, records: Sequence[Record], worker: str, now: float) -> int:
+        local_now = time.time()
         finished, retried, given_back = [], [], []
         for record in records:
             params = {
@@ -511,7 +568,8 @@ class Ledger:
                 "q_note": record.note and storable(record.note[:2000]),
             }
             if record.status == PENDING:
-                params["q_at"] = record.retry_at or now
+                # retry_at is on this machine's clock: keep the delay, measure it on the ledger's clock
+                params["q_at"] = now + max(0.0, (record.retry_at or local_now) - local_now)
                 (given_back if record.unstarted else retried).append(params)
             else:
                 keep = record.status != FAILED
@@ -554,7 +612,7 @@ class Ledger:
             conn.execute(
                 update(items)
                 .where(items.c.worker == worker, items.c.status == RUNNING)
-                .values(lease_until=time.time() + lease_seconds)
+                .values(lease_until=self._now(conn) + lease_seconds)
             )
 
     def reclaim_dead(self, run_id: str) -> int:
@@ -714,10 +772,22 @@ def _make_engine(url: str) -> Engine:
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         try:
-            return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # the application name tells, in pg_stat_activity, which process holds which connection
+            return create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=10,
+                max_overflow=20,
+                connect_args={"application_name": application_name()},
+            )
         except ModuleNotFoundError:
             raise ConfigError("PostgreSQL ledger needs psycopg: pip install 'pacsflow[postgres]'") from None
     raise ConfigError(f"unsupported ledger database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+
+
+def application_name() -> str:
+    """How this process names itself to PostgreSQL."""
+    return f"pacsflow:{os.getpid()}"
 
 
 def _switch_to_wal(cursor: Any) -> None:

@@ -20,10 +20,15 @@ import httpx
 
 from pacsflow.config import ServerConfig
 from pacsflow.errors import Forbidden, NotFound, PacsflowError, ServerError, Unauthorized, Unreachable
+from pacsflow.pacing import TokenBucket, limiter_for
 
 #: Orthanc before 1.12.2 gzips every answer a client accepts gzip for: 30x slower for DICOM payloads.
 IDENTITY = {"Accept-Encoding": "identity"}
 _TRANSIENT_STATUS = {500, 502, 503, 504}
+#: a proxy's way of saying the Orthanc behind it does not answer: the server is down, not the request wrong
+_DOWN_STATUS = {502, 503, 504}
+#: how long a probe of a server that is down may take
+PROBE_TIMEOUT = 10.0
 
 
 def orthanc_id(*uids: str) -> str:
@@ -72,9 +77,18 @@ def parse_version(text: str) -> tuple[int, ...]:
 class Orthanc:
     """A client for one Orthanc server; thread-safe, its pool sized to the workers that share it."""
 
-    def __init__(self, config: ServerConfig, *, pool_size: int = 8, retries: int = 2) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        pool_size: int = 8,
+        retries: int = 2,
+        limiter: TokenBucket | None = None,
+    ) -> None:
         self.config = config
         self.retries = retries
+        #: the server's rate limit (`[rate_limits]`), shared by every client of it in this process
+        self.limiter = limiter if limiter is not None else limiter_for(config.name)
         # Orthanc before 1.12.2 gzips every answer a client accepts gzip for, JSON listings included, and
         # its gzip costs more server CPU than the bytes it saves on a hospital network.
         headers = {"User-Agent": "pacsflow", **IDENTITY}
@@ -100,6 +114,18 @@ class Orthanc:
     @property
     def display(self) -> str:
         return self.config.display
+
+    @property
+    def remote(self) -> str:
+        """The name outages and rate limits know this server by (never with credentials)."""
+        return self.config.name or self.config.url
+
+    def ping(self) -> None:
+        """One quick `GET /system` without retries; raises Unreachable while the server is down."""
+        self.request("GET", "/system", retry=False, timeout=PROBE_TIMEOUT)
+
+    def _unreachable(self, message: str) -> Unreachable:
+        return Unreachable(message, remote=self.remote, probe=self.ping)
 
     def close(self) -> None:
         self._http.close()
@@ -128,18 +154,22 @@ class Orthanc:
     ) -> httpx.Response:
         attempts = 1 + (self.retries if retry else 0)
         for attempt in range(attempts):
+            if self.limiter is not None:
+                self.limiter.acquire()
             try:
                 response = send()
                 self._raise_for_status(response, method, path)
                 return response
             except TimeoutError as exc:
-                error: PacsflowError = Unreachable(f"{self.display}: timed out on {method} {path} ({exc})")
+                error: PacsflowError = self._unreachable(
+                    f"{self.display}: timed out on {method} {path} ({exc})"
+                )
             except (OSError, http.client.HTTPException) as exc:
-                error = Unreachable(f"cannot reach {self.display}: {_describe_socket_error(exc)}")
+                error = self._unreachable(f"cannot reach {self.display}: {_describe_socket_error(exc)}")
             except httpx.TimeoutException as exc:
-                error = Unreachable(f"{self.display}: timed out on {method} {path} ({_kind(exc)})")
+                error = self._unreachable(f"{self.display}: timed out on {method} {path} ({_kind(exc)})")
             except httpx.TransportError as exc:
-                error = Unreachable(f"cannot reach {self.display}: {_describe_transport(exc)}")
+                error = self._unreachable(f"cannot reach {self.display}: {_describe_transport(exc)}")
             except PacsflowError as exc:
                 error = exc
             if not error.transient or attempt == attempts - 1:
@@ -158,6 +188,8 @@ class Orthanc:
             raise Forbidden(f"{self.display}: not allowed to {method} {path} (HTTP 403)")
         if status == 404:
             raise NotFound(f"{self.display}: {path} not found")
+        if status in _DOWN_STATUS:
+            raise self._unreachable(f"{self.display}: not available (HTTP {status}) on {method} {path}")
         raise ServerError(
             f"{self.display}: {method} {path} failed (HTTP {status}): {_orthanc_message(response)}",
             status=status,
@@ -252,6 +284,8 @@ class Orthanc:
         return written
 
     def _stream(self, method: str, path: str, chunk_size: int) -> Iterator[bytes]:
+        if self.limiter is not None:
+            self.limiter.acquire()
         try:
             with self._http.stream(method, path, headers=IDENTITY) as response:
                 if response.status_code >= 400:
@@ -259,9 +293,9 @@ class Orthanc:
                     self._raise_for_status(response, method, path)
                 yield from response.iter_bytes(chunk_size)
         except httpx.TimeoutException as exc:
-            raise Unreachable(f"{self.display}: timed out on {method} {path} ({_kind(exc)})") from None
+            raise self._unreachable(f"{self.display}: timed out on {method} {path} ({_kind(exc)})") from None
         except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach {self.display}: {_describe_transport(exc)}") from None
+            raise self._unreachable(f"cannot reach {self.display}: {_describe_transport(exc)}") from None
 
 
 class _PayloadChannel:

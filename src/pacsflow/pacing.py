@@ -67,6 +67,39 @@ class TokenBucket:
                 time.sleep(wait)
 
 
+_LIMITERS: dict[str, TokenBucket] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def remote_key(name: str) -> str:
+    """How rate limits find a remote: case and `-`/`_` do not matter (`My-PACS` == `my_pacs`)."""
+    return name.casefold().replace("-", "_")
+
+
+def configure_limits(rate_limits: dict[str, str]) -> None:
+    """Set this process's rate limits (`[rate_limits]`: remote name -> '700/min').
+
+    One bucket per remote and process, shared by every client of that remote (each worker, each
+    follower cycle), so the limit holds however the work is split into threads and runs.
+    """
+    with _LIMITERS_LOCK:
+        wanted = {remote_key(name): parse_rate(rate) for name, rate in rate_limits.items()}
+        for key in list(_LIMITERS):
+            if key not in wanted:
+                del _LIMITERS[key]
+        for key, rate in wanted.items():
+            if key not in _LIMITERS or _LIMITERS[key].rate != rate:
+                _LIMITERS[key] = TokenBucket(rate)
+
+
+def limiter_for(name: str | None) -> TokenBucket | None:
+    """The bucket every request to remote NAME takes a token from, or None when it has no limit."""
+    if not name:
+        return None
+    with _LIMITERS_LOCK:
+        return _LIMITERS.get(remote_key(name))
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter, bounded in attempts and in delay."""

@@ -15,6 +15,9 @@ class Progress(Protocol):
     def start(self, label: str, total: int, finished: int) -> None: ...
     def advance(self, count: int = 1, nbytes: int = 0, failed: int = 0) -> None: ...
     def grow(self, count: int) -> None: ...
+    def note(self, text: str | None) -> None:
+        """Show why the run waits (e.g. 'waiting for pacs (down since 03:02)'); None clears it."""
+
     def close(self) -> None: ...
 
 
@@ -40,6 +43,7 @@ class LogProgress:
         self.interval = interval
         self.counts = _Counts()
         self.label = ""
+        self.waiting: str | None = None
         self._last = 0.0
 
     def start(self, label: str, total: int, finished: int) -> None:
@@ -64,15 +68,19 @@ class LogProgress:
         with self.counts.lock:
             self.counts.total += count
 
+    def note(self, text: str | None) -> None:
+        self.waiting = text  # the outage itself is logged where it is detected; the periodic line says it
+
     def _line(self) -> str:
         c = self.counts
         elapsed = time.monotonic() - c.started
         per_second = c.done_here / elapsed if elapsed > 0 else 0
         left = max(0, c.total - c.finished)
         eta = f"{left / per_second:.0f}s" if per_second > 0 else "?"
+        waiting = f"; {self.waiting}" if self.waiting else ""
         return (
             f"{self.label}: {c.finished}/{c.total} items, {c.failed} failed, "
-            f"{_rate_text(c.bytes, elapsed)}, ETA {eta}"
+            f"{_rate_text(c.bytes, elapsed)}, ETA {eta}{waiting}"
         )
 
     def close(self) -> None:
@@ -106,6 +114,7 @@ class BarProgress:
             transient=False,
         )
         self._task = None
+        self._label = ""
         self._bytes = 0
         self._lock = threading.Lock()
         self._failed = 0
@@ -114,6 +123,7 @@ class BarProgress:
     def start(self, label: str, total: int, finished: int) -> None:
         self._bar.start()
         self._started = time.monotonic()
+        self._label = label
         self._task = self._bar.add_task(label, total=total, completed=finished, failed=0, speed="")
 
     def advance(self, count: int = 1, nbytes: int = 0, failed: int = 0) -> None:
@@ -127,6 +137,11 @@ class BarProgress:
         task = self._bar.tasks[0] if self._bar.tasks else None
         if task is not None:
             self._bar.update(self._task, total=(task.total or 0) + count)
+
+    def note(self, text: str | None) -> None:
+        if self._task is not None:
+            label = self._label if not text else f"{self._label} [yellow]{text}[/]"
+            self._bar.update(self._task, description=label)
 
     def close(self) -> None:
         self._bar.stop()

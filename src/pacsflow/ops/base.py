@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -50,8 +50,12 @@ class Operation(ABC):
     def do(self, item: Item) -> Outcome:
         """Do one item, idempotently: a crash may make it run again."""
 
-    def rate_key(self, item: Item) -> str | None:
-        """The remote whose rate limit this item consumes, if any."""
+    #: True when items talk to different remotes (forward: one destination each), so that one remote
+    #: down holds only its own items; False pauses the whole run while any of its remotes is down
+    remotes_per_item: ClassVar[bool] = False
+
+    def item_remotes(self, item: Item) -> Collection[str] | None:
+        """The remotes ITEM talks to (names as in Unreachable.remote); None: all of the run's."""
         return None
 
     def finish(self, run: RunInfo) -> list[str]:
