@@ -17,8 +17,9 @@ test: system $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# every benchmark, one process each; e.g. `make bench BENCH_ARGS=--quick` to see that they all run
 bench: system $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 # Debian packages, installed only when a binary is missing (fast when already set up).
 system:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from pacsflow.config import load_settings, redact_url
+from pacsflow.config import load_settings, parse_duration, redact_url, scrub_params
 from pacsflow.errors import ConfigError
 from tests.conftest import run_cli
 
@@ -68,6 +69,25 @@ def test_modality_spec_aet_at_host_port(workdir: Path) -> None:
         ("workers = 0\n", "workers: Input should be greater than or equal to 1"),
         ('[servers.x]\nurl = "ftp://x"\n', "servers.x.url"),
         ('[servers.x]\nuser = "u"\n', "servers.x.url: Field required"),
+        ('[servers.a]\nurll = "http://h:1"\n', "servers.a.urll: unknown setting (did you mean 'url'?)"),
+        (
+            '[modalities.n]\naet = "N"\nhost = "h"\nprot = 104\n',
+            "modalities.n.prot: unknown setting (did you mean 'port'?)",
+        ),
+        ('[servers.a]\nurl = "http://h:1"\nname = "b"\n', "servers.a.name: unknown setting"),
+        ('config_path = "x.toml"\n', "config_path: unknown setting"),
+        (
+            '[servers.main]\nurl = "http://h:1"\n[rate_limits]\nmian = "10/min"\n',
+            "rate_limits.mian: names no configured server or modality (known: main)",
+        ),
+        ('[servers.main]\nurl = "http://h:1"\n[rate_limits]\nmain = "lots"\n', "rate_limits.main: bad rate"),
+        (
+            '[servers.My-Pacs]\nurl = "http://h:1"\n[servers.my_pacs]\nurl = "http://h:2"\n',
+            "servers: 'My-Pacs' and 'my_pacs' name the same server",
+        ),
+        ('window = "Mon-Fri 25:00-07:00"\n', "window: bad hours"),
+        ('give_up_after = "soon"\n', "give_up_after: bad duration 'soon': write seconds (90) or a text like"),
+        ("give_up_after = 0\n", "give_up_after: Input should be greater than 0"),
     ],
 )
 def test_bad_config_gives_one_clear_error(workdir: Path, text: str, expected: str) -> None:
@@ -105,3 +125,201 @@ def test_cli_bad_usage_exits_2(workdir: Path) -> None:
     assert result.returncode == 2
     assert "exactly one of --to SERVER or --out DIR" in result.stderr
     assert run_cli("no-such-command", cwd=workdir).returncode == 2
+
+
+def test_names_match_whatever_their_case_and_dashes(workdir: Path) -> None:
+    config = write(
+        workdir / "p.toml",
+        '[servers.PACS1]\nurl = "http://one:8042"\n[servers.my-pacs]\nurl = "http://two:8042"\n'
+        '[modalities.Store-SCP]\naet = "STORE"\nhost = "h"\n[rate_limits]\nMY_PACS = "60/min"\n',
+    )
+    settings = load_settings(config)
+    assert settings.server("PACS1").url == "http://one:8042"
+    assert settings.server("pacs1").name == "PACS1"
+    assert settings.server("MY_PACS").url == "http://two:8042"
+    assert settings.modality("store_scp").aet == "STORE"
+    assert settings.is_modality("STORE-SCP") and not settings.is_modality("my_pacs")
+    assert settings.rate_limit("My-Pacs") == 1.0
+    assert settings.rate_limit("pacs1") is None
+    with pytest.raises(ConfigError, match=r"unknown server 'other' \(known: PACS1, my-pacs\)"):
+        settings.server("other")
+
+
+def test_env_twins_reach_the_configured_entry(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write(
+        workdir / "p.toml",
+        '[servers.PACS1]\nurl = "http://one:8042"\nuser = "u"\n[servers.my-pacs]\nurl = "http://two:8042"\n'
+        '[servers.plain]\nurl = "https://three"\n'
+        '[modalities.Store-SCP]\naet = "STORE"\nhost = "h"\n[rate_limits]\nmy-pacs = "60/min"\n',
+    )
+    monkeypatch.setenv("PACSFLOW_SERVERS__PACS1__PASSWORD", "pw-one")
+    monkeypatch.setenv("PACSFLOW_SERVERS__MY_PACS__PASSWORD", "pw-two")
+    monkeypatch.setenv("PACSFLOW_SERVERS__PLAIN__VERIFY_TLS", "false")
+    monkeypatch.setenv("PACSFLOW_MODALITIES__STORE_SCP__PORT", "11113")
+    monkeypatch.setenv("PACSFLOW_RATE_LIMITS__MY_PACS", "10/s")
+    monkeypatch.setenv("PACSFLOW_GIVE_UP_AFTER", "90s")
+    monkeypatch.setenv("PACSFLOW_ORTHANC_BINARY", "/opt/Orthanc")  # not a setting: left alone
+    settings = load_settings(config)
+    assert sorted(settings.servers) == ["PACS1", "my-pacs", "plain"]
+    first = settings.server("PACS1")
+    assert first.user == "u"
+    assert first.password is not None and first.password.get_secret_value() == "pw-one"
+    second = settings.server("my-pacs").password
+    assert second is not None and second.get_secret_value() == "pw-two"
+    assert settings.server("plain").verify_tls is False
+    assert settings.modality("store-scp").port == 11113
+    assert settings.rate_limits == {"my-pacs": "10/s"}
+    assert settings.give_up_after == 90.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PACSFLOW_SERVERS__GHOST__PASSWORD", "pw-secret", "no server 'ghost' configured (known: main)"),
+        (
+            "PACSFLOW_SERVERS__GHOST__URL",
+            "http://h:1",
+            "the environment sets values of configured servers only",
+        ),
+        (
+            "PACSFLOW_MODALITIES__GHOST__PORT",
+            "104",
+            "no modality 'ghost' configured (known: none configured)",
+        ),
+        ("PACSFLOW_SERVERS__MAIN__URLL", "http://h:1", "servers.main.urll: unknown setting"),
+        ("PACSFLOW_SERVERS__MAIN", '{"url": "http://h:1"}', "write one value per variable"),
+        ("PACSFLOW_RATE_LIMITS__MIAN", "10/min", "names no configured server or modality (known: main)"),
+        ("PACSFLOW_WORKERS", "abc", "Input should be a valid integer"),
+        ("PACSFLOW_SERVERS__MAIN__TIMEOUT", "-1", "Input should be greater than 0"),
+        ("PACSFLOW_GIVE_UP_AFTER", "1 fortnight", "bad duration '1 fortnight'"),
+    ],
+)
+def test_bad_env_twin_is_blamed_on_its_variable(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    config = write(workdir / "p.toml", '[servers.main]\nurl = "http://h:1"\n')
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    message = str(info.value)
+    assert message.startswith(f"environment variable {variable}: "), message
+    assert expected in message
+    assert "pw-secret" not in message
+
+
+def test_command_line_beats_environment_beats_file(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write(workdir / "p.toml", 'ledger = "sqlite:///file.db"\nworkers = 2\nretries = 7\n')
+    monkeypatch.setenv("PACSFLOW_LEDGER", "sqlite:///env.db")
+    monkeypatch.setenv("PACSFLOW_WORKERS", "3")
+    settings = load_settings(config, ledger="sqlite:///cli.db")
+    assert (settings.ledger, settings.workers, settings.retries) == ("sqlite:///cli.db", 3, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        (90, 90.0),
+        (2.5, 2.5),
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        (" 2M 5s ", 125.0),
+    ],
+)
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "30m1h", "-5", "1d", "h", True, float("inf")])
+def test_parse_duration_rejects_with_the_expected_form(text: str | float) -> None:
+    with pytest.raises(ConfigError, match=r"write seconds \(90\) or a text like 90s, 30m, 1h, 1h30m"):
+        parse_duration(text)
+
+
+def test_give_up_after_default_and_from_file(workdir: Path) -> None:
+    assert load_settings().give_up_after == 3600.0
+    assert load_settings(write(workdir / "p.toml", 'give_up_after = "1h30m"\n')).give_up_after == 5400.0
+    assert load_settings(write(workdir / "q.toml", "give_up_after = 2.5\n")).give_up_after == 2.5
+
+
+def test_public_spec_strips_credentials_and_server_gets_them_back(workdir: Path) -> None:
+    settings = load_settings()
+    params = {
+        "to": "http://bob:s3cret@Host:8042/",
+        "from": "main",
+        "extra": ["http://amy:pw-two@h2/", ("x", "https://u:pw-three@h3")],
+        "workers": 4,
+        "study": None,
+    }
+    scrubbed = scrub_params(settings, params)
+    assert scrubbed == {
+        "to": "http://Host:8042/",
+        "from": "main",
+        "extra": ["http://h2/", ("x", "https://h3")],
+        "workers": 4,
+        "study": None,
+    }
+    stored = json.dumps(scrubbed)
+    assert (
+        "s3cret" not in stored and "pw-two" not in stored and "pw-three" not in stored and "bob" not in stored
+    )
+    assert params["to"] == "http://bob:s3cret@Host:8042/"  # a copy: the caller's params are untouched
+    assert settings.public_spec("main") == "main"
+    assert settings.public_spec("PACS@10.0.0.5:104") == "PACS@10.0.0.5:104"
+
+    server = settings.server(scrubbed["to"])
+    assert (server.url, server.name, server.user) == ("http://host:8042", "http://host:8042", "bob")
+    assert server.password is not None and server.password.get_secret_value() == "s3cret"
+    # remembered under the normalized URL: case, default port and trailing slash do not matter
+    assert settings.server("HTTP://HOST:8042").user == "bob"
+    two = settings.server("http://h2:80").password
+    assert two is not None and two.get_secret_value() == "pw-two"
+    three = settings.server("https://h3:443/").password
+    assert three is not None and three.get_secret_value() == "pw-three"
+    # memory only: another process (a resume) does not know them
+    assert load_settings().server(scrubbed["to"]).password is None
+
+
+def test_url_of_a_configured_server_gets_its_credentials(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write(
+        workdir / "p.toml",
+        '[servers.main]\nurl = "http://pacs:8042"\nuser = "u"\ntimeout = 7\nverify_tls = false\n',
+    )
+    monkeypatch.setenv("PACSFLOW_SERVERS__MAIN__PASSWORD", "pw-env")
+    settings = load_settings(config)
+    server = settings.server("HTTP://PACS:8042/")
+    assert (server.url, server.name, server.user, server.timeout) == (
+        "http://pacs:8042",
+        "http://pacs:8042",
+        "u",
+        7,
+    )
+    assert server.password is not None and server.password.get_secret_value() == "pw-env"
+    assert server.verify_tls is False
+    assert settings.server("main").name == "main"  # the configured entry itself is unchanged
+    other = settings.server("http://pacs:8043")
+    assert (other.user, other.password) == (None, None)
+
+
+def test_url_specs_ipv6_bad_port_and_no_password_in_errors(workdir: Path) -> None:
+    settings = load_settings()
+    assert settings.server("http://u:pw-secret@[::1]:8042/").url == "http://[::1]:8042"
+    for spec in ("http://u:pw-secret@h:port", "ftp://u:pw-secret@h"):
+        with pytest.raises(ConfigError) as info:
+            settings.server(spec)
+        assert "pw-secret" not in str(info.value) and "bad server URL" in str(info.value)
+    assert redact_url("http://u:pw@h:port/x") == "http://u:***@h:port/x"
+
+
+def test_secrets_stay_out_of_the_settings_repr(workdir: Path) -> None:
+    config = write(
+        workdir / "p.toml",
+        'ledger = "postgresql://pf:db-secret@db/pacsflow"\nheartbeat_url = "https://hc.example/ping/tok-secret"\n',
+    )
+    text = repr(load_settings(config))
+    assert "db-secret" not in text and "tok-secret" not in text

@@ -2,20 +2,75 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
+import math
 import os
 import re
 import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pacsflow.errors import ConfigError
+from pacsflow.pacing import TimeWindow, parse_rate
 
 DEFAULT_CONFIG_NAME = "pacsflow.toml"
 DEFAULT_LEDGER = "sqlite:///.pacsflow/ledger.db"
+ENV_PREFIX = "PACSFLOW_"
+#: fields pacsflow fills in itself: a config file or an environment variable setting them is a mistake
+_INTERNAL_FIELDS = frozenset({"config_path", "name"})
+_TABLES = {"servers": "server", "modalities": "modality"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")
+_BOOL_TEXT = dict.fromkeys(("true", "yes", "on", "1"), True) | dict.fromkeys(
+    ("false", "no", "off", "0"), False
+)
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from a number of seconds or a text like '90', '90s', '30m', '1h', '1h30m'."""
+    seconds = math.nan
+    if isinstance(text, int | float) and not isinstance(text, bool):  # True is an int, not a duration
+        seconds = float(text)
+    elif isinstance(text, str):
+        spoken = text.strip().lower()
+        match = _DURATION.fullmatch(spoken)
+        if re.fullmatch(r"\d+(?:\.\d+)?", spoken):
+            seconds = float(spoken)
+        elif spoken and match:
+            hours, minutes, secs = (float(part) if part else 0.0 for part in match.groups())
+            seconds = hours * 3600 + minutes * 60 + secs
+    if not math.isfinite(seconds):
+        raise ConfigError(f"bad duration {text!r}: write seconds (90) or a text like 90s, 30m, 1h, 1h30m")
+    return seconds
+
+
+def _reported(parse: Callable[[Any], Any], value: Any) -> Any:
+    """PARSE(VALUE), its ConfigError turned into the ValueError pydantic reports with the setting's place."""
+    try:
+        return parse(value)
+    except ConfigError as exc:
+        raise ValueError(exc.reason) from None
+
+
+def _valid_rate(text: str) -> str:
+    _reported(parse_rate, text)
+    return text
 
 
 class ServerConfig(BaseModel):
@@ -37,7 +92,19 @@ class ServerConfig(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {redact_url(value)!r}")
+        try:
+            parts.port  # noqa: B018 - urllib checks the port only when asked for it
+        except ValueError:
+            raise ValueError(f"bad port in {redact_url(value)!r}") from None
         return value.rstrip("/")
+
+    @field_validator("verify_tls", mode="before")
+    @classmethod
+    def _tls_flag(cls, value: Any) -> Any:
+        # An environment twin is always text: "false" must turn checks off, not name a CA bundle "false".
+        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.strip().lower()]
+        return value
 
     @property
     def display(self) -> str:
@@ -62,24 +129,29 @@ class ModalityConfig(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Everything pacsflow reads from `pacsflow.toml`; each value has a PACSFLOW_* environment twin."""
+    """Everything pacsflow reads from `pacsflow.toml`; each value has a PACSFLOW_* environment twin.
 
-    model_config = SettingsConfigDict(
-        env_prefix="PACSFLOW_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
-    )
+    The environment is merged in by `load_settings`, which knows where each value came from; a Settings
+    built directly takes only the values it is given.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid")
 
     aet: str = Field(default="PACSFLOW", min_length=1, max_length=16)
     port: int = Field(default=11112, gt=0, lt=65536)
-    ledger: str = DEFAULT_LEDGER
+    ledger: str = Field(default=DEFAULT_LEDGER, repr=False)  # a PostgreSQL URL may hold a password
     workers: int = Field(default=4, ge=1, le=256)
     retries: int = Field(default=5, ge=1, le=100)
     window: str | None = None
-    rate_limits: dict[str, str] = Field(default_factory=dict)
+    rate_limits: dict[str, Annotated[str, AfterValidator(_valid_rate)]] = Field(default_factory=dict)
     log_phi: bool = False
-    heartbeat_url: str | None = None
+    heartbeat_url: str | None = Field(default=None, repr=False)  # heartbeat URLs embed a secret token
+    give_up_after: float = Field(default=3600.0, gt=0)
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     modalities: dict[str, ModalityConfig] = Field(default_factory=dict)
     config_path: str | None = None
+    #: credentials taken out of URL specs by public_spec: normalized URL -> (user, password), memory only
+    _remembered: dict[str, tuple[str | None, SecretStr | None]] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -90,8 +162,21 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The TOML file arrives as init values; the environment must win over it.
-        return (env_settings, init_settings)
+        # pydantic-settings would add PACSFLOW_SERVERS__PACS1__... as a new lowercase server "pacs1";
+        # load_settings merges the environment into the configured entries instead.
+        return (init_settings,)
+
+    @field_validator("window")
+    @classmethod
+    def _valid_window(cls, value: str | None) -> str | None:
+        if value is not None:
+            _reported(TimeWindow, value)
+        return value
+
+    @field_validator("give_up_after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return _reported(parse_duration, value)
 
     def model_post_init(self, __context: Any) -> None:
         for name, server in self.servers.items():
@@ -100,24 +185,41 @@ class Settings(BaseSettings):
             modality.name = name
 
     def server(self, spec: str) -> ServerConfig:
-        """A configured server by name, or an ad-hoc one from a URL (`http://user:pass@host:8042`)."""
+        """A configured server by name, or an ad-hoc one from a URL (`http://user:pass@host:8042`).
+
+        A URL without credentials gets those public_spec took out of it, else those of the configured
+        server with that URL, else none.
+        """
         if "://" in spec:
-            return server_from_url(spec)
-        key = spec.lower()
-        if key not in self.servers:
+            return self._url_server(spec)
+        key = find_name(spec, self.servers)
+        if key is None:
             known = ", ".join(sorted(self.servers)) or "none configured"
             raise ConfigError(
                 f"unknown server {spec!r} (known: {known}); give a name from the config or a URL"
             )
         return self.servers[key]
 
+    def _url_server(self, spec: str) -> ServerConfig:
+        server = server_from_url(spec)
+        if _USERINFO.match(spec):
+            return server
+        key = url_key(spec)
+        if key in self._remembered:
+            user, password = self._remembered[key]
+            return server.model_copy(update={"user": user, "password": password})
+        for configured in self.servers.values():
+            if url_key(configured.url) == key:
+                return configured.model_copy(update={"url": server.url, "name": server.name})
+        return server
+
     def modality(self, spec: str) -> ModalityConfig:
         """A configured DICOM node by name, or an ad-hoc one from `AET@host:port`."""
         match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d{1,5})", spec)
         if match:
             return ModalityConfig(aet=match[1], host=match[2], port=int(match[3]), name=spec)
-        key = spec.lower()
-        if key not in self.modalities:
+        key = find_name(spec, self.modalities)
+        if key is None:
             known = ", ".join(sorted(self.modalities)) or "none configured"
             raise ConfigError(f"unknown modality {spec!r} (known: {known}); give a name or AET@host:port")
         return self.modalities[key]
@@ -126,37 +228,95 @@ class Settings(BaseSettings):
         """True when SPEC names a DICOM node rather than an Orthanc server."""
         if "://" in spec:
             return False
-        return bool(re.fullmatch(r"[^@]{1,16}@[^:]+:\d{1,5}", spec)) or spec.lower() in self.modalities
+        return (
+            bool(re.fullmatch(r"[^@]{1,16}@[^:]+:\d{1,5}", spec))
+            or find_name(spec, self.modalities) is not None
+        )
+
+    def rate_limit(self, spec: str) -> float | None:
+        """Requests per second allowed to the remote named SPEC (`[rate_limits]`), or None."""
+        key = find_name(spec, self.rate_limits)
+        return parse_rate(self.rate_limits[key]) if key is not None else None
+
+    def public_spec(self, spec: str) -> str:
+        """SPEC without user and password, safe to store; they are remembered here for server(SPEC)."""
+        if not _USERINFO.match(spec):
+            return spec
+        self._remembered[url_key(spec)] = _credentials(spec)
+        return _without_userinfo(spec)
+
+
+def scrub_params(settings: Settings, params: Any) -> Any:
+    """A deep copy of PARAMS with every URL holding credentials replaced by settings.public_spec of it."""
+    if isinstance(params, str):
+        return settings.public_spec(params)
+    if isinstance(params, Mapping):
+        return {scrub_params(settings, key): scrub_params(settings, value) for key, value in params.items()}
+    if isinstance(params, list | tuple):
+        scrubbed = [scrub_params(settings, value) for value in params]
+        return tuple(scrubbed) if isinstance(params, tuple) else scrubbed
+    return copy.deepcopy(params)
+
+
+def name_key(name: str) -> str:
+    """How names of servers, modalities and rate limits compare: case and `-`/`_` do not matter."""
+    return name.casefold().replace("-", "_")
+
+
+def find_name(name: str, names: Iterable[str]) -> str | None:
+    """The one of NAMES that NAME means (see name_key), or None."""
+    wanted = name_key(name)
+    return next((key for key in names if name_key(key) == wanted), None)
+
+
+def url_key(url: str) -> str:
+    """URL as credentials are remembered under: no userinfo, lowercase scheme and host, explicit port,
+    no query and no trailing slash."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = parts.netloc.rpartition("@")[2].lower()
+    try:
+        default = parts.port is None and scheme in _DEFAULT_PORTS
+    except ValueError:  # a malformed port stays as written: the key only has to be the same each time
+        default = False
+    if default:
+        host = f"{host}:{_DEFAULT_PORTS[scheme]}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _credentials(url: str) -> tuple[str | None, SecretStr | None]:
+    parts = urlsplit(url)
+    user = unquote(parts.username) if parts.username else None
+    password = SecretStr(unquote(parts.password)) if parts.password else None
+    return user, password
 
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by `***` (safe to print)."""
     parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.password is not None else f"{parts.username}@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    user, colon, _ = userinfo.partition(":")
+    redacted = f"{user}:***@" if colon else f"{user}@"
+    return urlunsplit(parts._replace(netloc=redacted + host))
 
 
 def server_from_url(spec: str) -> ServerConfig:
     """A ServerConfig from a URL, taking credentials out of it."""
     parts = urlsplit(spec)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    clean = urlunsplit((parts.scheme, host, parts.path, "", ""))
+    # the host is case-insensitive; lower case as before, and IPv6 brackets and the port stay as written
+    clean = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2].lower(), parts.path, "", ""))
+    user, password = _credentials(spec)
     try:
-        return ServerConfig(
-            url=clean,
-            user=unquote(parts.username) if parts.username else None,
-            password=SecretStr(unquote(parts.password)) if parts.password else None,
-            name=clean,
-        )
+        return ServerConfig(url=clean, user=user, password=password, name=clean.rstrip("/"))
     except ValidationError as exc:
-        raise ConfigError(f"bad server URL {redact_url(spec)!r}: {_first_error(exc)}") from None
+        raise ConfigError(f"bad server URL {redact_url(spec)!r}: {_describe(exc.errors()[0])}") from None
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -171,34 +331,171 @@ def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | N
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Read settings from TOML (if any) with environment overrides; raise ConfigError on any problem."""
+    """Settings from TOML (if any), then PACSFLOW_* environment twins, then OVERRIDES (the command line).
+
+    Raises ConfigError naming the file or the environment variable a bad or unknown value came from.
+    """
     config_path = find_config_path(path)
-    data: dict[str, Any] = {}
+    where = str(config_path) if config_path else "settings"
+    data = _read_toml(config_path) if config_path is not None else {}
+    problems = _file_problems(data)
+    if problems:
+        raise ConfigError(f"{where}: {problems[0]}{_more(len(problems))}")
+    origins = _merge_environment(data, os.environ)
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+            origins[(key,)] = f"--{key.replace('_', '-')}"
     if config_path is not None:
-        try:
-            with open(config_path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {config_path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{config_path}: cannot read: {exc.strerror}") from None
         data["config_path"] = str(config_path)
-    data.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return Settings(**data)
     except ValidationError as exc:
-        where = str(config_path) if config_path else "settings"
-        raise ConfigError(f"{where}: {_first_error(exc)}") from None
+        errors = sorted(exc.errors(), key=lambda error: error.get("type") != "extra_forbidden")
+        first = errors[0]
+        loc = tuple(str(part) for part in first.get("loc", ()))
+        origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+        if origin is None:
+            text = f"{where}: {_describe(first)}"
+        else:
+            text = f"{origin}: {_describe(first, with_loc=False)}"
+        raise ConfigError(text + _more(len(errors))) from None
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    loc = ".".join(str(part) for part in first.get("loc", ()))
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    message = first.get("msg", "invalid")
-    if first.get("type") == "extra_forbidden":
+def _read_toml(config_path: Path) -> dict[str, Any]:
+    try:
+        with open(config_path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {config_path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{config_path}: cannot read: {exc.strerror}") from None
+
+
+def _settable(model: type[BaseModel]) -> list[str]:
+    return [name for name in model.model_fields if name not in _INTERNAL_FIELDS]
+
+
+def _table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}  # not a table: validation says so, with its place
+
+
+def _unknown(loc: str, key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{loc}: unknown setting{hint}"
+
+
+def _file_problems(data: Mapping[str, Any]) -> list[str]:
+    """Keys of a config file that no setting reads, and names that mean the same remote twice."""
+    allowed = _settable(Settings)
+    problems = [_unknown(key, key, allowed) for key in data if key not in allowed]
+    for table, kind in _TABLES.items():
+        fields = _settable(_model(table))
+        seen: dict[str, str] = {}
+        for name, entry in _table(data, table).items():
+            if name_key(name) in seen:
+                problems.append(
+                    f"{table}: {seen[name_key(name)]!r} and {name!r} name the same {kind} "
+                    "(case and -/_ do not count)"
+                )
+            seen[name_key(name)] = name
+            if isinstance(entry, dict):
+                problems += [
+                    _unknown(f"{table}.{name}.{key}", key, fields) for key in entry if key not in fields
+                ]
+    for key in _table(data, "rate_limits"):
+        if _remote(data, key) is None:
+            problems.append(f"rate_limits.{key}: {_no_remote(data)}")
+    return problems
+
+
+def _model(table: str) -> type[BaseModel]:
+    return ServerConfig if table == "servers" else ModalityConfig
+
+
+def _remote(data: Mapping[str, Any], name: str) -> str | None:
+    """The configured server or modality NAME means, or None."""
+    return find_name(name, [*_table(data, "servers"), *_table(data, "modalities")])
+
+
+def _no_remote(data: Mapping[str, Any]) -> str:
+    known = ", ".join(sorted([*_table(data, "servers"), *_table(data, "modalities")])) or "none configured"
+    return f"names no configured server or modality (known: {known})"
+
+
+def _merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Put each PACSFLOW_* twin's value into DATA at the entry it names; return where each value came from.
+
+    Variables whose first part names no setting (PACSFLOW_CONFIG, PACSFLOW_ORTHANC_BINARY) are not
+    settings and are left alone. A twin may change a configured server or modality, never create one.
+    """
+    origins: dict[tuple[str, ...], str] = {}
+    settable = _settable(Settings)
+    for variable in sorted(environ):
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [part.lower() for part in variable[len(ENV_PREFIX) :].split("__")]
+        if parts[0] not in settable:
+            continue
+        origin = f"environment variable {variable}"
+        if parts[0] in _TABLES:
+            loc = _entry_loc(data, parts, origin)
+        elif parts[0] == "rate_limits":
+            loc = _rate_limit_loc(data, parts, origin)
+        elif len(parts) == 1:
+            loc = (parts[0],)
+        else:
+            raise ConfigError(f"{origin}: {parts[0]} has no parts to set")
+        *path, key = loc
+        target: Any = data
+        for part in path:
+            target = target.setdefault(part, {})
+        if isinstance(target, dict):  # else the file's own value is wrong: validation says so, with its name
+            target[key] = environ[variable]
+            origins[loc] = origin
+    return origins
+
+
+def _entry_loc(data: dict[str, Any], parts: list[str], origin: str) -> tuple[str, str, str]:
+    """Where PACSFLOW_SERVERS__<NAME>__<KEY> goes: the configured entry NAME means."""
+    table = parts[0]
+    if len(parts) != 3:
+        raise ConfigError(f"{origin}: write one value per variable, like {ENV_PREFIX}SERVERS__MAIN__PASSWORD")
+    name = find_name(parts[1], _table(data, table))
+    if name is None:
+        known = ", ".join(sorted(_table(data, table))) or "none configured"
+        raise ConfigError(
+            f"{origin}: no {_TABLES[table]} {parts[1]!r} configured (known: {known}); "
+            f"the environment sets values of configured {table} only"
+        )
+    fields = _settable(_model(table))
+    if parts[2] not in fields:
+        raise ConfigError(f"{origin}: {_unknown(f'{table}.{name}.{parts[2]}', parts[2], fields)}")
+    return table, name, parts[2]
+
+
+def _rate_limit_loc(data: dict[str, Any], parts: list[str], origin: str) -> tuple[str, str]:
+    """Where PACSFLOW_RATE_LIMITS__<NAME> goes: the file's key for that remote, else its configured name."""
+    if len(parts) != 2:
+        raise ConfigError(f"{origin}: write one limit per variable, like {ENV_PREFIX}RATE_LIMITS__MAIN")
+    remote = _remote(data, parts[1])
+    if remote is None:
+        raise ConfigError(f"{origin}: {_no_remote(data)}")
+    return "rate_limits", find_name(remote, _table(data, "rate_limits")) or remote
+
+
+def _more(count: int) -> str:
+    return f" (and {count - 1} more)" if count > 1 else ""
+
+
+def _describe(error: Mapping[str, Any], *, with_loc: bool = True) -> str:
+    """One pydantic error as `place: message` (never its input, which may be a password)."""
+    loc = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
         message = "unknown setting"
-    return f"{loc}: {message}{more}" if loc else f"{message}{more}"
+    return f"{loc}: {message}" if loc and with_loc else message
