@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -41,7 +42,7 @@ def test_refused_instances_are_recorded_and_the_rest_goes_on(
     assert result.returncode == 1
     assert "instances copied 4, failed 2" in result.stdout
     shown = run_cli("run", "show", "last", "--failed", cwd=workdir).stdout
-    assert shown.count("refused it (FilteredOut)") == 2
+    assert shown.count("refused by the server (FilteredOut)") == 2
     assert shown.count("destination has 2 of 3 instances") == 2  # both studies fail their check
     with Orthanc(picky.server_config()) as destination:
         assert len(destination.ids("instances")) == 4
@@ -72,11 +73,12 @@ def test_kill_9_mid_transfer_then_resume_ends_identical(
     assert sum(item.attempts - 1 for item in items) <= 4 * 2  # only what the killed process held
 
 
-def test_destination_restarting_mid_transfer_loses_nothing(
-    workdir: Path, config_file: Path, client_a: Orthanc, orthanc_b: LocalOrthanc
-) -> None:
+def _transfer_through_an_outage(
+    workdir: Path, client_a: Orthanc, orthanc_b: LocalOrthanc, down_for: float
+) -> str:
+    """Transfer A -> B with default settings while B goes down for DOWN_FOR seconds; the run's log."""
     run_cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")} | {"PACSFLOW_RETRIES": "10"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
     log = (workdir / "transfer.log").open("a")
     process = subprocess.Popen(
         [*PACSFLOW, "transfer", "--from", "a", "--to", "b", "--workers", "2"],
@@ -88,11 +90,33 @@ def test_destination_restarting_mid_transfer_loses_nothing(
     with Orthanc(orthanc_b.server_config()) as destination:
         wait_for(lambda: len(destination.ids("instances")) >= 100, "a part copied", process)
     orthanc_b.kill()
-    time.sleep(3)
+    time.sleep(down_for)
+    assert process.poll() is None, "the run ended while its destination was down"
     orthanc_b.start()
-    assert process.wait(timeout=200) == 0, (workdir / "transfer.log").read_text()[-2000:]
+    code = process.wait(timeout=120)
+    output = (workdir / "transfer.log").read_text()
+    assert code == 0, output[-2000:]
     with Orthanc(orthanc_b.server_config()) as destination:
         assert sorted(destination.ids("instances")) == sorted(client_a.ids("instances"))
+    return output
+
+
+def test_destination_restarting_mid_transfer_loses_nothing(
+    workdir: Path, config_file: Path, client_a: Orthanc, orthanc_b: LocalOrthanc
+) -> None:
+    output = _transfer_through_an_outage(workdir, client_a, orthanc_b, down_for=3)
+    assert "waiting for b (down since" in output
+
+
+@pytest.mark.timeout(400)
+def test_destination_down_for_90_seconds_the_run_waits_and_finishes(
+    workdir: Path, config_file: Path, client_a: Orthanc, orthanc_b: LocalOrthanc
+) -> None:
+    # far longer than the default retry budget (5 attempts, 1+2+4+8 s): only waiting can get through
+    output = _transfer_through_an_outage(workdir, client_a, orthanc_b, down_for=90)
+    assert "waiting for b (down since" in output and "b answers again after" in output
+    closing = re.search(r"^run \S+: (\w+); (.*)$", output, re.MULTILINE)
+    assert closing is not None and closing[1] == "done" and "failed" not in closing[2]
 
 
 def test_wrong_password_on_the_source(

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,9 +16,10 @@ from typing import Any, TypeVar
 
 import typer
 
-from pacsflow.config import Settings, load_settings
+from pacsflow.config import Settings, load_settings, parse_duration, redact_url, scrub_params
 from pacsflow.engine import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Engine, RunResult, describe_run
-from pacsflow.errors import ConfigError, PacsflowError
+from pacsflow.errors import ConfigError, PacsflowError, Unauthorized
+from pacsflow.heartbeat import Heartbeat
 from pacsflow.ledger import FAILED, Ledger
 from pacsflow.ops.base import Operation
 from pacsflow.progress import make_progress
@@ -43,6 +45,7 @@ class Options:
     quiet: bool = False
     log_phi: bool = False
     _settings: Settings | None = field(default=None, repr=False)
+    _ledger: Ledger | None = field(default=None, repr=False)
 
     def settings(self) -> Settings:
         if self._settings is None:
@@ -51,6 +54,17 @@ class Options:
                 overrides["log_phi"] = True
             self._settings = load_settings(self.config, **overrides)
         return self._settings
+
+    def open_ledger(self) -> Ledger:
+        """The process's one ledger (one connection pool), however many runs and follower cycles use it."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.settings().ledger)
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
 
 def _options(ctx: typer.Context) -> Options:
@@ -87,6 +101,7 @@ def main_options(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     ctx.obj = Options(config=config, ledger=ledger, quiet=quiet, log_phi=log_phi)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @contextmanager
@@ -111,16 +126,53 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _engine(
-    options: Options, workers: int | None, window: str | None = None, stop: threading.Event | None = None
+    options: Options,
+    workers: int | None,
+    window: str | None = None,
+    stop: threading.Event | None = None,
+    give_up_after: str | None = None,
 ) -> Engine:
     settings = options.settings()
     return Engine(
-        Ledger(settings.ledger),
+        options.open_ledger(),
         settings,
         workers=workers,
         progress=make_progress(options.quiet),
         window=window,
         stop=stop,
+        give_up_after=parse_duration(give_up_after) if give_up_after else None,
+    )
+
+
+@contextmanager
+def heartbeat(options: Options) -> Iterator[None]:
+    """Ping the configured heartbeat URL when the command starts, and on its success (exit 0) or failure."""
+    beat = Heartbeat(options.settings().heartbeat_url)
+    beat.start()
+    succeeded = False
+    try:
+        yield
+        succeeded = True
+    except typer.Exit as ending:
+        succeeded = ending.exit_code == EXIT_OK
+        raise
+    finally:
+        beat.success() if succeeded else beat.fail()
+        beat.close()
+
+
+def remember_credentials(settings: Settings, urls: list[str] | None) -> None:
+    """--credentials URL: the user and password of a server a stored run names by URL only."""
+    for url in urls or []:
+        if settings.public_spec(url) == url:
+            raise ConfigError(f"--credentials {redact_url(url)!r}: give a URL with user:password@")
+
+
+def _resume_hint(run_ref: str, exc: Unauthorized) -> ConfigError:
+    return ConfigError(
+        f"{exc}; a run stores servers given as URLs without their password: give it again with "
+        f"`pacsflow resume {run_ref} --credentials http://USER:PASSWORD@HOST:PORT`, or name the server "
+        "in pacsflow.toml"
     )
 
 
@@ -152,22 +204,28 @@ def start_run(
     params: dict[str, Any],
     workers: int | None,
     plan_only: bool,
+    give_up_after: str | None = None,
 ) -> None:
-    """Plan and work a new run of an operation, then exit with its status."""
+    """Plan and work a new run of an operation, then exit with its status.
+
+    Servers given as URLs with a password are stored without it (the ledger may be a shared database):
+    the password stays in this process's memory only.
+    """
     options = _options(ctx)
     settings = options.settings()
-    params = {**params, "workers": workers or settings.workers}
-    engine = _engine(options, workers)
+    params = scrub_params(settings, {**params, "workers": workers or settings.workers})
+    engine = _engine(options, workers, give_up_after=give_up_after)
     operation = op_class(settings, params)
-    with stop_on_signals(engine.stop):
-        result = engine.start(operation, plan_only=plan_only)
     if plan_only:
+        result = engine.start(operation, plan_only=True)
         typer.echo(
             f"run {result.run_id}: planned {result.counts.get('pending', 0)} items; work it with "
             f"`pacsflow resume {result.run_id}` or `pacsflow worker`"
         )
         raise typer.Exit(EXIT_OK)
-    raise typer.Exit(_report(result))
+
+    with heartbeat(options), stop_on_signals(engine.stop):
+        raise typer.Exit(_report(engine.start(operation)))
 
 
 def parse_query(conditions: list[str] | None) -> dict[str, str] | None:
@@ -188,6 +246,17 @@ WorkersOption = typer.Option(
 )
 PlanOnlyOption = typer.Option(
     False, "--plan-only", help="only list the items into the ledger; work them later"
+)
+GiveUpOption = typer.Option(
+    None,
+    "--give-up-after",
+    help="stop (exit 1, all pending) when a server stays unreachable this long, e.g. 90s, 30m, 2h "
+    "[default: config give_up_after, 1h]",
+)
+CredentialsOption = typer.Option(
+    None,
+    "--credentials",
+    help="URL with user:password of a server the run names by URL (runs never store passwords)",
 )
 
 
@@ -225,6 +294,7 @@ def populate(
     bad_files: bool = typer.Option(False, "--bad-files", help="also write broken files (with --out)"),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Generate synthetic studies (deterministic) into a folder or a server."""
     from pacsflow.ops.populate import Populate
@@ -240,7 +310,7 @@ def populate(
         "seed": seed,
     }
     params = {"to": to, "out": str(out.resolve()) if out else None, "shape": shape, "bad_files": bad_files}
-    start_run(ctx, Populate, params, workers, plan_only)
+    start_run(ctx, Populate, params, workers, plan_only, give_up_after)
 
 
 @app.command()
@@ -263,6 +333,7 @@ def upload(
     label: str | None = typer.Option(None, "--label", help="Orthanc label for every study (Orthanc 1.12+)"),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Upload DICOM files, folders and archives, or a roster CSV's patient folders in batches."""
     from pacsflow.ops.roster import DEFAULT_ERRORS, RosterUpload
@@ -281,7 +352,14 @@ def upload(
             raise ConfigError("give files or folders to upload, or --roster")
         if root or batch_size or where or errors:
             raise ConfigError("--root, --batch-size, --where and --errors go with --roster")
-        start_run(ctx, Upload, {**common, "paths": [str(p.resolve()) for p in paths]}, workers, plan_only)
+        start_run(
+            ctx,
+            Upload,
+            {**common, "paths": [str(p.resolve()) for p in paths]},
+            workers,
+            plan_only,
+            give_up_after,
+        )
         return
     if paths:
         raise ConfigError("give either paths or --roster, not both")
@@ -303,7 +381,7 @@ def upload(
         "id_column": id_column,
         "errors": str((errors or DEFAULT_ERRORS).resolve()),
     }
-    start_run(ctx, RosterUpload, params, workers, plan_only)
+    start_run(ctx, RosterUpload, params, workers, plan_only, give_up_after)
 
 
 @app.command()
@@ -325,6 +403,7 @@ def transfer(
     ),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Copy studies to another server: only what is missing, each study verified afterwards."""
     from pacsflow.ops.transfer import Transfer
@@ -342,7 +421,7 @@ def transfer(
         "peer": peer,
         "modality": modality,
     }
-    start_run(ctx, Transfer, params, workers, plan_only)
+    start_run(ctx, Transfer, params, workers, plan_only, give_up_after)
 
 
 def _earlier_run(ledger: Ledger, operation: str, match: dict[str, Any]) -> str | None:
@@ -364,13 +443,14 @@ def follow_changes(
     window: str | None,
     poll: float,
     stop: threading.Event,
+    give_up_after: str | None,
 ) -> None:
     """Work a run from the source's change feed until stopped (clone --follow, forward)."""
     from pacsflow.pacing import TimeWindow
     from pacsflow.services.follower import ChangeFollower
 
     settings = options.settings()
-    ledger = Ledger(settings.ledger)
+    ledger = options.open_ledger()
     params = ledger.run(run_id).params
     planner = op_class(settings, params)
     window = window or settings.window
@@ -379,7 +459,9 @@ def follow_changes(
             ledger,
             run_id,
             make_operation=lambda: op_class(settings, params),
-            make_engine=lambda: _engine(options, workers, window=window, stop=stop),
+            make_engine=lambda: _engine(
+                options, workers, window=window, stop=stop, give_up_after=give_up_after
+            ),
             source=planner.source,
             stop=stop,
             poll=poll,
@@ -403,6 +485,7 @@ def clone(
     ),
     poll: float = typer.Option(2.0, "--poll", min=0.1, help="seconds between looks at the change feed"),
     workers: int | None = WorkersOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Copy everything to another server; with --follow keep following the source's new instances.
 
@@ -414,11 +497,12 @@ def clone(
 
     options = _options(ctx)
     settings = options.settings()
+    source, destination = settings.public_spec(source), settings.public_spec(destination)
     params = {"from": source, "to": destination, "workers": workers or settings.workers}
     stop = threading.Event()
-    engine = _engine(options, workers, window=window, stop=stop)
+    engine = _engine(options, workers, window=window, stop=stop, give_up_after=give_up_after)
     earlier = _earlier_run(engine.ledger, "clone", {"from": source, "to": destination})
-    with stop_on_signals(stop):
+    with heartbeat(options), stop_on_signals(stop):
         if earlier:
             run_id = earlier
             log.info("continuing clone run %s", run_id)
@@ -446,6 +530,7 @@ def clone(
             window=window,
             poll=poll,
             stop=stop,
+            give_up_after=give_up_after,
         )
     typer.echo(f"stopped following; continue with the same `pacsflow clone --follow` (run {run_id})")
     raise typer.Exit(EXIT_INTERRUPTED if stop.is_set() else EXIT_OK)
@@ -463,6 +548,7 @@ def forward(
     window: str | None = typer.Option(None, "--window", help="work only then, e.g. 'Mon-Fri 19:00-07:00'"),
     poll: float = typer.Option(2.0, "--poll", min=0.1, help="seconds between looks at the change feed"),
     workers: int | None = WorkersOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Send each stable study to every destination, then delete it from the source once all hold it.
 
@@ -475,6 +561,8 @@ def forward(
         raise ConfigError(f"--trigger {trigger!r}: use stable-study or new-instance")
     options = _options(ctx)
     settings = options.settings()
+    source = settings.public_spec(source)
+    destinations = [settings.public_spec(spec) for spec in destinations]
     params = {
         "from": source,
         "to": list(destinations),
@@ -482,11 +570,11 @@ def forward(
         "trigger": trigger,
     }
     stop = threading.Event()
-    engine = _engine(options, workers, window=window, stop=stop)
+    engine = _engine(options, workers, window=window, stop=stop, give_up_after=give_up_after)
     earlier = _earlier_run(
         engine.ledger, "forward", {"from": source, "to": list(destinations), "trigger": trigger}
     )
-    with stop_on_signals(stop):
+    with heartbeat(options), stop_on_signals(stop):
         if earlier:
             run_id = earlier
             result = engine.resume(run_id)
@@ -508,6 +596,7 @@ def forward(
             window=window,
             poll=poll,
             stop=stop,
+            give_up_after=give_up_after,
         )
     typer.echo(f"stopped forwarding (run {run_id}); the same command continues it")
     raise typer.Exit(EXIT_INTERRUPTED if stop.is_set() else EXIT_OK)
@@ -526,6 +615,7 @@ def compare(
     out: Path | None = typer.Option(None, "--out", help="write the differences to this CSV"),
     transfer_missing: bool = typer.Option(False, "--transfer-missing", help="copy what B lacks from A"),
     workers: int | None = WorkersOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """What A and B hold, side by side; exit 0 when they match, 1 when they differ."""
     from pacsflow.ops import compare as comparing
@@ -533,6 +623,7 @@ def compare(
     from pacsflow.ops.transfer import Transfer
 
     settings = _options(ctx).settings()
+    a, b = settings.public_spec(a), settings.public_spec(b)
     conditions = parse_query(query) or {}
     if from_date or to_date:
         conditions["StudyDate"] = f"{from_date or ''}-{to_date or ''}"
@@ -561,7 +652,7 @@ def compare(
         with connect(settings, a, pool) as left:
             missing = comparing.studies_to_copy(left, differences)
         if missing:
-            start_run(ctx, Transfer, {"from": a, "to": b, "studies": missing}, workers, False)
+            start_run(ctx, Transfer, {"from": a, "to": b, "studies": missing}, workers, False, give_up_after)
     raise typer.Exit(1)
 
 
@@ -574,20 +665,20 @@ def download(
     study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Download studies into a folder tree."""
     from pacsflow.ops.download import Download
 
     params = {"from": source, "out": str(out.resolve()), "studies": study or None}
-    start_run(ctx, Download, params, workers, plan_only)
+    start_run(ctx, Download, params, workers, plan_only, give_up_after)
 
 
 @app.command()
 @errors_to_exit
 def runs(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1)) -> None:
     """List recent runs."""
-    settings = _options(ctx).settings()
-    found = Ledger(settings.ledger).runs(limit)
+    found = _options(ctx).open_ledger().runs(limit)
     if not found:
         typer.echo("no runs yet")
     for run in found:
@@ -605,8 +696,7 @@ def run_show(
     """Show a run: its parameters, counts, and (with --failed) what failed and why."""
     from pacsflow.runview import show_run
 
-    settings = _options(ctx).settings()
-    for line in show_run(Ledger(settings.ledger), run_ref, failed=failed, limit=limit):
+    for line in show_run(_options(ctx).open_ledger(), run_ref, failed=failed, limit=limit):
         typer.echo(line)
 
 
@@ -616,12 +706,24 @@ def resume(
     ctx: typer.Context,
     run_ref: str = typer.Argument(..., metavar="RUN", help="run ID, a unique prefix, or 'last'"),
     workers: int | None = WorkersOption,
+    credentials: list[str] = CredentialsOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Continue a stopped or killed run where it left off (also joins a run another process works)."""
-    engine = _engine(_options(ctx), workers)
+    options = _options(ctx)
+    remember_credentials(options.settings(), credentials)
+    engine = _engine(options, workers, give_up_after=give_up_after)
+    with heartbeat(options):
+        raise typer.Exit(_resume(engine, run_ref))
+
+
+def _resume(engine: Engine, run_ref: str) -> int:
     with stop_on_signals(engine.stop):
-        result = engine.resume(run_ref)
-    raise typer.Exit(_report(result))
+        try:
+            result = engine.resume(run_ref)
+        except Unauthorized as exc:
+            raise _resume_hint(run_ref, exc) from None
+    return _report(result)
 
 
 @app.command()
@@ -630,15 +732,18 @@ def retry(
     ctx: typer.Context,
     run_ref: str = typer.Argument(..., metavar="RUN", help="run ID, a unique prefix, or 'last'"),
     workers: int | None = WorkersOption,
+    credentials: list[str] = CredentialsOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
     """Put a run's failed items back to pending and work them again."""
-    engine = _engine(_options(ctx), workers)
+    options = _options(ctx)
+    remember_credentials(options.settings(), credentials)
+    engine = _engine(options, workers, give_up_after=give_up_after)
     run = engine.ledger.run(run_ref)
     count = engine.ledger.retry_failed(run.id)
     typer.echo(f"run {run.id}: {count} failed items put back")
-    with stop_on_signals(engine.stop):
-        result = engine.resume(run.id)
-    raise typer.Exit(_report(result))
+    with heartbeat(options):
+        raise typer.Exit(_resume(engine, run.id))
 
 
 @app.command()
@@ -651,18 +756,26 @@ def worker(
     once: bool = typer.Option(False, "--once", help="exit when no run has work left"),
     workers: int | None = WorkersOption,
     poll: float = typer.Option(5.0, "--poll", min=0.1, help="seconds between looks for new work"),
+    credentials: list[str] = CredentialsOption,
+    give_up_after: str | None = GiveUpOption,
 ) -> None:
-    """Join the runs of a shared ledger and work their items until stopped."""
+    """Join the runs of a shared ledger and work their items until stopped.
+
+    A run that cannot start here (a server down, a password missing) is tried again later, with
+    backoff from 15 seconds to 10 minutes; with --once it is left to others and the exit status says so.
+    """
     options = _options(ctx)
     if ledger:
         options.ledger = ledger
+    remember_credentials(options.settings(), credentials)
     stop = threading.Event()
-    shared = Ledger(options.settings().ledger)
+    shared = options.open_ledger()
     exit_code = EXIT_OK
-    unusable: set[str] = set()
+    held_off: dict[str, tuple[float, float]] = {}  # run -> (not before, last delay)
     with stop_on_signals(stop):
         while not stop.is_set():
-            active = [run for run in shared.active_runs() if run.id not in unusable]
+            now = time.monotonic()
+            active = [run for run in shared.active_runs() if held_off.get(run.id, (0.0, 0.0))[0] <= now]
             if not active and once:
                 break
             for run in active:
@@ -671,15 +784,17 @@ def worker(
                 log.info("joining run %s (%s, %d items left)", run.id, run.operation, run.remaining)
                 try:
                     # a new engine per run: its counters and failure state belong to that run
-                    result = _engine(options, workers, stop=stop).resume(run.id)
-                except PacsflowError as exc:  # this run cannot start here; the others still can
-                    log.error("run %s: %s", run.id, exc)
-                    unusable.add(run.id)
+                    result = _engine(options, workers, stop=stop, give_up_after=give_up_after).resume(run.id)
+                except PacsflowError as exc:  # this run cannot start here now; the others still can
+                    delay = min(600.0, 2 * held_off.get(run.id, (0.0, 7.5))[1])
+                    held_off[run.id] = (float("inf") if once else time.monotonic() + delay, delay)
+                    later = "" if once else f"; trying it again in {delay:.0f}s"
+                    log.error("run %s: %s%s", run.id, exc, later)
                     exit_code = max(exit_code, EXIT_USAGE if exc.fatal else 1)
                     continue
+                held_off.pop(run.id, None)
                 exit_code = max(exit_code, _report(result))
-            active = [run for run in active if run.id not in unusable]
-            if not active:
+            if not any(held_off.get(run.id, (0.0, 0.0))[0] <= time.monotonic() for run in active):
                 stop.wait(poll)
     raise typer.Exit(exit_code)
 

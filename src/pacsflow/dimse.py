@@ -25,7 +25,7 @@ _PENDING = (0xFF00, 0xFF01)
 
 def _unreachable(modality: ModalityConfig, our_aet: str, message: str) -> Unreachable:
     return Unreachable(
-        f"{modality.display}: {message}",
+        message,
         remote=modality.name or modality.display,
         probe=lambda: echo(modality, our_aet),
     )
@@ -55,10 +55,16 @@ def associate(
     if assoc.is_rejected:
         results = [getattr(primitive, "result", None) for primitive in answers]
         if _REJECTED_TRANSIENT in results:
-            raise _unreachable(modality, our_aet, "association rejected for now (busy); will try again")
+            raise _unreachable(
+                modality, our_aet, f"{modality.display}: association rejected for now (busy); will try again"
+            )
         raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
     if not assoc.is_established:
-        raise _unreachable(modality, our_aet, "no DICOM association (refused, timed out or aborted)")
+        raise _unreachable(
+            modality,
+            our_aet,
+            f"cannot reach {modality.display}: no DICOM association (refused, timed out or aborted)",
+        )
     try:
         yield assoc
     finally:
@@ -72,7 +78,7 @@ def echo(modality: ModalityConfig, our_aet: str, timeout: float = 10.0) -> float
     with associate(modality, our_aet, [Verification], timeout) as assoc:
         status = assoc.send_c_echo()
         if not status:
-            raise _unreachable(modality, our_aet, "association aborted during C-ECHO")
+            raise _unreachable(modality, our_aet, f"{modality.display}: association aborted during C-ECHO")
     if int(getattr(status, "Status", -1)) != 0:
         raise RemoteError(f"{modality.display}: C-ECHO failed")
     return (time.monotonic() - started) * 1000
@@ -85,7 +91,9 @@ def _find(modality: ModalityConfig, our_aet: str, query: Any, timeout: float) ->
     with associate(modality, our_aet, [StudyRootFind], timeout) as assoc:
         for status, identifier in assoc.send_c_find(query, StudyRootFind):
             if not status:  # pynetdicom's sign of an aborted association or a DIMSE timeout
-                raise _unreachable(modality, our_aet, "association aborted or timed out during C-FIND")
+                raise _unreachable(
+                    modality, our_aet, f"{modality.display}: association aborted or timed out during C-FIND"
+                )
             code = int(getattr(status, "Status", -1))
             if code in _PENDING and identifier is not None:
                 yield identifier

@@ -90,7 +90,10 @@ class Engine:
         self.window = TimeWindow(window) if window else None
         self.retry = retry or RetryPolicy(max_attempts=settings.retries)
         self.lease_seconds = lease_seconds
+        #: set from outside (Ctrl-C, SIGTERM, a worker or follower stopping): this process stops working
         self.stop = stop or threading.Event()
+        #: set by the engine itself (fatal error, gave up on a remote): this run stops, not its caller
+        self.halted = threading.Event()
         self.log_phi = settings.log_phi if log_phi is None else log_phi
         configure_limits(settings.rate_limits)  # the clients of each remote take their tokens there
         if give_up_after is None:
@@ -133,7 +136,7 @@ class Engine:
             except PacsflowError as exc:
                 if self.outages.confirm(exc) and self._wait_out_outages():
                     continue
-                if self._gave_up is not None or self.stop.is_set():
+                if self._gave_up is not None or self._stopping():
                     op.close()
                     run = self.ledger.run(run_id)
                     return self._stopped_while_planning(run_id, run)
@@ -151,7 +154,7 @@ class Engine:
     def _wait_out_outages(self) -> bool:
         """Block until every remote answers again (True), or until stopped or given up (False)."""
         while self.outages:
-            if self._give_up_if_expired() or self.stop.wait(0.5):
+            if self._give_up_if_expired() or self._sleep(0.5):
                 return False
             self.outages.poll()
         return True
@@ -168,7 +171,20 @@ class Engine:
                 "everything not done is still pending"
             )
             log.error("%s", self._gave_up)
-        self.stop.set()
+        self.halted.set()
+        return True
+
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or self.halted.is_set()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait SECONDS unless stopped first; True when stopped."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.stop.wait(min(left, 0.1))
         return True
 
     def _stopped_while_planning(self, run_id: str, run: RunInfo) -> RunResult:
@@ -206,7 +222,7 @@ class Engine:
         except Exception:  # the ledger itself failed: stop cleanly, say so, keep the items for resume
             log.exception("run %s: the ledger failed; stopping", run_id)
             self._fatal = self._fatal or PacsflowError("the ledger database failed; see the log")
-            self.stop.set()
+            self.halted.set()
         finally:
             self._shutdown(work, threads)
             self.progress.close()
@@ -218,7 +234,7 @@ class Engine:
         last_renew = last_write = time.monotonic()
         waiting_logged = False
         while True:
-            if self.stop.is_set():
+            if self._stopping():
                 return
             if self.window is not None and not self.window.is_open():
                 self._give_back_queued(work)  # nothing new starts outside the window
@@ -227,7 +243,7 @@ class Engine:
                 if not waiting_logged:
                     log.info("outside time window %s: waiting until %s", self.window, self.window.next_open())
                     waiting_logged = True
-                self.stop.wait(5.0)
+                self._sleep(5.0)
                 continue
             waiting_logged = False
             if time.monotonic() - last_renew > self.lease_seconds / 3:
@@ -240,7 +256,7 @@ class Engine:
                 if not op.remotes_per_item:
                     # every item needs the remote that is down: claim nothing, record what finishes
                     self._flush()
-                    self.stop.wait(0.5)
+                    self._sleep(0.5)
                     continue
             # Work flows in batches: a claim when fewer than one item per worker is queued, taking up
             # to four per worker in all (at most that many to redo if this process dies), and the
@@ -272,7 +288,7 @@ class Engine:
                     return
                 # Items wait for a retry time, or other processes hold them: look again soon.
                 next_retry = self.ledger.next_retry_at(run_id) or 0.0
-                self.stop.wait(min(1.0, max(0.05, next_retry - time.time())))
+                self._sleep(min(1.0, max(0.05, next_retry - time.time())))
             else:
                 self._wake.wait(0.2)
                 self._wake.clear()
@@ -319,14 +335,14 @@ class Engine:
             if item is None:
                 return
             try:
-                if self.stop.is_set():
+                if self._stopping():
                     record = Record(item, status=PENDING, unstarted=True)
                 else:
                     record = self._work(op, item)
             except Exception:  # never let a worker die silently
                 log.exception("worker error on item #%d", item.id)
                 self._fatal = self._fatal or PacsflowError("internal error in a worker; see the log")
-                self.stop.set()
+                self.halted.set()
                 record = Record(item, status=PENDING, unstarted=True)
             self._results.put(record)
             self._wake.set()
@@ -364,7 +380,7 @@ class Engine:
             if self._fatal is None:
                 self._fatal = exc
                 log.error("stopping: %s", exc)
-            self.stop.set()
+            self.halted.set()
             return Record(item, status=PENDING, note=str(exc), retry_at=time.time())
         if exc.transient and self.retry.should_retry(item.attempts):
             delay = self.retry.delay(item.attempts)
@@ -387,7 +403,7 @@ class Engine:
         lines: list[str] = []
         try:
             run = self.ledger.run(run_id)
-            if self._fatal is not None or self._gave_up is not None or self.stop.is_set():
+            if self._fatal is not None or self._gave_up is not None or self._stopping():
                 status = "stopped"
             elif run.remaining:
                 status = "running"  # other processes still hold items
