@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pacsflow.errors import BadInput, ConfigError, NotFound
+from pacsflow.errors import BadInput, ConfigError, NotFound, TransientError
 from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_server
@@ -54,7 +56,7 @@ class Download(Operation):
             info = self.source.resource("studies", study)
             series = self.source.children("studies", study, "series")
         except NotFound:
-            raise BadInput(f"study {study} is not on {self.source.display}") from None
+            raise BadInput(f"study is not on {self.source.display}", where=study) from None
         patient = safe_name(info.get("PatientMainDicomTags", {}).get("PatientID", ""), "unknown-patient")
         study_dir = safe_name(info.get("MainDicomTags", {}).get("StudyInstanceUID", ""), study)
         children = []
@@ -68,14 +70,48 @@ class Download(Operation):
         return Outcome(result={"instances": len(children)}, children=children)
 
     def _fetch(self, instance: str, target: Path) -> Outcome:
-        if target.exists() and target.stat().st_size > 0:
+        size = self._server_size(instance)
+        if self._same_file(instance, target, size):
             return Outcome(status=SKIPPED, note="already downloaded")
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
-        with open(partial, "wb") as fh:
-            size = self.source.stream_instance_file(instance, fh)
-        os.replace(partial, target)
-        return Outcome(nbytes=size)
+        # A name of its own per attempt: after a lease takeover two workers may fetch the same instance,
+        # and each must rename only a file it wrote whole.
+        partial = target.with_name(f"{target.name}.{secrets.token_hex(6)}.part")
+        try:
+            with open(partial, "xb") as fh:
+                written = self.source.stream_instance_file(instance, fh)
+            if written != size:  # a connection cut short can look like a clean end
+                raise TransientError(f"got {written} bytes, the server holds {size}", where=instance)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return Outcome(nbytes=written)
+
+    def _server_size(self, instance: str) -> int:
+        try:
+            return int(self.source.request("GET", f"/instances/{instance}/attachments/dicom/size").text)
+        except NotFound:
+            raise BadInput(f"instance is no longer on {self.source.display}", where=instance) from None
+
+    def _same_file(self, instance: str, target: Path, size: int) -> bool:
+        """Whether TARGET (from an earlier run) is the server's file: same size, and same MD5 where the
+        server keeps one (Orthanc's StoreMD5ForAttachments, on by default)."""
+        try:
+            if target.stat().st_size != size:
+                return False
+        except FileNotFoundError:
+            return False
+        try:
+            response = self.source.request("GET", f"/instances/{instance}/attachments/dicom/md5")
+        except NotFound:
+            expected = ""
+        else:
+            expected = response.text.strip().lower()
+        if not expected:  # the server keeps no MD5: the size is all there is to compare
+            return True
+        with open(target, "rb") as fh:
+            return hashlib.file_digest(fh, "md5").hexdigest() == expected
 
     def finish(self, run: RunInfo) -> list[str]:
         files = sum(1 for _ in self.out.rglob("*.dcm"))
