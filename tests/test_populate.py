@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 
 from pacsflow.orthanc import Orthanc
@@ -85,3 +87,29 @@ def test_populate_to_url_with_credentials(workdir: Path, orthanc_a: LocalOrthanc
     assert result.returncode == 0, result.stderr
     assert client_a.statistics()["CountInstances"] == 2
     assert orthanc_a.password not in result.stdout + result.stderr
+
+
+@pytest.fixture
+def refuses_series_2(tmp_path: Path) -> Iterator[LocalOrthanc]:
+    """An Orthanc whose Lua filter refuses series number 2: Orthanc 1.10 answers such a POST with HTTP 200
+    and Status FilteredOut."""
+    script = tmp_path / "refuse.lua"
+    script.write_text(
+        "function ReceivedInstanceFilter(dicom, origin, info)\n  return dicom.SeriesNumber ~= '2'\nend\n"
+    )
+    server = LocalOrthanc("R", tmp_path / "orthanc-r", extra={"LuaScripts": [str(script)]}).start()
+    yield server
+    server.kill()
+
+
+def test_populate_into_a_server_that_refuses_fails_those_items(
+    workdir: Path, refuses_series_2: LocalOrthanc
+) -> None:
+    args = ("populate", "--to", refuses_series_2.url, "--series", "2", "--instances", "3", "--pixels", "16")
+    result = run_cli(*args, cwd=workdir)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3 done, 3 failed" in result.stdout
+    shown = run_cli("run", "show", "last", "--failed", cwd=workdir).stdout
+    assert shown.count(": refused by the server (FilteredOut)") == 3
+    with Orthanc(refuses_series_2.server_config()) as client:
+        assert client.statistics()["CountInstances"] == 3

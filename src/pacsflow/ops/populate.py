@@ -7,9 +7,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pacsflow.ledger import DONE, SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.dicomfiles import read_uids
+from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_server
+from pacsflow.stored import check_stored
 from pacsflow.synthetic import Shape, instance_bytes, instance_keys, instance_path, write_bad_files
 
 
@@ -51,11 +53,10 @@ class Populate(Operation):
             os.replace(temporary, target)
             return Outcome(nbytes=len(data))
         assert self.server is not None
-        answer = self.server.upload(data)
-        status = SKIPPED if answer.get("Status") == "AlreadyStored" else DONE
-        return Outcome(
-            status=status, nbytes=len(data), note="already on server" if status == SKIPPED else None
-        )
+        expected = read_uids(data, item.key).instance_id
+        if not check_stored(self.server.upload(data), where=item.key, expected_id=expected):
+            return Outcome(status=SKIPPED, nbytes=len(data), note="already on server")
+        return Outcome(nbytes=len(data))
 
     def finish(self, run: RunInfo) -> list[str]:
         where = str(self.out) if self.out else self.server.display if self.server else "?"
