@@ -7,12 +7,18 @@ import signal
 import subprocess
 from pathlib import Path
 
-from pacsflow.ledger import DONE
+import pytest
+
+from pacsflow.config import Settings
+from pacsflow.engine import EXIT_FAILED, EXIT_OK, Engine
+from pacsflow.ledger import DONE, Ledger
+from pacsflow.ops.roster import RosterUpload
 from pacsflow.orthanc import Orthanc
 from pacsflow.roster import Roster, sniff_format
 from pacsflow.sandbox import LocalOrthanc
 from pacsflow.synthetic import Shape, instance_bytes, patient_id
 from tests.conftest import PACSFLOW, USER, latest_run, run_cli, wait_for
+from tests.test_upload import make_unlistable_folder, refuse_listing, tar_bytes
 
 
 def make_folders(root: Path, shape: Shape) -> list[str]:
@@ -271,3 +277,77 @@ def test_roster_retry_marks_rows_fixed_after_the_batch(
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},1\n"
     assert client_a.statistics()["CountInstances"] == 2
+
+
+def roster_errors(workdir: Path) -> dict[str, str]:
+    table = Roster.load(workdir / "Logs" / "UHID error" / "output.csv", ["UHID", "Error"])
+    return {table.cell(row, "UHID"): table.cell(row, "Error") for row in table.rows}
+
+
+def test_roster_row_with_corrupt_archives_is_not_marked(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    shape = Shape(patients=2, series=1, instances=2, pixels=16, seed=37)
+    p0, p1 = make_folders(workdir / "root", shape)
+    payloads = [instance_bytes(shape, 0, 0, 0, i) for i in range(2)]
+    # cut before its first TAR header: once counted as "not DICOM", and the row marked anyway
+    (workdir / "root" / p0 / "scan" / "more.tar.gz").write_bytes(tar_bytes(payloads, "w:gz")[:40])
+    (workdir / "root" / p0 / "scan" / "export.zip").write_bytes(b"PK but not really a zip\n" * 20)
+    (workdir / "Final.csv").write_text(f"UHID,Uploaded\n{p0},0\n{p1},0\n")
+    result = run_cli(
+        "upload", "--roster", "Final.csv", "--root", "root", "--to", "a", "--batch-size", "2", cwd=workdir
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "marked uploaded 1, errors 1" in result.stdout
+    assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},0\n{p1},1\n"
+    reason = roster_errors(workdir)[p0]
+    assert "2 of 4 files failed" in reason
+    assert "more.tar.gz: corrupt gzip file (" in reason
+    assert "export.zip: corrupt ZIP archive (File is not a zip file)" in reason
+
+
+def test_roster_row_with_a_folder_that_cannot_be_listed_is_not_marked(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    shape = Shape(patients=1, series=1, instances=2, pixels=16, seed=38)
+    (p0,) = make_folders(workdir / "root", shape)
+    make_unlistable_folder(workdir / "root" / p0, instance_bytes(shape, 0, 0, 0, 9))
+    (workdir / "Final.csv").write_text(f"UHID,Uploaded\n{p0},0\n")
+    result = run_cli(
+        "upload", "--roster", "Final.csv", "--root", "root", "--to", "a", "--batch-size", "1", cwd=workdir
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "marked uploaded 0, errors 1" in result.stdout
+    assert "folders that could not be listed: 1" in result.stdout
+    assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},0\n"
+    reason = roster_errors(workdir)[p0]
+    assert "1 of 3 files failed" in reason and "cannot list folder (File name too long)" in reason
+    assert client_a.statistics()["CountInstances"] == 2  # what could be listed was sent
+
+
+def test_roster_retry_lists_a_subfolder_that_could_not_be_listed(
+    workdir: Path, settings: Settings, client_a: Orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shape = Shape(patients=1, series=2, instances=2, pixels=16, seed=39)
+    (p0,) = make_folders(workdir / "root", shape)
+    locked = workdir / "root" / p0 / "scan2"
+    locked.mkdir()
+    (locked / "x.dcm").write_bytes(instance_bytes(shape, 0, 0, 0, 7))
+    (workdir / "Final.csv").write_text(f"UHID,Uploaded\n{p0},0\n")
+    refuse_listing(monkeypatch, locked)
+    params = {
+        "to": "a",
+        "roster": str(workdir / "Final.csv"),
+        "root": str(workdir / "root"),
+        "batch_size": 1,
+        "errors": str(workdir / "errors.csv"),
+    }
+    ledger = Ledger(settings.ledger)
+    first = Engine(ledger, settings).start(RosterUpload(settings, params))
+    assert first.exit_code == EXIT_FAILED
+    assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},0\n"
+    monkeypatch.undo()  # the operator fixes the permissions
+    assert ledger.retry_failed(first.run_id) == 2  # the folder and the row's check
+    assert Engine(ledger, settings).resume(first.run_id).exit_code == EXIT_OK
+    assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},1\n"
+    assert client_a.statistics()["CountInstances"] == 5

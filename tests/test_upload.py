@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import errno
+import gzip
 import io
 import os
 import shutil
@@ -9,12 +12,16 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
 
+from pacsflow.config import Settings
 from pacsflow.dicomfiles import read_uids
+from pacsflow.engine import EXIT_FAILED, EXIT_OK, Engine
 from pacsflow.ledger import FAILED, Ledger
+from pacsflow.ops.upload import Upload
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
 from pacsflow.synthetic import Shape, instance_bytes, patient_id
@@ -277,3 +284,139 @@ def test_file_names_that_are_not_utf8(workdir: Path, config_file: Path, client_a
     assert "broken-\\udce9.dcm: rejected by the server" in failures(workdir)  # escaped, not lost
     again = run_cli("upload", "in", "--to", "a", cwd=workdir)
     assert "already there 1" in again.stdout
+
+
+def tar_bytes(payloads: list[bytes], mode: str = "w") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        for n, payload in enumerate(payloads):
+            info = tarfile.TarInfo(f"dir/{n}.dcm")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def write_corrupt_archives(folder: Path, data: list[bytes]) -> dict[str, str]:
+    """Archives that cannot be read, each named after what is wrong; returns name -> expected reason."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = tar_bytes(data[:3])
+    with tarfile.open(fileobj=io.BytesIO(plain)) as listing:
+        second_header = listing.getmembers()[1].offset
+    files = {
+        # the gzip header and a few bytes: not even the first TAR header can be unpacked
+        "short.tar.gz": (tar_bytes(data[:3], "w:gz")[:40], "corrupt gzip file ("),
+        "half.tar.bz2": (bz2.compress(plain)[: len(bz2.compress(plain)) // 2], "corrupt bzip2 file ("),
+        "garbage.zip": (b"not a zip at all\n" * 40, "corrupt ZIP archive (File is not a zip file)"),
+        # gzip's magic bytes and no telling name, cut short
+        "scan0001": (gzip.compress(data[0])[:25], "corrupt gzip file ("),
+        # tarfile stops quietly at a truncated header: the members after it would vanish unnoticed
+        "cut.tar": (plain[: second_header + 100], "corrupt TAR archive (truncated or damaged after 1 member"),
+        "cut.tar.gz": (
+            gzip.compress(plain[: second_header + 100]),
+            "corrupt compressed TAR archive (truncated or damaged after 1 member",
+        ),
+    }
+    for name, (payload, _) in files.items():
+        (folder / name).write_bytes(payload)
+    return {name: reason for name, (_, reason) in files.items()}
+
+
+def test_corrupt_and_truncated_archives_fail_with_their_reason(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    data = instances()
+    folder = workdir / "in"
+    reasons = write_corrupt_archives(folder, data[1:4])
+    (folder / "good.dcm").write_bytes(data[0])
+    (folder / "notes.txt.gz").write_bytes(gzip.compress(b"just text\n" * 10))  # whole, and not an archive
+    result = run_cli("upload", "in", "--to", "a", cwd=workdir)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "DICOM 1, sent 1, already there 0, not DICOM 1, failed 6" in result.stdout
+    shown = failures(workdir)
+    for name, reason in reasons.items():
+        assert f"{name}: {reason}" in shown
+    # a compressed TAR is read in one pass: the member before the damage was sent, and stays
+    assert set(client_a.ids("instances")) == {read_uids(data[0]).instance_id, read_uids(data[1]).instance_id}
+
+
+def make_unlistable_folder(parent: Path, payload: bytes) -> Path:
+    """A folder nested so deep that its path exceeds PATH_MAX: listing it fails (ENAMETOOLONG) even for
+    root, as it does on real servers' deep exports; PAYLOAD lies at the bottom. Returns the top folder."""
+    top = parent / "deep"
+    top.mkdir(parents=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(18):  # 18 x 255 bytes > 4096: built by relative steps, as no full path works
+            name = f"{level:02d}" + "x" * 253
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        out = os.open("lost.dcm", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, payload)
+        os.close(out)
+    finally:
+        os.close(fd)
+    return top
+
+
+def test_folder_that_cannot_be_listed_is_a_failure(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    data = instances()
+    (workdir / "in").mkdir()
+    (workdir / "in" / "good.dcm").write_bytes(data[0])
+    make_unlistable_folder(workdir / "in", data[1])
+    result = run_cli("upload", "in", "--to", "a", cwd=workdir)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "sent 1, already there 0, not DICOM 0, failed 0" in result.stdout
+    assert "folders that could not be listed: 1" in result.stdout
+    ledger = Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}")
+    (failed,) = ledger.items(ledger.runs()[0].id, status=FAILED)
+    assert failed.kind == "folder" and failed.key.startswith(str(workdir / "in" / "deep" / "00xxx"))
+    assert failed.last_error.endswith(": cannot list folder (File name too long)")
+    assert "xxxxx" not in result.stderr  # the log names no folder
+
+
+def test_join_csv_with_conflicting_rows_names_lines_not_the_key(workdir: Path, config_file: Path) -> None:
+    (workdir / "in").mkdir()
+    key = patient_id(SHAPE, 0)
+    (workdir / "j.csv").write_text(f"key,PatientName\n{key},Anon^One\nOTHER,Anon^Two\n{key},Anon^Three\n")
+    result = run_cli("upload", "in", "--to", "a", "--csv", "j.csv", "--csv-key", "key", cwd=workdir)
+    assert result.returncode == 2
+    assert "lines 2 and 4 have the same key (column key) with different values" in result.stderr
+    assert key not in result.stderr + result.stdout
+
+
+def refuse_listing(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Listing FOLDER fails with EACCES until monkeypatch.undo(): root may list any folder, so a
+    permission fault that goes away again has to be made up."""
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> Any:
+        if os.fspath(path) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_retry_lists_a_folder_that_could_not_be_listed(
+    workdir: Path, settings: Settings, client_a: Orthanc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = instances()
+    folder = workdir / "in"
+    (folder / "locked").mkdir(parents=True)
+    (folder / "open.dcm").write_bytes(data[0])
+    (folder / "locked" / "inside.dcm").write_bytes(data[1])
+    refuse_listing(monkeypatch, folder / "locked")
+    ledger = Ledger(settings.ledger)
+    first = Engine(ledger, settings).start(Upload(settings, {"paths": [str(folder)], "to": "a"}))
+    assert first.exit_code == EXIT_FAILED
+    (failed,) = ledger.items(first.run_id, status=FAILED)
+    assert failed.kind == "folder" and failed.last_error == "locked: cannot list folder (Permission denied)"
+    assert client_a.statistics()["CountInstances"] == 1
+    monkeypatch.undo()  # the operator fixes the permissions
+    assert ledger.retry_failed(first.run_id) == 1
+    assert Engine(ledger, settings).resume(first.run_id).exit_code == EXIT_OK
+    assert client_a.statistics()["CountInstances"] == 2

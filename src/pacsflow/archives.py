@@ -13,13 +13,20 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 from pacsflow.errors import BadInput
 
 ZIP, TAR, COMPRESSED_TAR = "zip", "tar", "compressed-tar"
 _COMPRESSION_MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
 _OPENERS = {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open}
+_FORMATS = {"gz": "gzip", "bz2": "bzip2", "xz": "xz"}
+# What a name promises: a file named like an archive that cannot be read as one is a failure, never
+# "not DICOM" (that would drop every image in it without a word).
+_TAR_NAMES = (".tgz", ".tar.gz", ".tbz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
+_COMPRESSED_NAMES = (".gz", ".bz2", ".xz")
+# Errors a damaged compressed stream raises: gzip's BadGzipFile and bz2's are OSErrors
+_STREAM_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
+_BLOCK = tarfile.BLOCKSIZE
 
 
 @dataclass(frozen=True)
@@ -38,20 +45,48 @@ class Member:
 
 
 def archive_kind(head: bytes, path: Path) -> str | None:
-    """ZIP, TAR, COMPRESSED_TAR or None, from a file's first 512+ bytes (content, not the name)."""
+    """ZIP, TAR, COMPRESSED_TAR or None (not an archive), from a file's first 512+ bytes and its name.
+
+    Raises BadInput for a file that looks like an archive, by its content or its name, but cannot be
+    read as one (truncated, corrupt, or only named like one).
+    """
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return ZIP
     if len(head) >= 262 and head[257:262] == b"ustar":
         return TAR
-    for magic, compression in _COMPRESSION_MAGIC.items():
-        if head.startswith(magic):
-            try:
-                with _OPENERS[compression](path, "rb") as stream:
-                    inner = stream.read(512)
-            except (OSError, EOFError, lzma.LZMAError):
-                return None
-            return COMPRESSED_TAR if inner[257:262] == b"ustar" else None
-    return None
+    name = path.name.lower()
+    compression = _compression(head)
+    if compression is None:
+        if name.endswith(".zip"):
+            return ZIP  # its reader says what is wrong with it
+        if name.endswith(".tar"):
+            return TAR  # perhaps an old TAR without the "ustar" mark: its reader tells
+        if name.endswith(_TAR_NAMES + _COMPRESSED_NAMES):
+            raise BadInput("corrupt compressed file (no gzip, bzip2 or xz header)", where=path.name)
+        return None
+    if _holds_tar(path, compression):
+        return COMPRESSED_TAR
+    if name.endswith(_TAR_NAMES):
+        raise BadInput(f"{_FORMATS[compression]} file holds no TAR archive", where=path.name)
+    return None  # a whole compressed file of something else (a log, a report)
+
+
+def _compression(head: bytes) -> str | None:
+    return next((kind for magic, kind in _COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
+def _holds_tar(path: Path, compression: str) -> bool:
+    """True if the decompressed stream starts with a TAR header. Any other stream is read to its end:
+    only then is it known to be whole, and not an archive cut before its first header."""
+    try:
+        with _OPENERS[compression](path, "rb") as stream:
+            if stream.read(_BLOCK)[257:262] == b"ustar":
+                return True
+            while stream.read(1 << 20):
+                pass
+    except _STREAM_ERRORS as exc:
+        raise BadInput(f"corrupt {_FORMATS[compression]} file ({_why(exc)})", where=path.name) from None
+    return False
 
 
 def list_zip(path: Path) -> list[Member]:
@@ -65,9 +100,20 @@ def list_zip(path: Path) -> list[Member]:
 def list_tar(path: Path) -> list[Member]:
     try:
         with tarfile.open(path, "r:") as archive:
-            return [Member(info.name, info.size, info.offset_data) for info in archive if info.isfile()]
+            members = [Member(info.name, info.size, info.offset_data) for info in archive if info.isfile()]
+            archive.fileobj.seek(archive.offset)
+            end = archive.fileobj.read(_BLOCK)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BadInput(f"corrupt TAR archive ({_why(exc)})", where=path.name) from None
+    if end.count(0) != _BLOCK:
+        raise BadInput(f"corrupt TAR archive ({_damaged_after(len(members))})", where=path.name)
+    return members
+
+
+def _damaged_after(members: int) -> str:
+    # tarfile ends its listing quietly at a truncated or damaged header, as if the archive ended there;
+    # only a whole archive ends with a block of zeros
+    return f"truncated or damaged after {members} member{'s' if members != 1 else ''}"
 
 
 def _why(exc: BaseException) -> str:
@@ -89,18 +135,37 @@ def read_tar_member(path: Path, member: Member) -> bytes:
     return data
 
 
-def iter_compressed_tar(path: Path) -> Iterator[tuple[Member, IO[bytes]]]:
-    """Members of a .tar.gz/.bz2/.xz one after another, as streams (one pass, no random access)."""
+def iter_compressed_tar(path: Path) -> Iterator[tuple[Member, bytes]]:
+    """Members of a .tar.gz/.bz2/.xz and their bytes, one after another (one pass, no random access).
+
+    Raises BadInput, after the members read so far, if the archive turns out truncated or corrupt.
+    """
+    members = 0
     try:
-        with tarfile.open(path, "r|*") as archive:
+        with open(path, "rb") as fh:
+            compression = _compression(fh.read(8))
+        if compression is None:
+            raise BadInput("corrupt compressed file (no gzip, bzip2 or xz header)", where=path.name)
+        # gzip, bz2 and lzma raise on a stream cut short; tarfile's own decompression ("r|gz") stops quietly
+        with _OPENERS[compression](path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as archive:
             for info in archive:
                 if not info.isfile():
                     continue
                 stream = archive.extractfile(info)
                 if stream is not None:
-                    yield Member(info.name, info.size), stream
-    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError) as exc:
+                    members += 1
+                    member = Member(info.name, info.size)
+                    # read here, where a stream cut inside this member is reported as such; an unsafe
+                    # member is never read (tarfile skips its bytes)
+                    yield member, b"" if member.unsafe else stream.read()
+            # a whole archive ends with a full block of zeros, which tarfile has just read
+            whole = archive.fileobj.tell() - archive.offset == _BLOCK
+            while raw.read(1 << 20):  # the compressed stream's checksum is at its very end
+                pass
+    except (tarfile.TarError, *_STREAM_ERRORS) as exc:
         raise BadInput(f"corrupt compressed TAR archive ({_why(exc)})", where=path.name) from None
+    if not whole:
+        raise BadInput(f"corrupt compressed TAR archive ({_damaged_after(members)})", where=path.name)
 
 
 class ZipReader:

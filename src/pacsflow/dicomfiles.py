@@ -62,13 +62,38 @@ def read_uids(data: bytes, where: str = "file") -> InstanceUIDs:
     return InstanceUIDs(*values)
 
 
-def iter_files(paths: list[Path]) -> Iterator[Path]:
-    """Every regular file under PATHS, recursively, in a stable order; symlinked folders are not followed."""
+@dataclass(frozen=True)
+class Unlisted:
+    """A folder whose contents could not be listed, and why: a failure to record, never to skip."""
+
+    path: Path
+    reason: str
+
+
+def iter_files(paths: list[Path]) -> Iterator[Path | Unlisted]:
+    """Every regular file under PATHS, recursively, in a stable order; symlinked folders are not followed.
+
+    A folder that cannot be listed (permissions, a path too long, gone meanwhile) comes as an Unlisted
+    in its place: its files are unknown, and silence would lose them.
+    """
     for path in paths:
         if path.is_file():
             yield path
-            continue
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
-                yield Path(dirpath) / name
+        else:
+            yield from _walk(path)
+
+
+def _walk(top: Path) -> Iterator[Path | Unlisted]:
+    unlisted: list[Unlisted] = []
+
+    def note(exc: OSError) -> None:
+        folder = Path(exc.filename) if exc.filename else top
+        unlisted.append(Unlisted(folder, exc.strerror or type(exc).__name__))
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=note, followlinks=False):
+        yield from unlisted  # os.walk reports a folder it cannot list just before it moves on
+        unlisted.clear()
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+    yield from unlisted

@@ -35,14 +35,21 @@ class JoinTable:
             if name != LABEL and dictionary_VR(tag_for_keyword(name)) in ("SQ", "OB", "OW", "UN"):
                 raise ConfigError(f"{path}: column {name} is a {dictionary_VR(tag_for_keyword(name))} tag")
         values: dict[str, dict[str, str]] = {}
+        first_line: dict[str, int] = {}
         for line, row in enumerate(table.rows, start=2):
             key = table.cell(row, key_column).strip()
             if not key:
                 continue
             entry = {name: table.cell(row, name).strip() for name in columns}
             if key in values and values[key] != entry:
-                raise ConfigError(f"{path}: line {line}: key {key!r} appears twice with different values")
+                # the key is a patient ID: say where it is, never what it is
+                raise ConfigError(
+                    f"lines {first_line[key]} and {line} have the same key (column {key_column}) "
+                    "with different values",
+                    where=str(path),
+                )
             values[key] = entry
+            first_line.setdefault(key, line)
         return cls(path, key_column, values)
 
     @property

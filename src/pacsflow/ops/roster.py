@@ -7,11 +7,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pacsflow.dicomfiles import iter_files
 from pacsflow.errors import BadInput, ConfigError, TransientError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.upload import FILE, MEMBER, ArchiveFiles, PriorUploads, open_sender, upload_summary
+from pacsflow.ops.upload import (
+    FILE,
+    FOLDER,
+    MEMBER,
+    ArchiveFiles,
+    PriorUploads,
+    first_failures,
+    open_sender,
+    upload_summary,
+)
 from pacsflow.roster import Roster, merge_error_rows, roster_lock, same_value
 
 ROW, VERIFY, COMMIT = "row", "verify", "commit"
@@ -84,6 +92,12 @@ class RosterUpload(Operation):
             return self.files.do_file(item, item.payload["row"])
         if item.kind == MEMBER:
             return self.files.do_member(item, item.payload["row"])
+        if item.kind == FOLDER:  # put back by `retry`: its files become items now, and its verify waits
+            payload = {"row": item.payload["row"]}
+            children = self.prior.folder_items(
+                Path(item.payload["path"]), _file_key, payload, item.phase, set()
+            )
+            return Outcome(result={"files": len(children)}, children=children)
         if item.kind == VERIFY:
             return self._verify_row(item)
         return self._commit_batch(item)
@@ -98,10 +112,7 @@ class RosterUpload(Operation):
         if not folder.is_dir():
             raise BadInput("folder missing", where=str(folder))
         known = self.sender.known_ids() if self.prior.files and not self.sender.join else set()
-        children = [
-            self.prior.file_item(path, f"f/{path}", {"path": str(path), "row": row_id}, item.phase + 1, known)
-            for path in iter_files([folder])
-        ]
+        children = self.prior.folder_items(folder, _file_key, {"row": row_id}, item.phase + 1, known)
         if not children:
             raise BadInput("folder is empty", where=str(folder))
         verify = {"row": row_id, "folder": str(folder), "files": len(children)}
@@ -115,17 +126,21 @@ class RosterUpload(Operation):
             item.run_id, key_prefix=f"m/{folder}/"
         )
         unfinished = [one for one in found if one.status not in (DONE, SKIPPED, FAILED)]
-        files = [one for one in found if one.kind == FILE]
+        files = [one for one in found if one.kind in (FILE, FOLDER)]
         members = sum(
             (one.result or {}).get("members", 0) for one in files if "sent" not in (one.result or {})
         )  # members of a ZIP or plain TAR are items of their own; a compressed TAR's are not
-        if unfinished or len(files) != item.payload["files"] or len(found) - len(files) != members:
+        # a subfolder listed only on `retry` brought files of its own
+        listed = sum((one.result or {}).get("files", 0) for one in files if one.kind == FOLDER)
+        if unfinished or len(files) != item.payload["files"] + listed or len(found) - len(files) != members:
             # never mark a row on an incomplete picture (e.g. items put back by `retry`): look again later
             raise TransientError("some files of this folder are not finished yet", where=folder)
         failed = [one for one in found if one.status == FAILED]
         if failed:
             raise BadInput(
-                f"{len(failed)} of {len(found)} files failed", where=folder, detail=failed[0].last_error
+                f"{len(failed)} of {len(found)} files failed",
+                where=folder,
+                detail=first_failures([one.last_error or "failed" for one in failed]),
             )
         wanted: set[str] = set()
         studies: set[str] = set()
@@ -216,3 +231,7 @@ class RosterUpload(Operation):
     def close(self) -> None:
         self.files.close()
         self.sender.server.close()
+
+
+def _file_key(path: Path) -> str:
+    return f"f/{path}"

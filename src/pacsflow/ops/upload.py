@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,19 @@ from pacsflow.archives import (
     list_zip,
     read_tar_member,
 )
-from pacsflow.dicomfiles import InstanceUIDs, iter_files, looks_like_dicom, read_uids
+from pacsflow.dicomfiles import InstanceUIDs, Unlisted, iter_files, looks_like_dicom, read_uids
 from pacsflow.errors import BadInput, ConfigError, PacsflowError, ServerError, Unsupported
 from pacsflow.join import JoinTable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo, storable
-from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.base import Operation, Outcome, log, register
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.orthanc import Orthanc
+from pacsflow.stored import check_stored
 
 NOT_DICOM = "not DICOM"
 ALREADY = "already on server"
 ARCHIVE = "archive"
-FILE, MEMBER = "file", "member"
+FILE, MEMBER, FOLDER = "file", "member", "folder"
 #: above this many instances on the server, asking for the full ID list costs more than it saves
 KNOWN_IDS_LIMIT = 200_000
 _HEAD = 1024
@@ -105,14 +107,11 @@ class Sender:
                     f"rejected by the server as not valid DICOM ({exc.reason})", where=where
                 ) from None
             raise
-        if answer.get("Status") not in ("Success", "AlreadyStored"):  # e.g. FilteredOut by a Lua filter
-            raise BadInput(f"refused by the server ({answer.get('Status')})", where=where)
-        if expected is not None and answer.get("ID") != expected:
-            raise BadInput(f"server stored it as {answer.get('ID')}, expected {expected}", where=where)
+        stored = check_stored(answer, where=where, expected_id=expected)
         result = {"id": answer.get("ID"), "study": answer.get("ParentStudy")}
         if label:
             self.server.request("PUT", f"/studies/{result['study']}/labels/{label}")
-        if answer.get("Status") == "AlreadyStored":
+        if not stored:
             return Outcome(status=SKIPPED, note=ALREADY, result=result)
         return Outcome(status=DONE, nbytes=len(data), result=result)
 
@@ -186,14 +185,14 @@ class ArchiveFiles:
         studies: set[str] = set()
         failures: list[str] = []
         sent_bytes = 0
-        for member, stream in iter_compressed_tar(path):
+        for member, data in iter_compressed_tar(path):
             counts["members"] += 1
             where = f"{path.name}!{member.name}"
             if member.unsafe:
                 failures.append(f"{where}: unsafe member name")
                 continue
             try:
-                outcome = self.sender.send(stream.read(), where, join_key)
+                outcome = self.sender.send(data, where, join_key)
             except BadInput as exc:
                 failures.append(str(exc))
                 continue
@@ -206,9 +205,10 @@ class ArchiveFiles:
                 ids.append(outcome.result["id"])
                 studies.add(outcome.result["study"])
         if failures:
-            shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
             raise BadInput(
-                f"{len(failures)} of {counts['members']} members failed", where=path.name, detail=shown
+                f"{len(failures)} of {counts['members']} members failed",
+                where=path.name,
+                detail=first_failures(failures),
             )
         return Outcome(
             note=ARCHIVE, nbytes=sent_bytes, result={**counts, "ids": ids, "studies": sorted(studies)}
@@ -216,6 +216,12 @@ class ArchiveFiles:
 
     def close(self) -> None:
         self.zips.close()
+
+
+def first_failures(errors: list[str]) -> str:
+    """The first three errors and how many more: one line for an item's error, however many failed."""
+    more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+    return "; ".join(errors[:3]) + more
 
 
 class PriorUploads:
@@ -246,13 +252,55 @@ class PriorUploads:
         except OSError:
             return PlannedItem(FILE, key, payload, phase)  # doing it will say what is wrong
         payload = {**payload, "size": stat.st_size, "mtime": stat.st_mtime_ns}
-        if storable(key) != key:  # a name that is not UTF-8: the key is escaped, the payload keeps it
+        if key != str(path) or storable(key) != key:  # e.g. a name that is not UTF-8: the key is escaped
             payload.setdefault("path", str(path))
         earlier = self.files.get(str(path))
         if earlier and earlier[:2] == (stat.st_size, stat.st_mtime_ns) and earlier[2] in known:
             result = {"id": earlier[2], "study": earlier[3]}
             return PlannedItem(FILE, key, payload, phase, status=SKIPPED, note=ALREADY, result=result)
         return PlannedItem(FILE, key, payload, phase)
+
+    def items(
+        self,
+        paths: list[Path],
+        key: Callable[[Path], str],
+        payload: dict[str, Any],
+        phase: int,
+        known: set[str],
+    ) -> Iterator[PlannedItem]:
+        """An item for every file under PATHS, and a failed one for every folder that cannot be listed."""
+        for found in iter_files(paths):
+            yield self._item(found, key, payload, phase, known)
+
+    def folder_items(
+        self, folder: Path, key: Callable[[Path], str], payload: dict[str, Any], phase: int, known: set[str]
+    ) -> list[PlannedItem]:
+        """The items under FOLDER, for the item that lists it: that item fails if FOLDER cannot be listed."""
+        children = []
+        for found in iter_files([folder]):
+            if isinstance(found, Unlisted) and found.path == folder:
+                raise _cannot_list(found, where=str(folder))
+            children.append(self._item(found, key, payload, phase, known))
+        return children
+
+    def _item(
+        self,
+        found: Path | Unlisted,
+        key: Callable[[Path], str],
+        payload: dict[str, Any],
+        phase: int,
+        known: set[str],
+    ) -> PlannedItem:
+        if isinstance(found, Unlisted):
+            log.warning("a folder could not be listed (%s): recorded as failed", found.reason)
+            note = str(_cannot_list(found, where=found.path.name))
+            folder = {**payload, "path": str(found.path)}  # `retry` lists it again
+            return PlannedItem(FOLDER, key(found.path), folder, phase, status=FAILED, note=note)
+        return self.file_item(found, key(found), payload, phase, known)
+
+
+def _cannot_list(found: Unlisted, where: str) -> BadInput:
+    return BadInput(f"cannot list folder ({found.reason})", where=where)
 
 
 def open_sender(settings: Any, params: dict[str, Any]) -> Sender:
@@ -278,16 +326,21 @@ class Upload(Operation):
             raise ConfigError(f"no such file or folder: {', '.join(missing)}")
         self.sender.preflight()
 
+    @functools.cached_property
+    def prior(self) -> PriorUploads:
+        return PriorUploads(self.ledger, self.settings, self.sender.server)
+
     def plan(self) -> Iterable[PlannedItem]:
-        prior = PriorUploads(self.ledger, self.settings, self.sender.server)
-        known = self.sender.known_ids() if prior.files and not self.sender.join else set()
-        for path in iter_files(self.paths):
-            absolute = path.absolute()  # not resolve(): keep the name the user sees
-            yield prior.file_item(absolute, str(absolute), {}, 0, known)
+        known = self.sender.known_ids() if self.prior.files and not self.sender.join else set()
+        paths = [path.absolute() for path in self.paths]  # not resolve(): keep the names the user sees
+        return self.prior.items(paths, str, {}, 0, known)
 
     def do(self, item: Item) -> Outcome:
         if item.kind == MEMBER:
             return self.files.do_member(item, None)
+        if item.kind == FOLDER:  # put back by `retry`: its files become items now
+            children = self.prior.folder_items(Path(item.payload["path"]), str, {}, item.phase, set())
+            return Outcome(result={"files": len(children)}, children=children)
         return self.files.do_file(item, None)
 
     def finish(self, run: RunInfo) -> list[str]:
@@ -318,7 +371,13 @@ def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
             not_dicom += counts["not_dicom"]
     seen = sent + already + not_dicom + failed
     opened = f" (with {archives} archives opened)" if archives else ""
-    return [
+    lines = [
         f"files seen {seen}{opened}: DICOM {sent + already}, sent {sent}, already there {already}, "
         f"not DICOM {not_dicom}, failed {failed}; {run.bytes / 1e6:.1f} MB sent"
     ]
+    unlisted = sum(n for (kind, status, _), n in tally.items() if kind == FOLDER and status == FAILED)
+    if unlisted:  # their files are not counted above: nobody knows how many there are
+        lines.append(
+            f"folders that could not be listed: {unlisted} (see `pacsflow run show {run.id} --failed`)"
+        )
+    return lines
