@@ -295,7 +295,7 @@ def test_url_of_a_configured_server_gets_its_credentials(
     server = settings.server("HTTP://PACS:8042/")
     assert (server.url, server.name, server.user, server.timeout) == (
         "http://pacs:8042",
-        "http://pacs:8042",
+        "main",  # known by its configured name: its rate limit and outage messages follow it
         "u",
         7,
     )

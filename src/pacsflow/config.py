@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pacsflow.errors import ConfigError
-from pacsflow.pacing import TimeWindow, parse_rate
+from pacsflow.pacing import TimeWindow, name_key, parse_rate
 
 DEFAULT_CONFIG_NAME = "pacsflow.toml"
 DEFAULT_LEDGER = "sqlite:///.pacsflow/ledger.db"
@@ -210,7 +210,8 @@ class Settings(BaseSettings):
             return server.model_copy(update={"user": user, "password": password})
         for configured in self.servers.values():
             if url_key(configured.url) == key:
-                return configured.model_copy(update={"url": server.url, "name": server.name})
+                # its name too: rate limits and outage messages know the server by it
+                return configured.model_copy(update={"url": server.url})
         return server
 
     def modality(self, spec: str) -> ModalityConfig:
@@ -256,11 +257,6 @@ def scrub_params(settings: Settings, params: Any) -> Any:
         scrubbed = [scrub_params(settings, value) for value in params]
         return tuple(scrubbed) if isinstance(params, tuple) else scrubbed
     return copy.deepcopy(params)
-
-
-def name_key(name: str) -> str:
-    """How names of servers, modalities and rate limits compare: case and `-`/`_` do not matter."""
-    return name.casefold().replace("-", "_")
 
 
 def find_name(name: str, names: Iterable[str]) -> str | None:

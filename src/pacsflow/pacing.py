@@ -71,8 +71,8 @@ _LIMITERS: dict[str, TokenBucket] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def remote_key(name: str) -> str:
-    """How rate limits find a remote: case and `-`/`_` do not matter (`My-PACS` == `my_pacs`)."""
+def name_key(name: str) -> str:
+    """How names of servers, modalities and rate limits compare: case and `-`/`_` do not matter."""
     return name.casefold().replace("-", "_")
 
 
@@ -83,7 +83,7 @@ def configure_limits(rate_limits: dict[str, str]) -> None:
     follower cycle), so the limit holds however the work is split into threads and runs.
     """
     with _LIMITERS_LOCK:
-        wanted = {remote_key(name): parse_rate(rate) for name, rate in rate_limits.items()}
+        wanted = {name_key(name): parse_rate(rate) for name, rate in rate_limits.items()}
         for key in list(_LIMITERS):
             if key not in wanted:
                 del _LIMITERS[key]
@@ -97,7 +97,7 @@ def limiter_for(name: str | None) -> TokenBucket | None:
     if not name:
         return None
     with _LIMITERS_LOCK:
-        return _LIMITERS.get(remote_key(name))
+        return _LIMITERS.get(name_key(name))
 
 
 @dataclass(frozen=True)
