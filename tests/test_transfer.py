@@ -13,6 +13,7 @@ import pytest
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
 from tests.conftest import PACSFLOW, PASSWORD, USER, run_cli, wait_for
+from tests.test_identity import TcpProxy, assert_refused, name_a_again, spellings_of_a
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +134,12 @@ def test_via_dicom_the_source_c_stores_and_c_find_verifies(
     assert "instances copied 0" in again.stdout and "2 studies were complete already" in again.stdout
 
 
-def test_via_dicom_needs_a_known_and_reachable_node(workdir: Path, peer_source: LocalOrthanc) -> None:
-    unknown = run_cli(
-        "transfer",
-        "--from",
-        peer_source.url,
-        "--to",
-        f"ORTHANCP@127.0.0.1:{peer_source.dicom_port}",
-        cwd=workdir,
-    )
-    assert unknown.returncode == 2 and "has no DICOM modality ORTHANCP@127.0.0.1" in unknown.stderr
+def test_via_dicom_needs_a_known_and_reachable_node(
+    workdir: Path, peer_source: LocalOrthanc, orthanc_a: LocalOrthanc
+) -> None:
+    node = f"{orthanc_a.aet}@127.0.0.1:{orthanc_a.dicom_port}"  # not among the source's modalities
+    unknown = run_cli("transfer", "--from", peer_source.url, "--to", node, cwd=workdir)
+    assert unknown.returncode == 2 and f"has no DICOM modality {node}" in unknown.stderr
     dead = run_cli("transfer", "--from", peer_source.url, "--to", "NOBODY@127.0.0.1:1", cwd=workdir)
     assert dead.returncode == 2 and "cannot reach" in dead.stderr
 
@@ -226,3 +223,20 @@ def test_forward_each_new_instance_to_a_dicom_node(
         forwarder.send_signal(signal.SIGTERM)
         code = forwarder.wait(timeout=30)
     assert code == 130, (workdir / "forward.log").read_text()
+
+
+def test_transfer_and_clone_refuse_the_source_under_another_spelling(
+    workdir: Path, config_file: Path, orthanc_a: LocalOrthanc, client_a: Orthanc
+) -> None:
+    run_cli("populate", "--to", "a", "--patients", "1", "--instances", "2", cwd=workdir)
+    name_a_again(config_file, orthanc_a)
+    proxy = TcpProxy(orthanc_a.http_port)
+    try:
+        for spelling, why in spellings_of_a(orthanc_a, proxy):
+            for command in ("transfer", "clone"):
+                assert_refused(run_cli(command, "--from", "a", "--to", spelling, cwd=workdir), why)
+    finally:
+        proxy.close()
+    assert len(client_a.ids("instances")) == 2
+    runs = run_cli("runs", cwd=workdir).stdout
+    assert "transfer" not in runs and "clone" not in runs  # refused before any run started

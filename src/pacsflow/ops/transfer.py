@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pacsflow.config import ModalityConfig
 from pacsflow.errors import BadInput, ConfigError, NotFound, ServerError, TransientError
+from pacsflow.identity import check_not_source
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_node, preflight_server
 from pacsflow.orthanc import Orthanc
+from pacsflow.stored import check_stored
+
+log = logging.getLogger("pacsflow")
 
 
 class _LazyDimse:
@@ -28,6 +33,20 @@ dimse = _LazyDimse()
 STUDY, INSTANCE, PEER_STORE, DICOM_STORE, VERIFY = "study", "instance", "peer-store", "dicom-store", "verify"
 ALREADY_COMPLETE = "already complete"
 PEER_BATCH = 200  # instances per peer store request
+DELETE_BATCH = 1000  # instances per bulk-delete request
+
+
+def not_on_source(study: str, source: Orthanc) -> BadInput:
+    return BadInput(f"the study is not on {source.display}", where=f"study {study}")
+
+
+def accepted_destination(source: Orthanc, destination: Orthanc | ModalityConfig) -> None:
+    """Refuse a destination that is the source itself (ConfigError). Two empty servers configured alike
+    cannot be told apart yet: that is only logged, since nothing can be lost while the source is empty
+    (forward checks again before each delete)."""
+    verdict = check_not_source(source, destination)
+    if verdict.same is None:
+        log.info("cannot tell yet whether %s is the source: %s", destination.display, verdict.why)
 
 
 def source_modality_name(source: Orthanc, node: ModalityConfig) -> str:
@@ -61,17 +80,17 @@ class Transfer(Operation):
         self.modality: str | None = params.get("modality")
 
     def preflight(self) -> None:
+        preflight_server(self.source)
         if self.node is not None:
-            preflight_server(self.source)
+            accepted_destination(self.source, self.node)
             preflight_node(self.node, self.settings.aet)
             if not self.modality:
                 self.modality = self._find_modality()
                 self.params["modality"] = self.modality
             return
-        if self.source.config.url == self.destination.config.url:
-            raise ConfigError("source and destination are the same server")
-        preflight_server(self.source)
+        assert self.destination is not None
         preflight_server(self.destination)
+        accepted_destination(self.source, self.destination)
         if self.via == "peer" and not self.peer:
             self.peer = self._find_peer()
             self.params["peer"] = self.peer  # remembered for resume
@@ -119,7 +138,7 @@ class Transfer(Operation):
         try:
             instances = self.source.children("studies", study, "instances")
         except NotFound:
-            raise BadInput(f"study {study} is not on {self.source.display}") from None
+            raise not_on_source(study, self.source) from None
         sop = {one["ID"]: one.get("MainDicomTags", {}).get("SOPInstanceUID", "") for one in instances}
         study_uid = self.source.resource("studies", study)["MainDicomTags"]["StudyInstanceUID"]
         return sop, dimse.study_instance_uids(self.node, self.settings.aet, study_uid)
@@ -140,7 +159,7 @@ class Transfer(Operation):
             return Outcome(result=result, children=children)
         wanted = self.source.instance_ids_of("studies", study)
         if not wanted:
-            raise BadInput(f"study {study} is not on {self.source.display}")
+            raise not_on_source(study, self.source)
         present = set(self.destination.instance_ids_of("studies", study))
         missing = [instance for instance in wanted if instance not in present]
         result = {"instances": len(wanted), "present": len(wanted) - len(missing)}
@@ -177,14 +196,13 @@ class Transfer(Operation):
             answer = self.destination.upload(data)
         except ServerError as exc:
             if exc.status == 400:
-                raise BadInput(f"instance {instance}: destination rejected it ({exc})") from None
+                # Orthanc's message may quote the file's tags: it goes where logs hide it
+                raise BadInput(
+                    "the destination rejected the instance", where=f"instance {instance}", detail=str(exc)
+                ) from None
             raise
-        if answer.get("Status") not in ("Success", "AlreadyStored"):  # e.g. FilteredOut by a Lua filter
-            raise BadInput(f"instance {instance}: destination refused it ({answer.get('Status')})")
-        if answer.get("ID") != instance:
-            raise BadInput(f"instance {instance}: destination stored it as {answer.get('ID')}")
-        status = SKIPPED if answer.get("Status") == "AlreadyStored" else DONE
-        return Outcome(status=status, nbytes=len(data))
+        stored = check_stored(answer, where=f"instance {instance}", expected_id=instance)
+        return Outcome(status=DONE if stored else SKIPPED, nbytes=len(data))
 
     def _dicom_store(self, instances: list[str]) -> Outcome:
         """The source Orthanc C-STOREs these instances to the node (a synchronous job)."""
@@ -206,7 +224,8 @@ class Transfer(Operation):
             lacking = [uid for uid in sop.values() if uid not in held]
             if lacking:
                 raise BadInput(
-                    f"study {study}: {self.node.display} holds {len(sop) - len(lacking)} of {len(sop)}"
+                    f"{self.node.display} holds {len(sop) - len(lacking)} of {len(sop)} instances",
+                    where=f"study {study}",
                 )
             return Outcome(result={"instances": len(sop)})
         wanted = set(self.source.instance_ids_of("studies", study))
@@ -214,7 +233,8 @@ class Transfer(Operation):
         missing = wanted - present
         if missing:
             raise BadInput(
-                f"study {study}: destination has {len(wanted) - len(missing)} of {len(wanted)} instances"
+                f"the destination has {len(wanted) - len(missing)} of {len(wanted)} instances",
+                where=f"study {study}",
             )
         return Outcome(result={"instances": len(wanted)})
 
@@ -271,11 +291,14 @@ class _Members:
     sop: dict[str, str]  # Orthanc instance ID -> SOPInstanceUID
     study_uid: str
     study_id: str
+    last_update: str  # when the study last gained an instance (Orthanc's UTC YYYYMMDDTHHMMSS)
 
 
 class _ServerDestination:
     def __init__(self, server: Orthanc, source: Orthanc) -> None:
         self.server, self.source, self.display = server, source, server.display
+        self.target: Orthanc | ModalityConfig = server  # what the source must not be
+        self.remote = server.remote
 
     def holds(self, members: _Members) -> set[str]:
         return set(self.server.instance_ids_of("studies", members.study_id)) & members.sop.keys()
@@ -283,8 +306,10 @@ class _ServerDestination:
     def send(self, instances: list[str]) -> None:
         for instance in instances:
             answer = self.server.upload(self.source.instance_file(instance))
-            if answer.get("Status") not in ("Success", "AlreadyStored") or answer.get("ID") != instance:
-                raise BadInput(f"instance {instance}: {self.display} refused it ({answer.get('Status')})")
+            try:
+                check_stored(answer, where=f"instance {instance}", expected_id=instance)
+            except BadInput as exc:  # which destination refused it matters with several
+                raise BadInput(f"{self.display}: {exc.reason}", where=exc.where, detail=exc.detail) from None
 
     def close(self) -> None:
         self.server.close()
@@ -299,6 +324,8 @@ class _NodeDestination:
             our_aet,
             node.display,
         )
+        self.target: Orthanc | ModalityConfig = node
+        self.remote = node.name or node.display  # as pacsflow.dimse names it when it does not answer
 
     def holds(self, members: _Members) -> set[str]:
         found = dimse.study_instance_uids(self.node, self.our_aet, members.study_uid)
@@ -320,10 +347,11 @@ class _NodeDestination:
 @register
 class Forward(Operation):
     """Each study (or instance) the change feed announces goes to every destination, servers or DICOM
-    nodes; it is deleted from the source only once every destination holds all of it."""
+    nodes; its instances are deleted from the source only once every destination holds them."""
 
     name = "forward"
     unit = "items"
+    remotes_per_item = True  # a destination that is down holds back only its own items (and deletes)
 
     def __init__(self, settings: Any, params: dict[str, Any]) -> None:
         super().__init__(settings, params)
@@ -345,10 +373,10 @@ class Forward(Operation):
         preflight_server(self.source)
         for spec, destination in self.destinations.items():
             if isinstance(destination, _ServerDestination):
-                if destination.server.config.url == self.source.config.url:
-                    raise ConfigError("a destination is the source itself")
                 preflight_server(destination.server)
+                accepted_destination(self.source, destination.server)
                 continue
+            accepted_destination(self.source, destination.node)
             preflight_node(destination.node, self.settings.aet)
             if not destination.name:
                 destination.name = source_modality_name(self.source, destination.node)
@@ -358,12 +386,21 @@ class Forward(Operation):
         return []  # what to forward comes from the change feed
 
     def items_for(self, change: dict[str, Any]) -> list[PlannedItem]:
-        resource = change["ID"]
+        """One forward item per destination and a delete item after them, keyed by the change: a study
+        that changes again (a late series) is a new change with new items, not a duplicate key that the
+        ledger would ignore. Destinations are numbered in keys: a URL may carry a password."""
+        seq, resource = int(change["Seq"]), change["ID"]
+        payload = {"id": resource, "seq": seq, "date": change.get("Date", "")}
         sends = [
-            PlannedItem(FORWARD, f"f/{resource}/{spec}", {"id": resource, "to": spec})
-            for spec in self.destinations
+            PlannedItem(FORWARD, f"f/{seq}/{resource}/{n}", {**payload, "to": spec})
+            for n, spec in enumerate(self.destinations)
         ]
-        return [*sends, PlannedItem(DELETE, f"d/{resource}", {"id": resource}, phase=1)]
+        return [*sends, PlannedItem(DELETE, f"d/{seq}/{resource}", payload, phase=1)]
+
+    def item_remotes(self, item: Item) -> Collection[str] | None:
+        if item.kind == FORWARD:
+            return [self.source.remote, self.destinations[item.payload["to"]].remote]
+        return None  # a delete asks every destination
 
     def _members(self, resource: str) -> _Members | None:
         try:
@@ -377,29 +414,67 @@ class Forward(Operation):
                 study = self.source.get_json(f"/instances/{resource}/study")
         except NotFound:
             return None
-        return _Members(sop, study.get("MainDicomTags", {}).get("StudyInstanceUID", ""), study["ID"])
+        tags = study.get("MainDicomTags", {})
+        return _Members(sop, tags.get("StudyInstanceUID", ""), study["ID"], str(study.get("LastUpdate", "")))
 
     def do(self, item: Item) -> Outcome:
         members = self._members(item.payload["id"])
         if members is None or not members.sop:
             return Outcome(status=SKIPPED, note="no longer on the source")
         if item.kind == FORWARD:
-            destination = self.destinations[item.payload["to"]]
-            missing = sorted(members.sop.keys() - destination.holds(members))
-            if missing:
-                destination.send(missing)
-            lacking = members.sop.keys() - destination.holds(members)
-            if lacking:
+            return self._forward(self.destinations[item.payload["to"]], members)
+        return self._delete(item.payload, members)
+
+    def _forward(self, destination: _ServerDestination | _NodeDestination, members: _Members) -> Outcome:
+        missing = sorted(members.sop.keys() - destination.holds(members))
+        if missing:
+            destination.send(missing)
+        lacking = members.sop.keys() - destination.holds(members)
+        if lacking:
+            raise TransientError(
+                f"{destination.display} lacks {len(lacking)} of {len(members.sop)} instances"
+            )
+        return Outcome(result={"instances": len(members.sop), "copied": len(missing)})
+
+    def _delete(self, payload: dict[str, Any], members: _Members) -> Outcome:
+        """Delete the instances every destination holds, checked right now: what arrived since the forward
+        items verified the study is not deleted with it."""
+        for destination in self.destinations.values():
+            # Two empty servers configured alike could not be told apart at the start; now the source
+            # holds this change, whose record only its own database has.
+            verdict = check_not_source(self.source, destination.target, seq=payload.get("seq"))
+            if verdict.same is None:
                 raise TransientError(
-                    f"{destination.display} lacks {len(lacking)} of {len(members.sop)} instances"
+                    f"cannot tell yet whether {destination.display} is the source; not deleted"
                 )
-            return Outcome(result={"instances": len(members.sop), "copied": len(missing)})
-        for destination in self.destinations.values():  # check again right before deleting
-            lacking = members.sop.keys() - destination.holds(members)
-            if lacking:
-                raise TransientError(f"{destination.display} lacks {len(lacking)} instances; not deleted")
-        self.source.delete_resource(self.level, item.payload["id"])
-        return Outcome(result={"deleted": len(members.sop)})
+        everywhere = set(members.sop)
+        short = []
+        for destination in self.destinations.values():
+            held = destination.holds(members)
+            if members.sop.keys() - held:
+                short.append(destination.display)
+            everywhere &= held
+        self._delete_instances(sorted(everywhere))
+        kept = len(members.sop) - len(everywhere)
+        result = {"deleted": len(everywhere), "kept": kept}
+        if not kept:
+            return Outcome(result=result)
+        changed_at = payload.get("date")
+        if self.level == "studies" and changed_at and members.last_update >= changed_at:
+            # The study gained instances after its change: Orthanc calls it stable again later, and the
+            # items of that change send and delete the rest.
+            return Outcome(
+                result=result,
+                note=f"{kept} kept: they arrived after the change; its next change forwards them",
+            )
+        raise TransientError(
+            f"{kept} of {len(members.sop)} instances are not on {', '.join(short)}; they stay on the source"
+        )
+
+    def _delete_instances(self, instances: list[str]) -> None:
+        for n in range(0, len(instances), DELETE_BATCH):
+            # Orthanc 1.10+; it ignores IDs already gone, so a retry after a partial delete is harmless
+            self.source.post_json("/tools/bulk-delete", {"Resources": instances[n : n + DELETE_BATCH]})
 
     def finish(self, run: RunInfo) -> list[str]:
         tally = self.ledger.tally(run.id)

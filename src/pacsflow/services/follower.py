@@ -81,6 +81,11 @@ class ChangeFollower:
                 self.ledger.add_items(self.run_id, new)
             if new or self._unfinished():
                 result = self.make_engine().execute(self.make_operation(), self.run_id)
+                if result.error is not None:
+                    # The engine halted the run (forward found a destination to be the source, a remote
+                    # stayed down longer than give_up_after): the command fails with the reason, exit
+                    # status 2 when fatal and 1 otherwise, rather than ending as if asked to stop.
+                    raise result.error
                 if result.status == "stopped":
                     return
             if self._unfinished():
