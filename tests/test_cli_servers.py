@@ -128,7 +128,7 @@ def test_transfer_one_study_and_a_missing_one(
     assert result.returncode == 1
     assert client_b.ids("studies") == [study]
     shown = run_cli("run", "show", "last", "--failed", cwd=workdir)
-    assert f"study {bogus} is not on a" in shown.stdout
+    assert f"study {bogus}: the study is not on a" in shown.stdout
 
 
 def test_transfer_wrong_password_on_destination(

@@ -310,3 +310,21 @@ def test_forward_and_transfer_refuse_the_source_s_own_dicom_port(
                 assert result.returncode == 2, result.stdout + result.stderr
                 assert f"is the DICOM port of the source {orthanc_self.url}" in result.stderr
         assert len(source.ids("instances")) == 3
+
+
+def test_forward_waits_for_its_source_and_gives_up_after_the_limit(
+    workdir: Path, config_file: Path, orthanc_a: LocalOrthanc, client_b: Orthanc
+) -> None:
+    forwarder = start_forwarder(workdir, config_file, "--from", "a", "--to", "b", "--give-up-after", "6s")
+    try:
+        wait_for(lambda: latest_run(workdir) is not None, "the forward run", forwarder)
+        orthanc_a.kill()  # the change feed's server: the follower waits for it, then gives up
+        code = forwarder.wait(timeout=60)
+    finally:
+        if forwarder.poll() is None:
+            forwarder.kill()
+        orthanc_a.start()
+    output = (workdir / "forward.log").read_text()
+    assert code == 1, output
+    assert "waiting for a (down since" in output
+    assert "pacsflow: error: gave up: a has not answered since" in output

@@ -179,3 +179,21 @@ def test_a_dicom_node_on_the_source_s_own_dicom_port_is_the_source(
     assert not is_own_dicom_port(client_a, other)
     assert check_not_source(client_a, other).same is False
     assert not is_own_dicom_port(client_a, ModalityConfig(aet="ANY", host="192.0.2.1", port=port))
+
+
+def _lan_address() -> str | None:
+    """One of this machine's own non-loopback IPv4 addresses, if it has one."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        address = line.split()[3].split("/")[0]
+        if not address.startswith("127."):
+            return address
+    return None
+
+
+def test_the_machine_s_lan_address_is_this_machine_too() -> None:
+    lan = _lan_address()
+    if lan is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    assert same_address(f"http://{lan}:8042", "http://localhost:8042")
+    assert not same_address("http://203.0.113.254:8042", "http://localhost:8042")  # TEST-NET-3: elsewhere

@@ -8,7 +8,7 @@ import pytest
 from pacsflow.config import ServerConfig
 from pacsflow.dicomfiles import read_uids
 from pacsflow.errors import NotFound, ServerError, Unauthorized, Unreachable
-from pacsflow.orthanc import Orthanc, orthanc_id, parse_version
+from pacsflow.orthanc import Orthanc, orthanc_id, parse_version, route
 from pacsflow.sandbox import LocalOrthanc, free_port
 from pacsflow.synthetic import Shape, instance_bytes
 
@@ -97,3 +97,13 @@ def test_payload_posts_use_http_client_unless_a_proxy_is_set(
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     with Orthanc(orthanc_a.server_config()) as client:
         assert client._payloads is None  # httpx honours the proxy; http.client would bypass it
+
+
+def test_messages_name_routes_not_ids(client_a: Orthanc) -> None:
+    # Orthanc IDs are hashes of patient IDs and UIDs: logs see the route, `detail` keeps the path
+    missing = "0123abcd-0123abcd-0123abcd-0123abcd-0123abcd"
+    with pytest.raises(NotFound) as caught:
+        client_a.resource("studies", missing)
+    assert missing not in caught.value.reason and "/studies/{id} not found" in caught.value.reason
+    assert caught.value.detail == f"/studies/{missing}"
+    assert route("/tools/find/1.2.840.113619.2.55") == "/tools/find/{uid}"

@@ -69,8 +69,11 @@ def test_kill_9_mid_transfer_then_resume_ends_identical(
     assert sorted(client_b.ids("instances")) == sorted(client_a.ids("instances"))
     run = latest_run(workdir)
     items = Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}").items(run.id, kind="instance")
-    assert all(item.status in (DONE, "skipped") for item in items)  # skipped: stored just before the kill
-    assert sum(item.attempts - 1 for item in items) <= 4 * 2  # only what the killed process held
+    redone = [item for item in items if item.attempts > 1]
+    assert len(redone) <= 4 * 2  # only what the killed process held
+    # every item done; only a redone one may be skipped instead (stored just before the kill, found there)
+    assert {item.status for item in items if item.attempts == 1} == {DONE}
+    assert {item.status for item in redone} <= {DONE, "skipped"}
 
 
 def _transfer_through_an_outage(

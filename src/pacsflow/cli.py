@@ -468,6 +468,7 @@ def follow_changes(
             window=TimeWindow(window) if window else None,
             items=items_of(planner),
             change_type=change_type,
+            give_up_after=parse_duration(give_up_after) if give_up_after else settings.give_up_after,
         ).run()
     finally:
         planner.close()

@@ -125,7 +125,8 @@ class ModalityConfig(BaseModel):
 
     @property
     def display(self) -> str:
-        return f"{self.name or self.aet} ({self.aet}@{self.host}:{self.port})"
+        address = f"{self.aet}@{self.host}:{self.port}"
+        return address if self.name in ("", address) else f"{self.name} ({address})"
 
 
 class Settings(BaseSettings):

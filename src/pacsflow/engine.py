@@ -25,7 +25,7 @@ from pacsflow.ledger import (
     new_worker_id,
 )
 from pacsflow.ops.base import Operation, operation_class, summarize
-from pacsflow.outages import Outages, human_seconds
+from pacsflow.outages import Outages
 from pacsflow.pacing import RetryPolicy, TimeWindow, configure_limits
 from pacsflow.progress import LogProgress, Progress
 
@@ -164,12 +164,7 @@ class Engine:
         if outage is None:
             return False
         if self._gave_up is None:
-            self._gave_up = PacsflowError(
-                f"gave up: {outage.remote} has not answered since "
-                f"{datetime.fromtimestamp(outage.since):%Y-%m-%d %H:%M} "
-                f"(longer than --give-up-after {human_seconds(self.outages.give_up_after)}); "
-                "everything not done is still pending"
-            )
+            self._gave_up = self.outages.gave_up(outage, "; everything not done is still pending")
             log.error("%s", self._gave_up)
         self.halted.set()
         return True

@@ -89,8 +89,15 @@ class NotFound(RemoteError):
 class ServerError(RemoteError):
     """The server answered with an error; carries its own message (Orthanc's `Message`/`Details`)."""
 
-    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, detail=detail)
         self.status = status
         self.transient = transient
 

@@ -55,9 +55,22 @@ def _machine(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     # 0.0.0.0 reaches this machine too on Linux
-    if ip.is_loopback or ip.is_unspecified or str(ip) in _own_addresses():
+    if ip.is_loopback or ip.is_unspecified or str(ip) in _own_addresses() or _bindable(str(ip)):
         return THIS_MACHINE
     return str(ip)
+
+
+@functools.lru_cache(maxsize=256)
+def _bindable(ip: str) -> bool:
+    """True when IP is one of this machine's own addresses (its LAN address, say, which the host name may
+    not resolve to): only those can be bound to."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((ip, 0))
+    except OSError:
+        return False
+    return True
 
 
 def same_address(url_a: str, url_b: str) -> bool:
@@ -127,10 +140,16 @@ def compare_servers(a: Orthanc, b: Orthanc, *, seq: int | None = None) -> Verdic
 
 
 def is_own_dicom_port(server: Orthanc, node: ModalityConfig) -> bool:
-    """True when the DICOM node is the server's own DICOM port: C-STOREs to it store into the server."""
-    if node.port != int(server.system().get("DicomPort") or 0):
+    """True when the DICOM node is the server's own DICOM port: C-STOREs to it store into the server.
+
+    On the server's host, the same port is the server; so is the server's own AE title (a port mapping
+    or NAT may show the port under another number, and two Orthancs of one host with one AE title could
+    not be told apart by their DICOM peers either).
+    """
+    if not addresses(node.host) & addresses(urlsplit(server.config.url).hostname or ""):
         return False
-    return bool(addresses(node.host) & addresses(urlsplit(server.config.url).hostname or ""))
+    system = server.system()
+    return node.port == int(system.get("DicomPort") or 0) or node.aet == system.get("DicomAet")
 
 
 def check_not_source(

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import http.client
 import random
+import re
 import socket
 import ssl
 import threading
@@ -29,6 +30,16 @@ _TRANSIENT_STATUS = {500, 502, 503, 504}
 _DOWN_STATUS = {502, 503, 504}
 #: how long a probe of a server that is down may take
 PROBE_TIMEOUT = 10.0
+
+
+_ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
+_UID = re.compile(r"\b\d+(?:\.\d+){2,}\b")
+
+
+def route(path: str) -> str:
+    """PATH with Orthanc IDs and DICOM UIDs replaced by `{id}`/`{uid}`: safe in a message, because
+    Orthanc IDs are hashes of the patient's ID and the UIDs; the whole path goes into `detail`."""
+    return _UID.sub("{uid}", _ORTHANC_ID.sub("{id}", path))
 
 
 def orthanc_id(*uids: str) -> str:
@@ -124,8 +135,8 @@ class Orthanc:
         """One quick `GET /system` without retries; raises Unreachable while the server is down."""
         self.request("GET", "/system", retry=False, timeout=PROBE_TIMEOUT)
 
-    def _unreachable(self, message: str) -> Unreachable:
-        return Unreachable(message, remote=self.remote, probe=self.ping)
+    def _unreachable(self, message: str, path: str | None = None) -> Unreachable:
+        return Unreachable(message, remote=self.remote, probe=self.ping, detail=path)
 
     def close(self) -> None:
         self._http.close()
@@ -167,7 +178,9 @@ class Orthanc:
             except (OSError, http.client.HTTPException) as exc:
                 error = self._unreachable(f"cannot reach {self.display}: {_describe_socket_error(exc)}")
             except httpx.TimeoutException as exc:
-                error = self._unreachable(f"{self.display}: timed out on {method} {path} ({_kind(exc)})")
+                error = self._unreachable(
+                    f"{self.display}: timed out on {method} {route(path)} ({_kind(exc)})", path
+                )
             except httpx.TransportError as exc:
                 error = self._unreachable(f"cannot reach {self.display}: {_describe_transport(exc)}")
             except PacsflowError as exc:
@@ -185,15 +198,18 @@ class Orthanc:
         if status == 401:
             raise Unauthorized(f"{self.display}: wrong user or password (HTTP 401)")
         if status == 403:
-            raise Forbidden(f"{self.display}: not allowed to {method} {path} (HTTP 403)")
+            raise Forbidden(f"{self.display}: not allowed to {method} {route(path)} (HTTP 403)", detail=path)
         if status == 404:
-            raise NotFound(f"{self.display}: {path} not found")
+            raise NotFound(f"{self.display}: {route(path)} not found", detail=path)
         if status in _DOWN_STATUS:
-            raise self._unreachable(f"{self.display}: not available (HTTP {status}) on {method} {path}")
+            raise self._unreachable(
+                f"{self.display}: not available (HTTP {status}) on {method} {route(path)}", path
+            )
         raise ServerError(
-            f"{self.display}: {method} {path} failed (HTTP {status}): {_orthanc_message(response)}",
+            f"{self.display}: {method} {route(path)} failed (HTTP {status}): {_orthanc_message(response)}",
             status=status,
             transient=status in _TRANSIENT_STATUS,
+            detail=path,
         )
 
     def get_json(self, path: str, **params: Any) -> Any:
@@ -293,7 +309,9 @@ class Orthanc:
                     self._raise_for_status(response, method, path)
                 yield from response.iter_bytes(chunk_size)
         except httpx.TimeoutException as exc:
-            raise self._unreachable(f"{self.display}: timed out on {method} {path} ({_kind(exc)})") from None
+            raise self._unreachable(
+                f"{self.display}: timed out on {method} {route(path)} ({_kind(exc)})", path
+            ) from None
         except httpx.TransportError as exc:
             raise self._unreachable(f"cannot reach {self.display}: {_describe_transport(exc)}") from None
 

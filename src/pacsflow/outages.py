@@ -159,6 +159,14 @@ class Outages:
                     return outage
         return None
 
+    def gave_up(self, outage: Outage, then: str = "") -> PacsflowError:
+        """The error a run or a follower stops with when OUTAGE lasted longer than it may wait."""
+        since = datetime.fromtimestamp(outage.since)
+        return PacsflowError(
+            f"gave up: {outage.remote} has not answered since {since:%Y-%m-%d %H:%M} "
+            f"(longer than --give-up-after {human_seconds(self.give_up_after)}){then}"
+        )
+
     def describe(self) -> str | None:
         """'waiting for NAME (down since HH:MM)', for every remote down; None when all answer."""
         with self._lock:

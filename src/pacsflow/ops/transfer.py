@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from pacsflow.config import ModalityConfig
-from pacsflow.errors import BadInput, ConfigError, NotFound, ServerError, TransientError
+from pacsflow.errors import (
+    BadInput,
+    ConfigError,
+    NotFound,
+    PacsflowError,
+    ServerError,
+    TransientError,
+    Unreachable,
+)
 from pacsflow.identity import check_not_source
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
@@ -61,6 +69,18 @@ def source_modality_name(source: Orthanc, node: ModalityConfig) -> str:
         f"{source.display} has no DICOM modality {node.aet}@{node.host}:{node.port} "
         f"(its modalities: {known}); add it to DicomModalities or name one with --modality"
     )
+
+
+def store_failure(node: ModalityConfig, name: str, our_aet: str, exc: ServerError) -> PacsflowError:
+    """Why the source Orthanc's C-STORE to NODE failed: the node itself down (an outage: the run waits
+    for it, Orthanc answering for it does not make it up), or a failure to retry with backoff."""
+    try:
+        dimse.echo(node, our_aet)
+    except Unreachable as down:
+        return down
+    except PacsflowError:
+        pass
+    return ServerError(f"C-STORE to {name} failed: {exc}", status=exc.status, transient=True)
 
 
 @register
@@ -213,9 +233,8 @@ class Transfer(Operation):
                 retry=False,
             )
         except ServerError as exc:
-            raise ServerError(
-                f"C-STORE to {self.modality} failed: {exc}", status=exc.status, transient=True
-            ) from None
+            assert self.node is not None and self.modality is not None
+            raise store_failure(self.node, self.modality, self.settings.aet, exc) from None
         return Outcome(result={"sent": len(instances)})
 
     def _verify_study(self, study: str) -> Outcome:
@@ -336,9 +355,7 @@ class _NodeDestination:
         try:
             self.source.post_json(f"/modalities/{self.name}/store", body, retry=False)
         except ServerError as exc:
-            raise ServerError(
-                f"C-STORE to {self.name} failed: {exc}", status=exc.status, transient=True
-            ) from None
+            raise store_failure(self.node, self.name, self.our_aet, exc) from None
 
     def close(self) -> None:
         pass

@@ -7,11 +7,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pacsflow.engine import Engine
+from pacsflow.engine import DEFAULT_GIVE_UP_AFTER, Engine
 from pacsflow.errors import PacsflowError
 from pacsflow.ledger import PENDING, RUNNING, Ledger, PlannedItem
 from pacsflow.ops.base import Operation
 from pacsflow.orthanc import Orthanc
+from pacsflow.outages import Outages
 from pacsflow.pacing import TimeWindow
 
 log = logging.getLogger("pacsflow")
@@ -41,6 +42,7 @@ class ChangeFollower:
         window: TimeWindow | None = None,
         items: Callable[[dict[str, Any]], list[PlannedItem]],
         change_type: str = "NewInstance",
+        give_up_after: float = DEFAULT_GIVE_UP_AFTER,
     ) -> None:
         self.ledger = ledger
         self.run_id = run_id
@@ -52,6 +54,7 @@ class ChangeFollower:
         self.window = window
         self.items = items
         self.change_type = change_type
+        self.outages = Outages(give_up_after)
 
     def checkpoint(self) -> int:
         return int(self.ledger.checkpoint(self.run_id, CHECKPOINT) or 0)
@@ -68,6 +71,9 @@ class ChangeFollower:
             except PacsflowError as exc:
                 if exc.fatal:
                     raise
+                if self.outages.confirm(exc):  # the source is down: wait for it as a run would
+                    self._wait_for_source()
+                    continue
                 log.warning("change feed: %s; trying again", exc.reason)
                 self.stop.wait(max(self.poll, 5.0))
                 continue
@@ -95,6 +101,15 @@ class ChangeFollower:
                 self.ledger.set_checkpoint(self.run_id, CHECKPOINT, str(last))
             if page.get("Done", True):
                 self.stop.wait(self.poll)
+
+    def _wait_for_source(self) -> None:
+        """Until the source answers again or we are stopped; give up (exit 1) after give_up_after."""
+        while self.outages and not self.stop.is_set():
+            outage = self.outages.expired()
+            if outage is not None:
+                raise self.outages.gave_up(outage)
+            self.outages.poll()
+            self.stop.wait(0.5)
 
     def _unfinished(self) -> bool:
         counts, _ = self.ledger.counts(self.run_id)
