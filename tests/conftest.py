@@ -101,7 +101,6 @@ def config_file(workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc)
     path.write_text(
         f"""
 workers = 4
-retries = 3
 
 [servers.a]
 url = "{orthanc_a.url}"

@@ -323,3 +323,25 @@ def test_secrets_stay_out_of_the_settings_repr(workdir: Path) -> None:
     )
     text = repr(load_settings(config))
     assert "db-secret" not in text and "tok-secret" not in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "shown"),
+    [
+        (
+            "PACSFLOW_RETRYS",
+            "environment variable PACSFLOW_RETRYS: unknown setting (did you mean 'retries'?)",
+        ),
+        ("PACSFLOW_GIVE_UP", "environment variable PACSFLOW_GIVE_UP: unknown setting (did you mean"),
+    ],
+)
+def test_a_misspelled_environment_variable_is_an_error(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, variable: str, shown: str
+) -> None:
+    monkeypatch.setenv(variable, "9")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(shown)
+    monkeypatch.delenv(variable)
+    monkeypatch.setenv("PACSFLOW_ORTHANC_BINARY", "/usr/sbin/Orthanc")  # not a setting, but ours: left alone
+    assert load_settings().retries == 5

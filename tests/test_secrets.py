@@ -7,9 +7,14 @@ import signal
 import subprocess
 from pathlib import Path
 
+from pacsflow.ledger import Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
 from tests.conftest import PACSFLOW, PASSWORD, USER, run_cli, wait_for
+
+
+def ledger_file(workdir: Path) -> Path:
+    return workdir / ".pacsflow" / "ledger.db"
 
 
 def ledger_bytes(workdir: Path) -> bytes:
@@ -24,18 +29,19 @@ def test_no_run_command_stores_or_prints_a_url_password(
     assert PASSWORD in a
     outputs = []
 
-    def run(*args: str) -> None:
+    def run(*args: str, expect: int = 0) -> None:
         result = run_cli(*args, cwd=workdir)
         outputs.append(result.stdout + result.stderr)
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.returncode == expect, result.stdout + result.stderr
 
     run("populate", "--to", a, "--patients", "2", "--instances", "2")
     run("populate", "--out", "files", "--patients", "1", "--instances", "2", "--seed", "9")
     run("upload", "files", "--to", a)
+    run("compare", a, orthanc_b.url, "--transfer-missing")  # they differ: it transfers (exit 0 when done)
+    assert "transfer" in [run.operation for run in Ledger(f"sqlite:///{ledger_file(workdir)}").runs()]
     run("transfer", "--from", a, "--to", orthanc_b.url)
     run("download", "--from", a, "--out", "down")
     run("clone", "--from", a, "--to", orthanc_b.url)
-    run("compare", a, orthanc_b.url, "--transfer-missing")
     run("runs")
     run("run", "show", "last")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}

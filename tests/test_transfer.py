@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,33 @@ def test_transfer_and_clone_refuse_the_source_under_another_spelling(
     assert len(client_a.ids("instances")) == 2
     runs = run_cli("runs", cwd=workdir).stdout
     assert "transfer" not in runs and "clone" not in runs  # refused before any run started
+
+
+@pytest.mark.parametrize("via", ["dicom", "peer"])
+def test_a_destination_down_behind_the_source_s_store_job_pauses_the_run(
+    workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_b: LocalOrthanc, via: str
+) -> None:
+    """The source Orthanc answers for its failed C-STORE or peer store: the destination itself being
+    down is still an outage, waited out on the default settings, never a failed study."""
+    run_cli("populate", "--to", peer_source.url, "--patients", "8", "--instances", "40", cwd=workdir)
+    target = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}" if via == "dicom" else orthanc_b.url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    log = (workdir / "transfer.log").open("a")
+    process = subprocess.Popen(
+        [*PACSFLOW, "transfer", "--from", peer_source.url, "--to", target, "--via", via, "--workers", "1"],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    with Orthanc(orthanc_b.server_config()) as destination:
+        wait_for(lambda: len(destination.ids("instances")) >= 40, "a first study stored", process)
+    orthanc_b.kill()
+    time.sleep(5)
+    orthanc_b.start()
+    code = process.wait(timeout=180)
+    output = (workdir / "transfer.log").read_text()
+    assert code == 0, output[-3000:]
+    assert "waiting for" in output and "answers again after" in output
+    with Orthanc(orthanc_b.server_config()) as destination:
+        assert sorted(destination.ids("instances")) == sorted(source.ids("instances"))

@@ -128,3 +128,31 @@ def test_wrong_password_on_the_source(
     wrong = f"http://{USER}:bad@127.0.0.1:{orthanc_a.http_port}"
     result = run_cli("transfer", "--from", wrong, "--to", orthanc_b.url, cwd=workdir)
     assert result.returncode == 2 and "wrong user or password" in result.stderr and "bad" not in result.stderr
+
+
+FORBID_FILES = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  return not string.find(uri, '/file')
+end
+"""
+
+
+def test_a_forbidden_request_names_its_route_not_the_instance(
+    workdir: Path, config_file: Path, client_a: Orthanc, tmp_path: Path
+) -> None:
+    """Orthanc IDs are hashes of patient IDs and UIDs: without --log-phi no line shows one."""
+    script = tmp_path / "forbid.lua"
+    script.write_text(FORBID_FILES)
+    guarded = LocalOrthanc("G", tmp_path / "orthanc-g", extra={"LuaScripts": [str(script)]}).start()
+    try:
+        with Orthanc(guarded.server_config()) as source:
+            run_cli("populate", "--to", guarded.url, "--instances", "2", cwd=workdir)
+            instances = source.ids("instances")
+        result = run_cli("transfer", "--from", guarded.url, "--to", "b", cwd=workdir)
+        shown = run_cli("--log-phi", "transfer", "--from", guarded.url, "--to", "b", cwd=workdir)
+    finally:
+        guarded.kill()
+    assert result.returncode == 2
+    assert "not allowed to GET /instances/{id}/file (HTTP 403)" in result.stderr
+    assert not any(instance in result.stdout + result.stderr for instance in instances)
+    assert any(instance in shown.stderr for instance in instances)  # --log-phi shows which

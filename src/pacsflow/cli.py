@@ -18,10 +18,11 @@ import typer
 
 from pacsflow.config import Settings, load_settings, parse_duration, redact_url, scrub_params
 from pacsflow.engine import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Engine, RunResult, describe_run
-from pacsflow.errors import ConfigError, PacsflowError, Unauthorized
+from pacsflow.errors import ConfigError, PacsflowError, Unauthorized, public_text
 from pacsflow.heartbeat import Heartbeat
 from pacsflow.ledger import FAILED, Ledger
 from pacsflow.ops.base import Operation
+from pacsflow.outages import Outages
 from pacsflow.progress import make_progress
 
 app = typer.Typer(
@@ -71,6 +72,17 @@ def _options(ctx: typer.Context) -> Options:
     return ctx.find_root().obj
 
 
+_current: Options | None = None  # this command's global options, for the error handler
+
+
+def _log_phi() -> bool:
+    """Whether this command may show patient-derived values (--log-phi or log_phi = true)."""
+    options = _current
+    if options is None:
+        return False
+    return options.log_phi or bool(options._settings is not None and options._settings.log_phi)
+
+
 def errors_to_exit(fn: F) -> F:
     """Turn pacsflow errors into one line on stderr and exit status 2 (fatal) or 1."""
 
@@ -79,7 +91,7 @@ def errors_to_exit(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PacsflowError as exc:
-            typer.echo(f"pacsflow: error: {exc}", err=True)
+            typer.echo(f"pacsflow: error: {public_text(exc, _log_phi())}", err=True)
             raise typer.Exit(EXIT_USAGE if exc.fatal else 1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -100,7 +112,8 @@ def main_options(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    ctx.obj = Options(config=config, ledger=ledger, quiet=quiet, log_phi=log_phi)
+    global _current
+    ctx.obj = _current = Options(config=config, ledger=ledger, quiet=quiet, log_phi=log_phi)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -131,6 +144,7 @@ def _engine(
     window: str | None = None,
     stop: threading.Event | None = None,
     give_up_after: str | None = None,
+    **engine_options: Any,
 ) -> Engine:
     settings = options.settings()
     return Engine(
@@ -141,6 +155,7 @@ def _engine(
         window=window,
         stop=stop,
         give_up_after=parse_duration(give_up_after) if give_up_after else None,
+        **engine_options,
     )
 
 
@@ -170,7 +185,7 @@ def remember_credentials(settings: Settings, urls: list[str] | None) -> None:
 
 def _resume_hint(run_ref: str, exc: Unauthorized) -> ConfigError:
     return ConfigError(
-        f"{exc}; a run stores servers given as URLs without their password: give it again with "
+        f"{exc.reason}; a run stores servers given as URLs without their password: give it again with "
         f"`pacsflow resume {run_ref} --credentials http://USER:PASSWORD@HOST:PORT`, or name the server "
         "in pacsflow.toml"
     )
@@ -190,7 +205,7 @@ def _report(result: RunResult) -> int:
     for line in result.lines:
         typer.echo(f"  {line}")
     if result.error is not None:
-        typer.echo(f"pacsflow: error: {result.error}", err=True)
+        typer.echo(f"pacsflow: error: {public_text(result.error, _log_phi())}", err=True)
     if counts.get(FAILED):
         typer.echo(f"  see the failures: pacsflow run show {result.run_id} --failed", err=True)
     if result.status in ("stopped", "running") and pending:
@@ -452,6 +467,7 @@ def follow_changes(
     settings = options.settings()
     ledger = options.open_ledger()
     params = ledger.run(run_id).params
+    alive = _Pulse(Heartbeat(settings.heartbeat_url))
     planner = op_class(settings, params)
     window = window or settings.window
     try:
@@ -459,8 +475,8 @@ def follow_changes(
             ledger,
             run_id,
             make_operation=lambda: op_class(settings, params),
-            make_engine=lambda: _engine(
-                options, workers, window=window, stop=stop, give_up_after=give_up_after
+            make_engine=lambda **engine_options: _engine(
+                options, workers, window=window, stop=stop, give_up_after=give_up_after, **engine_options
             ),
             source=planner.source,
             stop=stop,
@@ -469,9 +485,33 @@ def follow_changes(
             items=items_of(planner),
             change_type=change_type,
             give_up_after=parse_duration(give_up_after) if give_up_after else settings.give_up_after,
+            on_cycle=alive.cycle,
         ).run()
     finally:
         planner.close()
+        alive.beat.close()
+
+
+class _Pulse:
+    """Heartbeats of a long follow: a failure ping when a cycle failed items, else a success ping at
+    most once a minute (a monitor expects a sign of life from a service that never ends)."""
+
+    EVERY = 60.0
+
+    def __init__(self, beat: Heartbeat) -> None:
+        self.beat = beat
+        self.failed = 0
+        self.last = 0.0
+
+    def cycle(self, result: RunResult) -> None:
+        failed = result.counts.get(FAILED, 0)
+        if failed > self.failed:
+            self.beat.fail()
+        elif time.monotonic() - self.last >= self.EVERY:
+            self.beat.success()
+        else:
+            return
+        self.failed, self.last = failed, time.monotonic()
 
 
 @app.command()
@@ -771,6 +811,11 @@ def worker(
     remember_credentials(options.settings(), credentials)
     stop = threading.Event()
     shared = options.open_ledger()
+    settings = options.settings()
+    # one view of which remotes are down for all the runs this worker joins: an outage is reported
+    # once, and a run waiting for it is left for a while so that the others go on meanwhile
+    outages = Outages(parse_duration(give_up_after) if give_up_after else settings.give_up_after)
+    beat = Heartbeat(settings.heartbeat_url)
     exit_code = EXIT_OK
     held_off: dict[str, tuple[float, float]] = {}  # run -> (not before, last delay)
     with stop_on_signals(stop):
@@ -783,20 +828,31 @@ def worker(
                 if stop.is_set():
                     break
                 log.info("joining run %s (%s, %d items left)", run.id, run.operation, run.remaining)
+                beat.start()
                 try:
                     # a new engine per run: its counters and failure state belong to that run
-                    result = _engine(options, workers, stop=stop, give_up_after=give_up_after).resume(run.id)
+                    engine = _engine(options, workers, stop=stop, outages=outages, leave_when_waiting=True)
+                    result = engine.resume(run.id)
                 except PacsflowError as exc:  # this run cannot start here now; the others still can
+                    beat.fail()
                     delay = min(600.0, 2 * held_off.get(run.id, (0.0, 7.5))[1])
                     held_off[run.id] = (float("inf") if once else time.monotonic() + delay, delay)
                     later = "" if once else f"; trying it again in {delay:.0f}s"
-                    log.error("run %s: %s%s", run.id, exc, later)
+                    log.error("run %s: %s%s", run.id, public_text(exc, _log_phi()), later)
                     exit_code = max(exit_code, EXIT_USAGE if exc.fatal else 1)
                     continue
-                held_off.pop(run.id, None)
-                exit_code = max(exit_code, _report(result))
+                code = _report(result)
+                beat.success() if code == EXIT_OK else beat.fail()
+                if result.waiting or result.gave_up:
+                    # its remote is down: other runs first; back when the next probe is due
+                    wait = 600.0 if result.gave_up else max(5.0, outages.seconds_to_next_probe())
+                    held_off[run.id] = (float("inf") if once else time.monotonic() + wait, wait)
+                else:
+                    held_off.pop(run.id, None)
+                exit_code = max(exit_code, code)
             if not any(held_off.get(run.id, (0.0, 0.0))[0] <= time.monotonic() for run in active):
                 stop.wait(poll)
+    beat.close()
     raise typer.Exit(exit_code)
 
 

@@ -31,6 +31,8 @@ from pacsflow.pacing import TimeWindow, name_key, parse_rate
 DEFAULT_CONFIG_NAME = "pacsflow.toml"
 DEFAULT_LEDGER = "sqlite:///.pacsflow/ledger.db"
 ENV_PREFIX = "PACSFLOW_"
+#: PACSFLOW_* variables that are not settings: which config file, which Orthanc program (tests, demo)
+NOT_SETTINGS = frozenset({"config", "orthanc_binary"})
 #: fields pacsflow fills in itself: a config file or an environment variable setting them is a mistake
 _INTERNAL_FIELDS = frozenset({"config_path", "name"})
 _TABLES = {"servers": "server", "modalities": "modality"}
@@ -427,8 +429,10 @@ def _no_remote(data: Mapping[str, Any]) -> str:
 def _merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
     """Put each PACSFLOW_* twin's value into DATA at the entry it names; return where each value came from.
 
-    Variables whose first part names no setting (PACSFLOW_CONFIG, PACSFLOW_ORTHANC_BINARY) are not
-    settings and are left alone. A twin may change a configured server or modality, never create one.
+    PACSFLOW_CONFIG and PACSFLOW_ORTHANC_BINARY are not settings and are left alone; any other
+    PACSFLOW_* variable that names no setting is a typo and an error (a silently ignored PACSFLOW_RETRYS
+    would leave the user believing it took effect). A twin may change a configured server or modality,
+    never create one.
     """
     origins: dict[tuple[str, ...], str] = {}
     settable = _settable(Settings)
@@ -436,9 +440,11 @@ def _merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict
         if not variable.upper().startswith(ENV_PREFIX):
             continue
         parts = [part.lower() for part in variable[len(ENV_PREFIX) :].split("__")]
-        if parts[0] not in settable:
-            continue
         origin = f"environment variable {variable}"
+        if parts[0] in NOT_SETTINGS:
+            continue
+        if parts[0] not in settable:
+            raise ConfigError(_unknown(origin, parts[0], sorted(settable)))
         if parts[0] in _TABLES:
             loc = _entry_loc(data, parts, origin)
         elif parts[0] == "rate_limits":

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from pacsflow.config import Settings
-from pacsflow.errors import PacsflowError
+from pacsflow.errors import PacsflowError, public_text
 from pacsflow.ledger import (
     DONE,
     FAILED,
@@ -51,6 +51,8 @@ class RunResult:
     lines: list[str] = field(default_factory=list)
     #: stopped because a remote stayed unreachable for longer than --give-up-after
     gave_up: bool = False
+    #: left with items waiting for remotes that are down (engines with leave_when_waiting)
+    waiting: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -81,6 +83,8 @@ class Engine:
         stop: threading.Event | None = None,
         log_phi: bool | None = None,
         give_up_after: float | None = None,
+        outages: Outages | None = None,
+        leave_when_waiting: bool = False,
     ) -> None:
         self.ledger = ledger
         self.settings = settings
@@ -98,7 +102,16 @@ class Engine:
         configure_limits(settings.rate_limits)  # the clients of each remote take their tokens there
         if give_up_after is None:
             give_up_after = getattr(settings, "give_up_after", None) or DEFAULT_GIVE_UP_AFTER
-        self.outages = Outages(give_up_after, on_change=lambda text: self.progress.note(text))
+        #: remotes that are down; a follower or worker shares one across its runs, so that an outage is
+        #: reported once and given up on after give_up_after, however many runs it spans
+        self.outages = (
+            outages
+            if outages is not None
+            else Outages(give_up_after, on_change=lambda text: self.progress.note(text))
+        )
+        #: return (status "running") rather than wait when only items of remotes that are down are left:
+        #: a follower goes on reading its change feed, a worker goes on with other runs
+        self.leave_when_waiting = leave_when_waiting
         self.worker_id = new_worker_id()
         self._fatal: PacsflowError | None = None
         self._gave_up: PacsflowError | None = None
@@ -251,6 +264,8 @@ class Engine:
                 if not op.remotes_per_item:
                     # every item needs the remote that is down: claim nothing, record what finishes
                     self._flush()
+                    if self.leave_when_waiting and self._outstanding == 0:
+                        return
                     self._sleep(0.5)
                     continue
             # Work flows in batches: a claim when fewer than one item per worker is queued, taking up
@@ -281,6 +296,8 @@ class Engine:
                 counts, _ = self.ledger.counts(run_id)
                 if counts.get(PENDING, 0) + counts.get(RUNNING, 0) == 0:
                     return
+                if self.leave_when_waiting and self.outages:
+                    return  # what is left waits for a remote that is down: the caller comes back later
                 # Items wait for a retry time, or other processes hold them: look again soon.
                 next_retry = self.ledger.next_retry_at(run_id) or 0.0
                 self._sleep(min(1.0, max(0.05, next_retry - time.time())))
@@ -344,14 +361,16 @@ class Engine:
 
     def _work(self, op: Operation, item: Item) -> Record:
         if self.outages.blocks(op.item_remotes(item)):
-            return self._wait_for_remote(item)
+            return self._wait_for_remote(op, item)
         try:
             outcome = op.do(item)
         except PacsflowError as exc:
-            return self._on_error(item, exc)
+            return self._on_error(op, item, exc)
         except Exception as exc:
             log.debug("item #%d raised", item.id, exc_info=True)
-            return self._on_error(item, PacsflowError(f"unexpected {type(exc).__name__}", detail=str(exc)))
+            return self._on_error(
+                op, item, PacsflowError(f"unexpected {type(exc).__name__}", detail=str(exc))
+            )
         return Record(
             item,
             status=outcome.status,
@@ -361,20 +380,19 @@ class Engine:
             children=outcome.children,
         )
 
-    def _wait_for_remote(self, item: Item) -> Record:
+    def _wait_for_remote(self, op: Operation, item: Item) -> Record:
         """Back to pending, not counted as an attempt, until the next look at the remote that is down."""
-        return Record(
-            item, status=PENDING, unstarted=True, retry_at=time.time() + self.outages.seconds_to_next_probe()
-        )
+        wait = self.outages.seconds_to_next_probe(op.item_remotes(item))
+        return Record(item, status=PENDING, unstarted=True, retry_at=time.time() + wait)
 
-    def _on_error(self, item: Item, exc: PacsflowError) -> Record:
+    def _on_error(self, op: Operation, item: Item, exc: PacsflowError) -> Record:
         where = self._describe(item)
         if self.outages.confirm(exc):
-            return self._wait_for_remote(item)
+            return self._wait_for_remote(op, item)
         if exc.fatal:
             if self._fatal is None:
                 self._fatal = exc
-                log.error("stopping: %s", exc)
+                log.error("stopping: %s", self._loggable(exc))
             self.halted.set()
             return Record(item, status=PENDING, note=str(exc), retry_at=time.time())
         if exc.transient and self.retry.should_retry(item.attempts):
@@ -387,8 +405,8 @@ class Engine:
         return Record(item, status=FAILED, note=str(exc))
 
     def _loggable(self, exc: PacsflowError) -> str:
-        """The error for a log line: without the file or folder name unless PHI may be logged."""
-        return str(exc) if self.log_phi else exc.reason
+        """The error for a log line: without file names or IDs unless PHI may be logged."""
+        return public_text(exc, self.log_phi)
 
     def _describe(self, item: Item) -> str:
         """How logs name an item: its number, and its key only when PHI may be logged."""
@@ -423,6 +441,7 @@ class Engine:
             self._fatal or self._gave_up,
             lines,
             gave_up=self._gave_up is not None,
+            waiting=self.outages.describe() if status == "running" else None,
         )
 
 

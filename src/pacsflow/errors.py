@@ -110,3 +110,13 @@ class Unsupported(RemoteError):
 
 class Interrupted(PacsflowError):
     """The run was asked to stop (Ctrl-C, SIGTERM); its items stay in the ledger for `resume`."""
+
+
+def public_text(exc: PacsflowError, log_phi: bool = False) -> str:
+    """EXC as a log line or the terminal may show it: without `where` and `detail` (file names, Orthanc
+    IDs, UIDs) unless LOG_PHI. A configuration error keeps its `where`: a config or CSV file name."""
+    if log_phi:
+        return str(exc)
+    if isinstance(exc, ConfigError) and exc.where:
+        return f"{exc.where}: {exc.reason}"
+    return exc.reason

@@ -132,8 +132,13 @@ class Orthanc:
         return self.config.name or self.config.url
 
     def ping(self) -> None:
-        """One quick `GET /system` without retries; raises Unreachable while the server is down."""
-        self.request("GET", "/system", retry=False, timeout=PROBE_TIMEOUT)
+        """One quick `GET /system` without retries; raises Unreachable while the server is down.
+
+        On a connection of its own: an outage outlives the client whose request found it (a follower
+        closes its clients after every cycle), and its probes must go on working.
+        """
+        with Orthanc(self.config, pool_size=1, retries=0, limiter=self.limiter) as fresh:
+            fresh.request("GET", "/system", retry=False, timeout=PROBE_TIMEOUT)
 
     def _unreachable(self, message: str, path: str | None = None) -> Unreachable:
         return Unreachable(message, remote=self.remote, probe=self.ping, detail=path)

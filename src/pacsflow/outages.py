@@ -104,11 +104,18 @@ class Outages:
                 return bool(self._down)
             return any(remote in self._down for remote in remotes)
 
-    def seconds_to_next_probe(self) -> float:
+    def seconds_to_next_probe(self, remotes: Collection[str] | None = None) -> float:
+        """How long an item that needs REMOTES (None: any) should wait before it is claimed again: until
+        the next probe of the first of them (a probe under way counts its whole delay), and never under
+        a second, so that items held back do not go round between the ledger and the workers."""
+        now = time.monotonic()
         with self._lock:
-            if not self._down:
-                return 0.0
-            return max(0.0, min(o.next_probe for o in self._down.values()) - time.monotonic())
+            waits = [
+                outage.delay if outage.probing else outage.next_probe - now
+                for outage in self._down.values()
+                if remotes is None or outage.remote in remotes
+            ]
+        return max(1.0, min(waits)) if waits else 0.0
 
     def poll(self) -> None:
         """Start a probe of each remote whose turn has come (in its own thread: a probe may hang until

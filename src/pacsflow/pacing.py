@@ -100,6 +100,14 @@ def limiter_for(name: str | None) -> TokenBucket | None:
         return _LIMITERS.get(name_key(name))
 
 
+def take(bucket: TokenBucket | None, count: int) -> None:
+    """COUNT tokens from BUCKET (nothing when the remote has no limit): for a request that stands for
+    COUNT requests to it, like a C-STORE job of COUNT instances that another server sends for us."""
+    if bucket is not None:
+        for _ in range(count):
+            bucket.acquire()
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter, bounded in attempts and in delay."""

@@ -22,6 +22,7 @@ from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.servers import connect, preflight_node, preflight_server
 from pacsflow.orthanc import Orthanc
+from pacsflow.pacing import limiter_for, take
 from pacsflow.stored import check_stored
 
 log = logging.getLogger("pacsflow")
@@ -69,6 +70,17 @@ def source_modality_name(source: Orthanc, node: ModalityConfig) -> str:
         f"{source.display} has no DICOM modality {node.aet}@{node.host}:{node.port} "
         f"(its modalities: {known}); add it to DicomModalities or name one with --modality"
     )
+
+
+def node_store(source: Orthanc, node: ModalityConfig, name: str, our_aet: str, instances: list[str]) -> None:
+    """The source Orthanc C-STOREs INSTANCES to NODE (its modality NAME) in one synchronous job; each
+    instance takes a token of the node's rate limit, as if we sent it ourselves."""
+    take(limiter_for(node.name), len(instances))
+    body = {"Resources": instances, "Synchronous": True}
+    try:
+        source.post_json(f"/modalities/{name}/store", body, retry=False)
+    except ServerError as exc:
+        raise store_failure(node, name, our_aet, exc) from None
 
 
 def store_failure(node: ModalityConfig, name: str, our_aet: str, exc: ServerError) -> PacsflowError:
@@ -200,11 +212,17 @@ class Transfer(Operation):
     def _peer_store(self, instances: list[str]) -> Outcome:
         """The source Orthanc sends these instances to its peer itself (a synchronous job: its answer is its
         status); what arrived is checked by the study's verify item."""
+        assert self.destination is not None
+        take(self.destination.limiter, len(instances))  # each instance is one request to the destination
         try:
             self.source.post_json(
                 f"/peers/{self.peer}/store", {"Resources": instances, "Synchronous": True}, retry=False
             )
         except ServerError as exc:
+            try:  # the destination itself down is an outage: the run waits for it
+                self.destination.ping()
+            except Unreachable as down:
+                raise down from None
             raise ServerError(
                 f"peer store to {self.peer} failed: {exc}", status=exc.status, transient=True
             ) from None
@@ -226,15 +244,8 @@ class Transfer(Operation):
 
     def _dicom_store(self, instances: list[str]) -> Outcome:
         """The source Orthanc C-STOREs these instances to the node (a synchronous job)."""
-        try:
-            self.source.post_json(
-                f"/modalities/{self.modality}/store",
-                {"Resources": instances, "Synchronous": True},
-                retry=False,
-            )
-        except ServerError as exc:
-            assert self.node is not None and self.modality is not None
-            raise store_failure(self.node, self.modality, self.settings.aet, exc) from None
+        assert self.node is not None and self.modality is not None
+        node_store(self.source, self.node, self.modality, self.settings.aet, instances)
         return Outcome(result={"sent": len(instances)})
 
     def _verify_study(self, study: str) -> Outcome:
@@ -351,11 +362,7 @@ class _NodeDestination:
         return {instance for instance, uid in members.sop.items() if uid in found}
 
     def send(self, instances: list[str]) -> None:
-        body = {"Resources": instances, "Synchronous": True}
-        try:
-            self.source.post_json(f"/modalities/{self.name}/store", body, retry=False)
-        except ServerError as exc:
-            raise store_failure(self.node, self.name, self.our_aet, exc) from None
+        node_store(self.source, self.node, self.name, self.our_aet, instances)
 
     def close(self) -> None:
         pass

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pacsflow.engine import DEFAULT_GIVE_UP_AFTER, Engine
+from pacsflow.engine import DEFAULT_GIVE_UP_AFTER, Engine, RunResult
 from pacsflow.errors import PacsflowError
 from pacsflow.ledger import PENDING, RUNNING, Ledger, PlannedItem
 from pacsflow.ops.base import Operation
@@ -34,7 +34,7 @@ class ChangeFollower:
         ledger: Ledger,
         run_id: str,
         make_operation: Callable[[], Operation],
-        make_engine: Callable[[], Engine],
+        make_engine: Callable[..., Engine],
         source: Orthanc,
         stop: threading.Event,
         *,
@@ -43,6 +43,7 @@ class ChangeFollower:
         items: Callable[[dict[str, Any]], list[PlannedItem]],
         change_type: str = "NewInstance",
         give_up_after: float = DEFAULT_GIVE_UP_AFTER,
+        on_cycle: Callable[[RunResult], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.run_id = run_id
@@ -55,19 +56,26 @@ class ChangeFollower:
         self.items = items
         self.change_type = change_type
         self.outages = Outages(give_up_after)
+        #: told how each cycle of work ended (heartbeats: a long follow says it is alive)
+        self.on_cycle = on_cycle or (lambda _result: None)
 
     def checkpoint(self) -> int:
         return int(self.ledger.checkpoint(self.run_id, CHECKPOINT) or 0)
 
     def run(self) -> None:
-        """Until stopped: one page of changes at a time."""
+        """Until stopped: one page of changes at a time.
+
+        The feed is read ahead of the checkpoint: while items wait (for a destination that is down, or
+        held by another process), new changes still become items, so other destinations go on getting
+        new studies. The checkpoint moves only when every item so far is finished.
+        """
+        read_upto = self.checkpoint()
         while not self.stop.is_set():
             if self.window is not None and not self.window.is_open():
                 self.stop.wait(30.0)
                 continue
-            since = self.checkpoint()
             try:
-                page = self.source.get_json("/changes", since=since, limit=PAGE)
+                page = self.source.get_json("/changes", since=read_upto, limit=PAGE)
             except PacsflowError as exc:
                 if exc.fatal:
                     raise
@@ -85,8 +93,10 @@ class ChangeFollower:
             ]
             if new:
                 self.ledger.add_items(self.run_id, new)
+            read_upto = max(read_upto, int(page.get("Last", read_upto)))
             if new or self._unfinished():
-                result = self.make_engine().execute(self.make_operation(), self.run_id)
+                engine = self.make_engine(outages=self.outages, leave_when_waiting=True)
+                result = engine.execute(self.make_operation(), self.run_id)
                 if result.error is not None:
                     # The engine halted the run (forward found a destination to be the source, a remote
                     # stayed down longer than give_up_after): the command fails with the reason, exit
@@ -94,11 +104,9 @@ class ChangeFollower:
                     raise result.error
                 if result.status == "stopped":
                     return
-            if self._unfinished():
-                continue  # another process still holds items: the checkpoint waits for them
-            last = int(page.get("Last", since))
-            if last > since:
-                self.ledger.set_checkpoint(self.run_id, CHECKPOINT, str(last))
+                self.on_cycle(result)
+            if not self._unfinished() and read_upto > self.checkpoint():
+                self.ledger.set_checkpoint(self.run_id, CHECKPOINT, str(read_upto))
             if page.get("Done", True):
                 self.stop.wait(self.poll)
 
