@@ -161,3 +161,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     return subprocess.run(
         [*PACSFLOW, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def start_cli(*args: str, cwd: Path, log: str) -> subprocess.Popen[bytes]:
+    """The real `pacsflow ARGS` in the background on the default settings, its output in CWD/LOG."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
+    return subprocess.Popen(
+        [*PACSFLOW, *args], cwd=cwd, env=env, stdout=(cwd / log).open("a"), stderr=subprocess.STDOUT
+    )

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,17 @@ def start_forwarder(workdir: Path, config_file: Path, *args: str) -> subprocess.
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def exit_code_after(workdir: Path, forwarder: subprocess.Popen, act: Callable[[], object]) -> int:
+    """Once the forward run exists, ACT; then the forwarder's exit status (it must end by itself)."""
+    try:
+        wait_for(lambda: latest_run(workdir) is not None, "the forward run", forwarder)
+        act()
+        return forwarder.wait(timeout=60)
+    finally:
+        if forwarder.poll() is None:
+            forwarder.kill()
 
 
 def stop_forwarder(workdir: Path, forwarder: subprocess.Popen) -> None:
@@ -266,12 +277,8 @@ def test_forward_stops_when_an_empty_source_turns_out_to_be_its_destination(
     forwarder = start_forwarder(workdir, config_file, "--from", "a", "--to", proxy.url())
     try:
         # its run starts once the preflight accepted the proxy: A was empty, nothing told them apart yet
-        wait_for(lambda: latest_run(workdir) is not None, "the forward run", forwarder)
-        add_study(client_a, 78)
-        code = forwarder.wait(timeout=60)
+        code = exit_code_after(workdir, forwarder, lambda: add_study(client_a, 78))
     finally:
-        if forwarder.poll() is None:
-            forwarder.kill()
         proxy.close()
     output = (workdir / "forward.log").read_text()
     assert code == 2, output
@@ -285,14 +292,12 @@ def test_forward_gives_up_on_a_destination_down_too_long(
     forwarder = start_forwarder(
         workdir, config_file, "--from", "a", "--to", orthanc_c.url, "--give-up-after", "2s"
     )
-    try:
-        wait_for(lambda: latest_run(workdir) is not None, "the forward run", forwarder)
+
+    def destination_down_then_a_study() -> None:
         orthanc_c.kill()
         add_study(client_a, 69)
-        code = forwarder.wait(timeout=60)
-    finally:
-        if forwarder.poll() is None:
-            forwarder.kill()
+
+    code = exit_code_after(workdir, forwarder, destination_down_then_a_study)
     output = (workdir / "forward.log").read_text()
     assert code == 1, output
     assert f"pacsflow: error: gave up: {orthanc_c.url} has not answered since" in output
@@ -318,12 +323,9 @@ def test_forward_waits_for_its_source_and_gives_up_after_the_limit(
 ) -> None:
     forwarder = start_forwarder(workdir, config_file, "--from", "a", "--to", "b", "--give-up-after", "6s")
     try:
-        wait_for(lambda: latest_run(workdir) is not None, "the forward run", forwarder)
-        orthanc_a.kill()  # the change feed's server: the follower waits for it, then gives up
-        code = forwarder.wait(timeout=60)
+        # the change feed's server goes down: the follower waits for it, then gives up
+        code = exit_code_after(workdir, forwarder, orthanc_a.kill)
     finally:
-        if forwarder.poll() is None:
-            forwarder.kill()
         orthanc_a.start()
     output = (workdir / "forward.log").read_text()
     assert code == 1, output

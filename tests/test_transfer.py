@@ -13,7 +13,7 @@ import pytest
 
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import PACSFLOW, PASSWORD, USER, run_cli, wait_for
+from tests.conftest import PACSFLOW, PASSWORD, USER, run_cli, start_cli, wait_for
 from tests.test_identity import TcpProxy, assert_refused, name_a_again, spellings_of_a
 
 
@@ -251,14 +251,18 @@ def test_a_destination_down_behind_the_source_s_store_job_pauses_the_run(
     down is still an outage, waited out on the default settings, never a failed study."""
     run_cli("populate", "--to", peer_source.url, "--patients", "8", "--instances", "40", cwd=workdir)
     target = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}" if via == "dicom" else orthanc_b.url
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
-    log = (workdir / "transfer.log").open("a")
-    process = subprocess.Popen(
-        [*PACSFLOW, "transfer", "--from", peer_source.url, "--to", target, "--via", via, "--workers", "1"],
+    process = start_cli(
+        "transfer",
+        "--from",
+        peer_source.url,
+        "--to",
+        target,
+        "--via",
+        via,
+        "--workers",
+        "1",
         cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        log="transfer.log",
     )
     with Orthanc(orthanc_b.server_config()) as destination:
         wait_for(lambda: len(destination.ids("instances")) >= 40, "a first study stored", process)

@@ -15,7 +15,7 @@ import pytest
 from pacsflow.ledger import DONE, Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import PACSFLOW, USER, latest_run, run_cli, wait_for
+from tests.conftest import PACSFLOW, USER, latest_run, run_cli, start_cli, wait_for
 
 REFUSE_SECOND = """
 function ReceivedInstanceFilter(dicom, origin, info)
@@ -81,14 +81,8 @@ def _transfer_through_an_outage(
 ) -> str:
     """Transfer A -> B with default settings while B goes down for DOWN_FOR seconds; the run's log."""
     run_cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
-    log = (workdir / "transfer.log").open("a")
-    process = subprocess.Popen(
-        [*PACSFLOW, "transfer", "--from", "a", "--to", "b", "--workers", "2"],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    process = start_cli(
+        "transfer", "--from", "a", "--to", "b", "--workers", "2", cwd=workdir, log="transfer.log"
     )
     with Orthanc(orthanc_b.server_config()) as destination:
         wait_for(lambda: len(destination.ids("instances")) >= 100, "a part copied", process)
