@@ -88,6 +88,7 @@ def run(
     command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> tuple[float, float]:
     """Run a command; return (seconds, peak RSS in MB of that process). Fails loudly on a non-zero exit."""
+    WORK.mkdir(parents=True, exist_ok=True)  # a fresh clone has no results folder yet
     log = WORK / "last-command.log"
     with open(log, "wb") as output:  # a file, not a pipe: a chatty tool must not block on a full pipe
         started = time.perf_counter()
