@@ -1,0 +1,594 @@
+"""The service layer: what the CLI, the web app and Python users call to start, follow and manage runs.
+
+Nothing here prints or parses command lines; everything that decides what happens lives here or below.
+
+    from pacsflow.api import Pacsflow
+    from pacsflow.events import ITEM_DONE
+
+    with Pacsflow(config="pacsflow.toml") as pf:
+        result = pf.start("transfer", {"from": "main", "to": "backup"},
+                          handlers=[(ITEM_DONE, lambda event: print(event))])
+        print(result.status, result.counts, result.lines)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pacsflow.config import Settings, load_settings, parse_duration, redact_url, scrub_params
+from pacsflow.engine import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Engine, RunResult
+from pacsflow.errors import ConfigError, PacsflowError, Unauthorized, public_text
+from pacsflow.heartbeat import Heartbeat
+from pacsflow.ledger import FAILED, Ledger, RunInfo
+from pacsflow.ops.base import operation_class
+from pacsflow.outages import Outages
+from pacsflow.progress import Progress, make_progress
+
+log = logging.getLogger("pacsflow")
+
+#: (event type, handler) pairs, as pynetdicom's evt_handlers
+Handlers = Sequence[tuple[Any, Callable[[Any], None]]]
+
+
+@dataclass
+class Followed:
+    """How a clone or forward ended: the run, its first (catch-up) result, and whether it was stopped."""
+
+    run_id: str
+    first: RunResult
+    stopped: bool = False
+    #: the change feed was followed (False: the run stopped or failed at catch-up, or no --follow)
+    following: bool = False
+
+
+@dataclass
+class Comparison:
+    """What two archives hold, side by side (see pacsflow.ops.compare)."""
+
+    level: str
+    counts: tuple[int, int]
+    differences: list[Any] = field(default_factory=list)
+    summary: str = ""
+    transfer: RunResult | None = None
+
+    @property
+    def equal(self) -> bool:
+        return not self.differences
+
+
+class Pacsflow:
+    """One user's session: settings, the process's one ledger, and every way to start or follow a run.
+
+    Settings come from SETTINGS, or are loaded from CONFIG (default: ./pacsflow.toml and PACSFLOW_*
+    variables) with LEDGER and LOG_PHI as overrides. Close it (or use `with`) to release the ledger.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: str | Path | None = None,
+        ledger: str | None = None,
+        log_phi: bool = False,
+        progress: Callable[[], Progress] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._config = config
+        self._ledger_url = ledger
+        self._log_phi = log_phi
+        self._ledger: Ledger | None = None
+        #: makes the progress display of each run (a bar on a terminal, log lines otherwise)
+        self.progress = progress or (lambda: make_progress(quiet=True))
+
+    # -- session --------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """Loaded on first use. Raises ConfigError naming the file or variable of a bad value."""
+        if self._settings is None:
+            overrides: dict[str, Any] = {"ledger": self._ledger_url}
+            if self._log_phi:
+                overrides["log_phi"] = True
+            self._settings = load_settings(self._config, **overrides)
+        return self._settings
+
+    @property
+    def ledger(self) -> Ledger:
+        """The one ledger (one connection pool) of this session, however many runs use it."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.settings.ledger)
+        return self._ledger
+
+    @property
+    def log_phi(self) -> bool:
+        return self._log_phi or bool(self._settings is not None and self._settings.log_phi)
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+
+    def __enter__(self) -> Pacsflow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self, exc: PacsflowError) -> str:
+        """An error as the terminal or a log may show it (no file names or IDs unless log_phi)."""
+        return public_text(exc, self.log_phi)
+
+    def remember_credentials(self, urls: Sequence[str] | None) -> None:
+        """URLs with user:password of servers that stored runs name by URL only (runs keep no passwords).
+
+        Raises ConfigError for a URL without credentials.
+        """
+        for url in urls or []:
+            if self.settings.public_spec(url) == url:
+                raise ConfigError(f"--credentials {redact_url(url)!r}: give a URL with user:password@")
+
+    def engine(
+        self,
+        *,
+        workers: int | None = None,
+        window: str | None = None,
+        stop: threading.Event | None = None,
+        give_up_after: str | float | None = None,
+        handlers: Handlers = (),
+        **options: Any,
+    ) -> Engine:
+        """An engine on this session's ledger (one per run: its counters belong to that run)."""
+        engine = Engine(
+            self.ledger,
+            self.settings,
+            workers=workers,
+            progress=self.progress(),
+            window=window,
+            stop=stop,
+            give_up_after=parse_duration(give_up_after) if give_up_after else None,
+            **options,
+        )
+        for event_type, handler in handlers:
+            engine.events.subscribe(event_type, handler)
+        return engine
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        *,
+        workers: int | None = None,
+        plan_only: bool = False,
+        give_up_after: str | float | None = None,
+        stop: threading.Event | None = None,
+        handlers: Handlers = (),
+    ) -> RunResult:
+        """Check, plan and (unless PLAN_ONLY) work a new run of OPERATION with PARAMS.
+
+        Servers given as URLs with a password are stored without it (the ledger may be a shared
+        database): the password stays in this session's memory. Raises ConfigError for bad parameters
+        or settings, PreflightError/Unauthorized when a server cannot be used at all.
+        """
+        settings = self.settings
+        params = scrub_params(settings, {**params, "workers": workers or settings.workers})
+        op = operation_class(operation)(settings, params)
+        engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
+        if plan_only:
+            return engine.start(op, plan_only=True)
+        with self._heartbeat() as beat:
+            return beat(engine.start(op))
+
+    def resume(
+        self,
+        run_ref: str,
+        *,
+        workers: int | None = None,
+        give_up_after: str | float | None = None,
+        stop: threading.Event | None = None,
+        handlers: Handlers = (),
+        credentials: Sequence[str] = (),
+    ) -> RunResult:
+        """Continue a stopped or killed run (or join one other processes work).
+
+        Raises ConfigError for an unknown run, and with a hint when a server the run names by URL
+        needs its password again (`credentials`).
+        """
+        self.remember_credentials(credentials)
+        engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
+        with self._heartbeat() as beat:
+            try:
+                return beat(engine.resume(run_ref))
+            except Unauthorized as exc:
+                raise ConfigError(
+                    f"{exc.reason}; a run stores servers given as URLs without their password: give it "
+                    f"again with `pacsflow resume {run_ref} --credentials http://USER:PASSWORD@HOST:PORT`, "
+                    "or name the server in pacsflow.toml"
+                ) from None
+
+    def retry(
+        self,
+        run_ref: str,
+        *,
+        on_put_back: Callable[[str, int], None] | None = None,
+        **options: Any,
+    ) -> RunResult:
+        """Put a run's failed items back to pending (ON_PUT_BACK is told the run and how many), then work
+        them again as `resume` does (same options)."""
+        self.remember_credentials(options.pop("credentials", ()))
+        run = self.ledger.run(run_ref)
+        count = self.ledger.retry_failed(run.id)
+        if on_put_back is not None:
+            on_put_back(run.id, count)
+        return self.resume(run.id, **options)
+
+    def runs(self, limit: int = 20) -> list[RunInfo]:
+        return self.ledger.runs(limit)
+
+    def show(self, run_ref: str, *, failed: bool = False, limit: int = 50) -> list[str]:
+        """A run's parameters (secrets hidden), counts, timing, and with FAILED its failures."""
+        from pacsflow.runview import show_run
+
+        return show_run(self.ledger, run_ref, failed=failed, limit=limit)
+
+    def check(self, targets: Sequence[str] = ()) -> tuple[list[str], bool]:
+        """One line per server or modality (all configured when none named), and whether all are fine."""
+        from pacsflow.checks import check_targets
+
+        return check_targets(self.settings, list(targets))
+
+    # -- followers ------------------------------------------------------------------------------
+
+    def clone(
+        self,
+        source: str,
+        destination: str,
+        *,
+        follow: bool = False,
+        window: str | None = None,
+        poll: float = 2.0,
+        workers: int | None = None,
+        give_up_after: str | float | None = None,
+        stop: threading.Event | None = None,
+        on_caught_up: Callable[[RunResult], None] | None = None,
+    ) -> Followed:
+        """Copy everything from SOURCE to DESTINATION; with FOLLOW go on copying each new instance until
+        STOP is set. The same source and destination continue the earlier clone run, its change feed
+        from the last point whose changes were all done."""
+        from pacsflow.ops.transfer import Clone, instance_item
+        from pacsflow.services.follower import CHECKPOINT, last_change
+
+        settings = self.settings
+        source, destination = settings.public_spec(source), settings.public_spec(destination)
+        params = {"from": source, "to": destination, "workers": workers or settings.workers}
+        stop = stop or threading.Event()
+        engine = self.engine(workers=workers, window=window, stop=stop, give_up_after=give_up_after)
+        earlier = self._earlier_run("clone", {"from": source, "to": destination})
+        with self._heartbeat() as beat:
+            if earlier:
+                log.info("continuing clone run %s", earlier)
+                result = engine.resume(earlier)
+            else:
+                operation = Clone(settings, params)
+                operation.preflight()
+                params["start_change"] = last_change(operation.source)  # changes after this are followed
+                result = engine.start(operation)
+            run_id = result.run_id
+            if self.ledger.checkpoint(run_id, CHECKPOINT) is None:
+                start = self.ledger.run(run_id).params.get("start_change", 0)
+                self.ledger.set_checkpoint(run_id, CHECKPOINT, str(start))
+            if on_caught_up is not None:
+                on_caught_up(result)
+            if not follow or stop.is_set() or result.error is not None:
+                return Followed(run_id, beat(result), stopped=stop.is_set())
+            self._follow(
+                run_id,
+                Clone,
+                lambda _: lambda change: [instance_item(change["ID"])],
+                "NewInstance",
+                workers=workers,
+                window=window,
+                poll=poll,
+                stop=stop,
+                give_up_after=give_up_after,
+            )
+        return Followed(run_id, result, stopped=stop.is_set(), following=True)
+
+    def forward(
+        self,
+        source: str,
+        destinations: Sequence[str],
+        *,
+        trigger: str = "stable-study",
+        window: str | None = None,
+        poll: float = 2.0,
+        workers: int | None = None,
+        give_up_after: str | float | None = None,
+        stop: threading.Event | None = None,
+        on_caught_up: Callable[[RunResult], None] | None = None,
+    ) -> Followed:
+        """Send each stable study (or each new instance) of SOURCE to every destination and delete it from
+        the source once all of them hold it, until STOP is set. The same command continues its run."""
+        from pacsflow.ops.transfer import Forward
+        from pacsflow.services.follower import CHECKPOINT
+
+        if trigger not in ("stable-study", "new-instance"):
+            raise ConfigError(f"--trigger {trigger!r}: use stable-study or new-instance")
+        settings = self.settings
+        source = settings.public_spec(source)
+        destinations = [settings.public_spec(spec) for spec in destinations]
+        params = {
+            "from": source,
+            "to": list(destinations),
+            "workers": workers or settings.workers,
+            "trigger": trigger,
+        }
+        stop = stop or threading.Event()
+        engine = self.engine(workers=workers, window=window, stop=stop, give_up_after=give_up_after)
+        earlier = self._earlier_run("forward", {"from": source, "to": list(destinations), "trigger": trigger})
+        with self._heartbeat() as beat:
+            if earlier:
+                result = engine.resume(earlier)
+            else:
+                result = engine.start(Forward(settings, params))
+                self.ledger.set_checkpoint(result.run_id, CHECKPOINT, "0")  # studies already waiting go too
+            if result.error is not None:
+                return Followed(result.run_id, beat(result))
+            if on_caught_up is not None:
+                on_caught_up(result)
+            self._follow(
+                result.run_id,
+                Forward,
+                lambda planner: planner.items_for,
+                "StableStudy" if trigger == "stable-study" else "NewInstance",
+                workers=workers,
+                window=window,
+                poll=poll,
+                stop=stop,
+                give_up_after=give_up_after,
+            )
+        return Followed(result.run_id, result, stopped=stop.is_set(), following=True)
+
+    def _earlier_run(self, operation: str, match: dict[str, Any]) -> str | None:
+        """The newest run of OPERATION with these parameters: a follower started again continues it."""
+        for run in self.ledger.runs(10_000):
+            if run.operation == operation and all(run.params.get(k) == v for k, v in match.items()):
+                return run.id
+        return None
+
+    def _follow(
+        self,
+        run_id: str,
+        op_class: type[Any],
+        items_of: Callable[[Any], Callable[[dict[str, Any]], list[Any]]],
+        change_type: str,
+        *,
+        workers: int | None,
+        window: str | None,
+        poll: float,
+        stop: threading.Event,
+        give_up_after: str | float | None,
+    ) -> None:
+        """Work a run from the source's change feed until stopped. Raises the error that halted it."""
+        from pacsflow.pacing import TimeWindow
+        from pacsflow.services.follower import ChangeFollower
+
+        settings = self.settings
+        params = self.ledger.run(run_id).params
+        alive = _Pulse(Heartbeat(settings.heartbeat_url))
+        planner = op_class(settings, params)
+        window = window or settings.window
+        try:
+            ChangeFollower(
+                self.ledger,
+                run_id,
+                make_operation=lambda: op_class(settings, params),
+                make_engine=lambda **options: self.engine(
+                    workers=workers, window=window, stop=stop, give_up_after=give_up_after, **options
+                ),
+                source=planner.source,
+                stop=stop,
+                poll=poll,
+                window=TimeWindow(window) if window else None,
+                items=items_of(planner),
+                change_type=change_type,
+                give_up_after=parse_duration(give_up_after) if give_up_after else settings.give_up_after,
+                on_cycle=alive.cycle,
+            ).run()
+        finally:
+            planner.close()
+            alive.beat.close()
+
+    # -- comparing ------------------------------------------------------------------------------
+
+    def compare(
+        self,
+        a: str,
+        b: str,
+        *,
+        level: str = "study",
+        query: Mapping[str, str] | None = None,
+        from_date: str | None = None,
+        to_date: str | None = None,
+        transfer_missing: bool = False,
+        workers: int | None = None,
+        give_up_after: str | float | None = None,
+        stop: threading.Event | None = None,
+        on_compared: Callable[[Comparison], None] | None = None,
+    ) -> Comparison:
+        """What A and B (servers or DICOM nodes) hold at LEVEL; with TRANSFER_MISSING copy what B lacks.
+
+        Raises ConfigError for a bad level or query, PreflightError when either side does not answer.
+        """
+        from pacsflow.ops import compare as comparing
+        from pacsflow.ops.servers import connect, preflight_node, preflight_server
+
+        settings = self.settings
+        a, b = settings.public_spec(a), settings.public_spec(b)
+        conditions = dict(query or {})
+        if from_date or to_date:
+            conditions["StudyDate"] = f"{from_date or ''}-{to_date or ''}"
+        pool = workers or settings.workers
+        if transfer_missing and settings.is_modality(a):
+            raise ConfigError(
+                "--transfer-missing copies from A: A must be an Orthanc server (B may be a node)"
+            )
+
+        def holdings(spec: str) -> dict[str, int]:
+            if settings.is_modality(spec):
+                node = settings.modality(spec)
+                preflight_node(node, settings.aet)
+                return comparing.node_holdings(node, settings.aet, level, conditions or None)
+            with connect(settings, spec, pool) as server:
+                preflight_server(server)
+                return comparing.holdings(server, level, conditions or None)
+
+        held_a, held_b = holdings(a), holdings(b)
+        differences = comparing.compare(held_a, held_b, level)
+        found = Comparison(
+            level,
+            (len(held_a), len(held_b)),
+            differences,
+            comparing.summary(differences, level, (len(held_a), len(held_b))),
+        )
+        if on_compared is not None:
+            on_compared(found)
+        if differences and transfer_missing:
+            with connect(settings, a, pool) as left:
+                missing = comparing.studies_to_copy(left, differences)
+            if missing:
+                found.transfer = self.start(
+                    "transfer",
+                    {"from": a, "to": b, "studies": missing},
+                    workers=workers,
+                    give_up_after=give_up_after,
+                    stop=stop,
+                )
+        return found
+
+    def write_differences(self, comparison: Comparison, out: Path) -> None:
+        """The differences as a CSV (mode 0600: they name studies)."""
+        from pacsflow.ops import compare as comparing
+
+        comparing.write_csv(out, comparison.differences)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def work(
+        self,
+        *,
+        once: bool = False,
+        poll: float = 5.0,
+        workers: int | None = None,
+        give_up_after: str | float | None = None,
+        stop: threading.Event | None = None,
+        on_result: Callable[[RunResult], None] | None = None,
+    ) -> int:
+        """Join the runs of the ledger and work their items until STOP is set (or, with ONCE, until no
+        run has work this process can do); the worst exit status of what it did.
+
+        A run that cannot start here (a server down, a password missing) is tried again later, with
+        backoff from 15 seconds to 10 minutes; a run waiting for a remote that is down is left for other
+        runs meanwhile. With ONCE such runs are left to others.
+        """
+        stop = stop or threading.Event()
+        settings = self.settings
+        # one view of which remotes are down for all the runs this worker joins: an outage is reported
+        # once, and a run waiting for it is left for a while so that the others go on meanwhile
+        outages = Outages(parse_duration(give_up_after) if give_up_after else settings.give_up_after)
+        beat = Heartbeat(settings.heartbeat_url)
+        exit_code = EXIT_OK
+        held_off: dict[str, tuple[float, float]] = {}  # run -> (not before, last delay)
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                active = [
+                    run for run in self.ledger.active_runs() if held_off.get(run.id, (0.0, 0.0))[0] <= now
+                ]
+                if not active and once:
+                    break
+                for run in active:
+                    if stop.is_set():
+                        break
+                    log.info("joining run %s (%s, %d items left)", run.id, run.operation, run.remaining)
+                    beat.start()
+                    try:
+                        engine = self.engine(
+                            workers=workers, stop=stop, outages=outages, leave_when_waiting=True
+                        )
+                        result = engine.resume(run.id)
+                    except PacsflowError as exc:  # this run cannot start here now; the others still can
+                        beat.fail()
+                        delay = min(600.0, 2 * held_off.get(run.id, (0.0, 7.5))[1])
+                        held_off[run.id] = (float("inf") if once else time.monotonic() + delay, delay)
+                        later = "" if once else f"; trying it again in {delay:.0f}s"
+                        log.error("run %s: %s%s", run.id, self.describe(exc), later)
+                        exit_code = max(exit_code, EXIT_USAGE if exc.fatal else EXIT_FAILED)
+                        continue
+                    if on_result is not None:
+                        on_result(result)
+                    beat.success() if result.exit_code == EXIT_OK else beat.fail()
+                    if result.waiting or result.gave_up:
+                        # its remote is down: other runs first; back when the next probe is due
+                        wait = 600.0 if result.gave_up else max(5.0, outages.seconds_to_next_probe())
+                        held_off[run.id] = (float("inf") if once else time.monotonic() + wait, wait)
+                    else:
+                        held_off.pop(run.id, None)
+                    exit_code = max(exit_code, result.exit_code)
+                if not any(held_off.get(run.id, (0.0, 0.0))[0] <= time.monotonic() for run in active):
+                    stop.wait(poll)
+        finally:
+            beat.close()
+        return exit_code
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _heartbeat(self) -> Iterator[Callable[[RunResult], RunResult]]:
+        """Ping the heartbeat URL at the start, then success, or fail when an error escaped or the last
+        result passed through the yielded function did not end with exit status 0."""
+        beat = Heartbeat(self.settings.heartbeat_url)
+        beat.start()
+        outcome: list[RunResult] = []
+
+        def passing(result: RunResult) -> RunResult:
+            outcome.append(result)
+            return result
+
+        failed = True
+        try:
+            yield passing
+            failed = bool(outcome) and outcome[-1].exit_code != EXIT_OK
+        finally:
+            beat.fail() if failed else beat.success()
+            beat.close()
+
+
+class _Pulse:
+    """Heartbeats of a long follow: a failure ping when a cycle failed items, else a success ping at
+    most once a minute (a monitor expects a sign of life from a service that never ends)."""
+
+    EVERY = 60.0
+
+    def __init__(self, beat: Heartbeat) -> None:
+        self.beat = beat
+        self.failed = 0
+        self.last = 0.0
+
+    def cycle(self, result: RunResult) -> None:
+        failed = result.counts.get(FAILED, 0)
+        if failed > self.failed:
+            self.beat.fail()
+        elif time.monotonic() - self.last >= self.EVERY:
+            self.beat.success()
+        else:
+            return
+        self.failed, self.last = failed, time.monotonic()

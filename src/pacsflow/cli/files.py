@@ -1,0 +1,135 @@
+"""Commands that read or write files: populate, upload, download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pacsflow.cli.app import (
+    GiveUpOption,
+    PlanOnlyOption,
+    WorkersOption,
+    app,
+    errors_to_exit,
+    parse_pairs,
+    start_run,
+)
+from pacsflow.errors import ConfigError
+
+#: where roster rows that cannot be uploaded go, as seed 000's tool wrote them
+DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
+
+
+@app.command()
+@errors_to_exit
+def populate(
+    ctx: typer.Context,
+    to: str | None = typer.Option(None, "--to", help="Orthanc server (name or URL) to load into"),
+    out: Path | None = typer.Option(None, "--out", help="folder to write files into"),
+    patients: int = typer.Option(1, "--patients", min=1),
+    studies: int = typer.Option(1, "--studies", min=1, help="studies per patient"),
+    series: int = typer.Option(1, "--series", min=1, help="series per study"),
+    instances: int = typer.Option(1, "--instances", min=1, help="instances per series"),
+    seed: int = typer.Option(0, "--seed", help="same seed, same data"),
+    pixels: int = typer.Option(64, "--pixels", min=8, max=4096, help="image rows and columns (16-bit)"),
+    bad_files: bool = typer.Option(False, "--bad-files", help="also write broken files (with --out)"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
+) -> None:
+    """Generate synthetic studies (deterministic) into a folder or a server.
+
+    Example: pacsflow populate --to main --patients 10 --series 3 --instances 50 --seed 7
+    """
+    if (to is None) == (out is None):
+        raise ConfigError("give exactly one of --to SERVER or --out DIR")
+    shape = {
+        "patients": patients,
+        "studies": studies,
+        "series": series,
+        "instances": instances,
+        "pixels": pixels,
+        "seed": seed,
+    }
+    params = {"to": to, "out": str(out.resolve()) if out else None, "shape": shape, "bad_files": bad_files}
+    start_run(ctx, "populate", params, workers, plan_only, give_up_after)
+
+
+@app.command()
+@errors_to_exit
+def upload(
+    ctx: typer.Context,
+    paths: list[Path] = typer.Argument(None, help="files, folders (recursive) and ZIP/TAR archives"),
+    to: str = typer.Option(..., "--to", help="Orthanc server (name or URL)"),
+    roster: Path | None = typer.Option(None, "--roster", help="roster CSV whose rows name patient folders"),
+    root: Path | None = typer.Option(None, "--root", help="folder holding the roster's patient folders"),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="roster rows per batch"),
+    where: list[str] = typer.Option(None, "--where", help="COLUMN=VALUE a roster row must have (repeatable)"),
+    status_column: str = typer.Option("Uploaded", "--status-column", help="roster column set to 1 when done"),
+    id_column: str = typer.Option("UHID", "--id-column", help="roster column naming the patient folder"),
+    errors: Path | None = typer.Option(
+        None, "--errors", help="errors CSV [default: Logs/UHID error/output.csv]"
+    ),
+    csv_file: Path | None = typer.Option(None, "--csv", help="CSV of values to write into the DICOM (join)"),
+    csv_key: str | None = typer.Option(None, "--csv-key", help="its key column: PatientID, or the roster ID"),
+    label: str | None = typer.Option(None, "--label", help="Orthanc label for every study (Orthanc 1.12+)"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
+) -> None:
+    """Upload DICOM files, folders and archives, or a roster CSV's patient folders in batches.
+
+    Example: pacsflow upload scans/ export.zip --to main --workers 8
+    Example: pacsflow upload --roster Final.csv --root /data/patients --to main --batch-size 20
+    """
+    if (csv_file is None) != (csv_key is None):
+        raise ConfigError("--csv and --csv-key go together")
+    common = {
+        "to": to,
+        "label": label,
+        "csv": str(csv_file.resolve()) if csv_file else None,
+        "csv_key": csv_key,
+    }
+    if roster is None:
+        if not paths:
+            raise ConfigError("give files or folders to upload, or --roster")
+        if root or batch_size or where or errors:
+            raise ConfigError("--root, --batch-size, --where and --errors go with --roster")
+        params = {**common, "paths": [str(p.resolve()) for p in paths]}
+        start_run(ctx, "upload", params, workers, plan_only, give_up_after)
+        return
+    if paths:
+        raise ConfigError("give either paths or --roster, not both")
+    if root is None or batch_size is None:
+        raise ConfigError("--roster needs --root DIR and --batch-size N")
+    params = {
+        **common,
+        "roster": str(roster.resolve()),
+        "root": str(root.resolve()),
+        "batch_size": batch_size,
+        "where": parse_pairs("--where", where, "write COLUMN=VALUE") or {},
+        "status_column": status_column,
+        "id_column": id_column,
+        "errors": str((errors or DEFAULT_ERRORS).resolve()),
+    }
+    start_run(ctx, "roster-upload", params, workers, plan_only, give_up_after)
+
+
+@app.command()
+@errors_to_exit
+def download(
+    ctx: typer.Context,
+    source: str = typer.Option(..., "--from", help="Orthanc server"),
+    out: Path = typer.Option(..., "--out", help="folder: Patient/Study/Series/instance.dcm"),
+    study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
+) -> None:
+    """Download studies into a folder tree.
+
+    Example: pacsflow download --from main --out export/
+    """
+    params = {"from": source, "out": str(out.resolve()), "studies": study or None}
+    start_run(ctx, "download", params, workers, plan_only, give_up_after)
