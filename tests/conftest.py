@@ -169,3 +169,22 @@ def start_cli(*args: str, cwd: Path, log: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*PACSFLOW, *args], cwd=cwd, env=env, stdout=(cwd / log).open("a"), stderr=subprocess.STDOUT
     )
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The `pacsflow` command line run in this process (no interpreter start, no imports again), for
+    usage, error-message and short commands; like run_cli, a CompletedProcess with stdout and stderr.
+    Log lines go to pytest's log capture here, not to stderr: tests of log lines use run_cli."""
+    from typer.testing import CliRunner
+
+    from pacsflow.cli import app
+
+    previous = Path.cwd()
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PACSFLOW_")}
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(previous)
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)

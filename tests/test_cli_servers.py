@@ -7,7 +7,7 @@ from pathlib import Path
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc, free_port
 from pacsflow.synthetic import Shape, instance_path, write_bad_files
-from tests.conftest import PASSWORD, USER, run_cli
+from tests.conftest import PASSWORD, USER, cli, run_cli
 
 
 def populate_folder(workdir: Path, instances: int = 3) -> Path:
@@ -30,7 +30,7 @@ def populate_folder(workdir: Path, instances: int = 3) -> Path:
 
 
 def test_check_reports_each_target(workdir: Path, config_file: Path) -> None:
-    result = run_cli("check", cwd=workdir)
+    result = cli("check", cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3
@@ -43,7 +43,7 @@ def test_check_reports_each_target(workdir: Path, config_file: Path) -> None:
 def test_check_names_the_reason(workdir: Path, orthanc_a: LocalOrthanc) -> None:
     wrong = f"http://{USER}:wrong@127.0.0.1:{orthanc_a.http_port}"
     dead = f"http://127.0.0.1:{free_port()}"
-    result = run_cli("check", wrong, dead, f"NOBODY@127.0.0.1:{free_port()}", cwd=workdir)
+    result = cli("check", wrong, dead, f"NOBODY@127.0.0.1:{free_port()}", cwd=workdir)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert "FAILED" in lines[0] and "wrong user or password" in lines[0]
@@ -87,7 +87,7 @@ def test_upload_wrong_password_stops_at_once(
 ) -> None:
     data = populate_folder(workdir, instances=1)
     url = f"http://{USER}:nope@127.0.0.1:{orthanc_a.http_port}"
-    result = run_cli("upload", str(data), "--to", url, cwd=workdir)
+    result = cli("upload", str(data), "--to", url, cwd=workdir)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("wrong user or password (HTTP 401)")
     assert "nope" not in result.stderr + result.stdout
@@ -96,10 +96,10 @@ def test_upload_wrong_password_stops_at_once(
 
 def test_upload_unreachable_server_and_missing_path(workdir: Path) -> None:
     data = populate_folder(workdir, instances=1)
-    result = run_cli("upload", str(data), "--to", f"http://127.0.0.1:{free_port()}", cwd=workdir)
+    result = cli("upload", str(data), "--to", f"http://127.0.0.1:{free_port()}", cwd=workdir)
     assert result.returncode == 2
     assert "connection refused" in result.stderr
-    missing = run_cli("upload", str(workdir / "nope"), "--to", "http://127.0.0.1:1", cwd=workdir)
+    missing = cli("upload", str(workdir / "nope"), "--to", "http://127.0.0.1:1", cwd=workdir)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
 
 
@@ -135,7 +135,7 @@ def test_transfer_wrong_password_on_destination(
     workdir: Path, orthanc_a: LocalOrthanc, orthanc_b: LocalOrthanc
 ) -> None:
     wrong = f"http://{USER}:bad@127.0.0.1:{orthanc_a.http_port}"
-    result = run_cli("transfer", "--from", orthanc_b.url, "--to", wrong, cwd=workdir)
+    result = cli("transfer", "--from", orthanc_b.url, "--to", wrong, cwd=workdir)
     assert result.returncode == 2 and "wrong user or password" in result.stderr
 
 

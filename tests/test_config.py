@@ -9,7 +9,7 @@ import pytest
 
 from pacsflow.config import load_settings, parse_duration, redact_url, scrub_params
 from pacsflow.errors import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 
 def write(path: Path, text: str) -> Path:
@@ -113,7 +113,7 @@ def test_missing_config_file(workdir: Path) -> None:
 
 def test_cli_bad_config_exits_2_with_one_line(workdir: Path) -> None:
     write(workdir / "pacsflow.toml", "workers = 'many'\n")
-    result = run_cli("runs", cwd=workdir)
+    result = cli("runs", cwd=workdir)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -121,10 +121,10 @@ def test_cli_bad_config_exits_2_with_one_line(workdir: Path) -> None:
 
 
 def test_cli_bad_usage_exits_2(workdir: Path) -> None:
-    result = run_cli("populate", "--patients", "2", cwd=workdir)
+    result = cli("populate", "--patients", "2", cwd=workdir)
     assert result.returncode == 2
     assert "exactly one of --to SERVER or --out DIR" in result.stderr
-    assert run_cli("no-such-command", cwd=workdir).returncode == 2
+    assert cli("no-such-command", cwd=workdir).returncode == 2
 
 
 def test_names_match_whatever_their_case_and_dashes(workdir: Path) -> None:
