@@ -19,6 +19,7 @@ from pacsflow.engine import EXIT_FAILED, EXIT_OK, Engine
 from pacsflow.errors import Unreachable
 from pacsflow.ledger import DONE, FAILED, PENDING, Item, Ledger, PlannedItem, exhausted_note
 from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.outages import Outages
 
 
 class Remote:
@@ -167,6 +168,7 @@ from pacsflow.config import Settings
 from pacsflow.engine import Engine
 from pacsflow.ledger import Ledger, PlannedItem
 from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.outages import Outages
 
 @register
 class Crashing(Operation):
@@ -205,3 +207,28 @@ def test_an_item_that_kills_its_process_fails_once_its_attempts_run_out(tmp_path
     assert [item.key for item in failed] == ["huge"]
     assert failed[0].last_error == exhausted_note(5)
     assert ledger.run(run_id).counts == {DONE: 2, FAILED: 1}
+
+
+def test_listeners_hear_a_remote_go_down_and_answer_again(
+    remotes: dict[str, Remote], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pacsflow.outages.FIRST_PROBE_DELAY", 0.0)
+    outages = Outages(60.0)
+    heard: list[tuple[str, bool]] = []
+    stop, down = outages.listen(lambda outage, is_down: heard.append((outage.remote, is_down)))
+    assert down == []
+    remotes["x"].up = False
+    assert outages.confirm(Unreachable("refused", remote="x", probe=remotes["x"].probe))
+    assert heard == [("x", True)]
+    # one that starts listening now is told in the list of remotes down, not again by a call
+    late: list[tuple[str, bool]] = []
+    stop_late, down = outages.listen(lambda outage, is_down: late.append((outage.remote, is_down)))
+    assert [outage.remote for outage in down] == ["x"] and late == []
+    stop_late()
+    remotes["x"].up = True
+    deadline = time.monotonic() + 5
+    while outages and time.monotonic() < deadline:
+        outages.poll()
+        time.sleep(0.01)
+    assert heard == [("x", True), ("x", False)] and late == []
+    stop()

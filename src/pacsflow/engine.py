@@ -6,12 +6,15 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from pacsflow.config import Settings
 from pacsflow.errors import PacsflowError, public_text
+from pacsflow.events import Event, EventBus, Handlers
 from pacsflow.ledger import (
     DONE,
     FAILED,
@@ -22,10 +25,11 @@ from pacsflow.ledger import (
     Ledger,
     Record,
     RunInfo,
+    exhausted_note,
     new_worker_id,
 )
 from pacsflow.ops.base import Operation, operation_class, summarize
-from pacsflow.outages import Outages
+from pacsflow.outages import Outage, Outages
 from pacsflow.pacing import RetryPolicy, TimeWindow, configure_limits
 from pacsflow.progress import LogProgress, Progress
 
@@ -68,7 +72,11 @@ class RunResult:
 
 
 class Engine:
-    """Owns concurrency, pacing, retries and progress; operations only plan and do one item."""
+    """Owns concurrency, pacing, retries and outage pauses; operations only plan and do one item.
+
+    What happens is published on `events` (see pacsflow.events): HANDLERS, as pynetdicom's evt_handlers,
+    are (event type or types, handler) pairs; PROGRESS (log lines unless given) is one more subscriber.
+    """
 
     def __init__(
         self,
@@ -85,11 +93,16 @@ class Engine:
         give_up_after: float | None = None,
         outages: Outages | None = None,
         leave_when_waiting: bool = False,
+        handlers: Handlers | None = None,
     ) -> None:
         self.ledger = ledger
         self.settings = settings
         self.workers = workers or settings.workers
+        #: run and item events; subscribe before a run starts
+        self.events = EventBus()
         self.progress = progress or LogProgress()
+        self.events.subscribe_all(self.progress.handlers())
+        self.events.subscribe_all(handlers or ())
         window = window if window is not None else settings.window
         self.window = TimeWindow(window) if window else None
         self.retry = retry or RetryPolicy(max_attempts=settings.retries)
@@ -104,11 +117,7 @@ class Engine:
             give_up_after = getattr(settings, "give_up_after", None) or DEFAULT_GIVE_UP_AFTER
         #: remotes that are down; a follower or worker shares one across its runs, so that an outage is
         #: reported once and given up on after give_up_after, however many runs it spans
-        self.outages = (
-            outages
-            if outages is not None
-            else Outages(give_up_after, on_change=lambda text: self.progress.note(text))
-        )
+        self.outages = outages if outages is not None else Outages(give_up_after)
         #: return (status "running") rather than wait when only items of remotes that are down are left:
         #: a follower goes on reading its change feed, a worker goes on with other runs
         self.leave_when_waiting = leave_when_waiting
@@ -118,6 +127,9 @@ class Engine:
         self._outstanding = 0  # claimed and not yet recorded; only the dispatcher thread touches it
         self._results: queue.Queue[Record] = queue.Queue()
         self._wake = threading.Event()
+        self._run_id: str | None = None  # the run whose outage events this engine publishes
+        #: public reasons of failed items, by item id: from the worker that saw the error to the dispatcher
+        self._reasons: dict[int, str] = {}
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -127,7 +139,8 @@ class Engine:
         op.preflight()
         run_id = self.ledger.create_run(op.name, op.params)
         log.info("run %s: %s planning", run_id, op.name)
-        return self._plan_and_execute(op, run_id, plan_only=plan_only)
+        with self._publishing_outages(run_id):
+            return self._plan_and_execute(op, run_id, plan_only=plan_only)
 
     def resume(self, run_ref: str) -> RunResult:
         """Continue a run (this process joins it; other processes may be working it too)."""
@@ -135,9 +148,10 @@ class Engine:
         op = operation_class(run.operation)(self.settings, run.params)
         op.ledger = self.ledger
         op.preflight()
-        if run.status == "planning":
-            return self._plan_and_execute(op, run.id, plan_only=False)
-        return self.execute(op, run.id)
+        with self._publishing_outages(run.id):
+            if run.status == "planning":
+                return self._plan_and_execute(op, run.id, plan_only=False)
+            return self.execute(op, run.id)
 
     def _plan_and_execute(self, op: Operation, run_id: str, *, plan_only: bool) -> RunResult:
         added = 0
@@ -200,13 +214,74 @@ class Engine:
         if self._gave_up is not None:
             summary["error"] = str(self._gave_up)
         self.ledger.set_status(run_id, "planning", summary)  # resume plans again
-        return RunResult(
-            run_id, "stopped", run.counts, run.bytes, 0.0, self._gave_up, gave_up=self._gave_up is not None
+        return self._finished(
+            RunResult(
+                run_id,
+                "stopped",
+                run.counts,
+                run.bytes,
+                0.0,
+                self._gave_up,
+                gave_up=self._gave_up is not None,
+            )
         )
+
+    # -- events ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _publishing_outages(self, run_id: str) -> Iterator[None]:
+        """While working RUN_ID: remotes that go down or answer again become its RUN_WAITING and
+        RUN_GOING_ON events, starting with those down already (a follower's or worker's shared view)."""
+        if self._run_id is not None:  # start or resume, then execute: listening already
+            yield
+            return
+        self._run_id = run_id
+        stop_listening, down = self.outages.listen(self._outage_changed)
+        try:
+            for outage in down:
+                self._outage_changed(outage, True)
+            yield
+        finally:
+            stop_listening()
+            self._run_id = None
+
+    def _outage_changed(self, outage: Outage, down: bool) -> None:
+        run_id = self._run_id
+        if run_id is None:
+            return
+        if down:
+            self.events.publish(Event.run_waiting(run_id, outage.remote, outage.since, outage.describe()))
+        else:
+            self.events.publish(
+                Event.run_going_on(run_id, outage.remote, outage.since, outage.answers_again())
+            )
+
+    def _finished(self, result: RunResult) -> RunResult:
+        """Publish RUN_FINISHED for RESULT, and return it."""
+        error = result.error
+        self.events.publish(
+            Event.run_finished(
+                result.run_id,
+                result.status,
+                result.counts,
+                result.bytes,
+                result.elapsed,
+                error=None if error is None else str(error),
+                reason=None if error is None else public_text(error),
+                gave_up=result.gave_up,
+                text=result.waiting,
+            )
+        )
+        return result
 
     # -- the loop -------------------------------------------------------------------------------
 
     def execute(self, op: Operation, run_id: str) -> RunResult:
+        """Work the items of RUN_ID (planned already) until none is left, or stopped."""
+        with self._publishing_outages(run_id):
+            return self._execute(op, run_id)
+
+    def _execute(self, op: Operation, run_id: str) -> RunResult:
         op.ledger = self.ledger
         started = time.monotonic()
         reclaimed = self.ledger.reclaim_dead(run_id)
@@ -215,7 +290,7 @@ class Engine:
         self.ledger.set_status(run_id, "running")
         run = self.ledger.run(run_id)
         finished = sum(run.counts.get(s, 0) for s in (DONE, SKIPPED, FAILED))
-        self.progress.start(f"{op.name} {run_id}", run.total, finished)
+        self.events.publish(Event.run_started(run_id, op.name, run.total, finished))
         work: queue.Queue[Item | None] = queue.Queue()
         threads = [
             threading.Thread(
@@ -233,8 +308,17 @@ class Engine:
             self.halted.set()
         finally:
             self._shutdown(work, threads)
-            self.progress.close()
-        return self._conclude(op, run_id, time.monotonic() - started)
+        try:
+            result = self._conclude(op, run_id, time.monotonic() - started)
+        except BaseException as exc:  # subscribers still learn that this process stopped working the run
+            error = (
+                exc if isinstance(exc, PacsflowError) else PacsflowError(f"stopped by {type(exc).__name__}")
+            )
+            self._finished(
+                RunResult(run_id, "stopped", {}, 0, time.monotonic() - started, self._fatal or error)
+            )
+            raise
+        return self._finished(result)
 
     def _dispatch(self, op: Operation, run_id: str, work: queue.Queue[Item | None]) -> None:
         """The only thread that writes to the ledger: one transaction per cycle records what the workers
@@ -249,11 +333,18 @@ class Engine:
                 self._flush()
                 self.ledger.renew_leases(self.worker_id, self.lease_seconds)  # items still finishing
                 if not waiting_logged:
-                    log.info("outside time window %s: waiting until %s", self.window, self.window.next_open())
+                    until = self.window.next_open()
+                    text = f"outside time window {self.window}: waiting until {until}"
+                    log.info("%s", text)
+                    self.events.publish(Event.run_outside_window(run_id, until.timestamp(), text))
                     waiting_logged = True
                 self._sleep(5.0)
                 continue
-            waiting_logged = False
+            if waiting_logged:
+                self.events.publish(
+                    Event.run_going_on(run_id, None, None, f"inside time window {self.window}")
+                )
+                waiting_logged = False
             if time.monotonic() - last_renew > self.lease_seconds / 3:
                 self.ledger.renew_leases(self.worker_id, self.lease_seconds)
                 last_renew = time.monotonic()
@@ -287,7 +378,10 @@ class Engine:
             self._account(records, claimed)
             if exhausted:
                 log.error("run %s: %d items failed: their attempts never reported back", run_id, exhausted)
-                self.progress.advance(exhausted, 0, failed=exhausted)
+                note = exhausted_note(self.retry.max_attempts)
+                self.events.publish(
+                    Event.item_failed(run_id, None, None, None, note=note, reason=note, count=exhausted)
+                )
             for item in claimed:
                 work.put(item)
             if claimed:
@@ -314,15 +408,46 @@ class Engine:
         return _take_all(self._results)
 
     def _account(self, records: list[Record], claimed: list[Item]) -> None:
-        """Progress for what was recorded; outstanding = claimed and not yet recorded."""
+        """Item events for what was recorded (in the dispatcher thread, in the order recorded);
+        outstanding = claimed and not yet recorded."""
         self._outstanding += len(claimed) - len(records)
+        publish = self.events.publish
         for record in records:
-            if record.status in (DONE, SKIPPED):
+            item, status = record.item, record.status
+            if status in (DONE, SKIPPED):
                 if record.children:
-                    self.progress.grow(len(record.children))
-                self.progress.advance(1, record.nbytes)
-            elif record.status == FAILED:
-                self.progress.advance(1, 0, failed=1)
+                    publish(Event.items_added(item.run_id, item.id, item.kind, len(record.children)))
+                publish(
+                    Event.item_done(
+                        item.run_id, item.id, item.kind, item.key, status, record.nbytes, record.note
+                    )
+                )
+            elif status == FAILED:
+                reason = self._reasons.pop(item.id, None)
+                publish(
+                    Event.item_failed(
+                        item.run_id,
+                        item.id,
+                        item.kind,
+                        item.key,
+                        note=record.note,
+                        reason=reason,
+                        attempts=item.attempts,
+                    )
+                )
+            elif not record.unstarted and record.note is not None:  # pending again: tried later
+                publish(
+                    Event.item_retry(
+                        item.run_id,
+                        item.id,
+                        item.kind,
+                        item.key,
+                        note=record.note,
+                        reason=self._reasons.pop(item.id, None),
+                        attempts=item.attempts,
+                        retry_at=record.retry_at,
+                    )
+                )
 
     def _flush(self) -> None:
         """Write the outcomes the workers reported."""
@@ -389,6 +514,7 @@ class Engine:
         where = self._describe(item)
         if self.outages.confirm(exc):
             return self._wait_for_remote(op, item)
+        self._reasons[item.id] = public_text(exc)  # for events; the ledger keeps str(exc)
         if exc.fatal:
             if self._fatal is None:
                 self._fatal = exc

@@ -36,6 +36,13 @@ class Outage:
     def describe(self) -> str:
         return f"waiting for {self.remote} (down since {datetime.fromtimestamp(self.since):%H:%M})"
 
+    def answers_again(self) -> str:
+        return f"{self.remote} answers again after {human_seconds(time.monotonic() - self.started)}"
+
+
+#: told of a remote that went down (True) or answers again (False)
+OutageListener = Callable[[Outage, bool], None]
+
 
 def human_seconds(seconds: float) -> str:
     """3600 -> '1h', 90 -> '1m30s', 45 -> '45s'."""
@@ -54,11 +61,31 @@ class Outages:
     spends a retry), not an outage (which spends none).
     """
 
-    def __init__(self, give_up_after: float, on_change: Callable[[str | None], None] | None = None) -> None:
+    def __init__(self, give_up_after: float) -> None:
         self.give_up_after = give_up_after
-        self.on_change = on_change or (lambda _text: None)
         self._down: dict[str, Outage] = {}
+        self._listeners: tuple[OutageListener, ...] = ()
         self._lock = threading.Lock()
+
+    def listen(self, listener: OutageListener) -> tuple[Callable[[], None], list[Outage]]:
+        """Call LISTENER(outage, down) when a remote goes down (True) and when it answers again (False),
+        from the thread that notices. Returns a function that stops it, and the remotes down right now:
+        each change comes either in that list or to the listener, never both, never neither."""
+
+        def stop() -> None:
+            with self._lock:
+                self._listeners = tuple(known for known in self._listeners if known is not listener)
+
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+            return stop, list(self._down.values())
+
+    def _tell(self, listeners: tuple[OutageListener, ...], outage: Outage, down: bool) -> None:
+        for listener in listeners:
+            try:
+                listener(outage, down)
+            except Exception:  # a listener must not break probing or a worker
+                log.exception("an outage listener failed")
 
     def __bool__(self) -> bool:
         with self._lock:
@@ -89,13 +116,14 @@ class Outages:
             outage = Outage(remote, probe, time.time(), now, now + FIRST_PROBE_DELAY, FIRST_PROBE_DELAY)
             outage.reminded = now
             self._down[remote] = outage
+            listeners = self._listeners
         log.warning(
             "%s: %s; nothing more is sent to it until it answers (giving up after %s)",
             outage.describe(),
             reason,
             human_seconds(self.give_up_after),
         )
-        self.on_change(self.describe())
+        self._tell(listeners, outage, True)
 
     def blocks(self, remotes: Collection[str] | None) -> bool:
         """True when an item that needs REMOTES (None: every remote of the run) must wait."""
@@ -150,12 +178,9 @@ class Outages:
             return
         with self._lock:
             self._down.pop(outage.remote, None)
-        log.warning(
-            "%s answers again after %s; going on",
-            outage.remote,
-            human_seconds(time.monotonic() - outage.started),
-        )
-        self.on_change(self.describe())
+            listeners = self._listeners
+        log.warning("%s; going on", outage.answers_again())
+        self._tell(listeners, outage, False)
 
     def expired(self) -> Outage | None:
         """A remote down for longer than the run may wait, if any."""

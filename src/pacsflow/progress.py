@@ -1,4 +1,4 @@
-"""Progress for a run: a rich bar on a terminal, periodic plain log lines otherwise."""
+"""Progress for a run, drawn from its events: a rich bar on a terminal, periodic plain log lines otherwise."""
 
 from __future__ import annotations
 
@@ -6,18 +6,90 @@ import logging
 import sys
 import threading
 import time
-from typing import Protocol
+from abc import ABC, abstractmethod
+
+from pacsflow.events import (
+    ITEM_DONE,
+    ITEM_FAILED,
+    ITEMS_ADDED,
+    RUN_FINISHED,
+    RUN_GOING_ON,
+    RUN_OUTSIDE_WINDOW,
+    RUN_STARTED,
+    RUN_WAITING,
+    Event,
+    EventBus,
+    EventType,
+    Handler,
+    Subscription,
+)
 
 log = logging.getLogger("pacsflow")
 
 
-class Progress(Protocol):
+class Progress(ABC):
+    """Shows a run's progress: a subscriber of its events (`handlers()`, or `subscribe(bus)`) that draws
+    with start, advance, grow, note and close, which LogProgress and BarProgress implement."""
+
+    def __init__(self) -> None:
+        self._pauses: dict[str, str] = {}  # remote ("" for the time window) -> why the run waits
+        self._pauses_lock = threading.Lock()
+
+    def handlers(self) -> list[tuple[EventType | tuple[EventType, ...], Handler]]:
+        return [
+            (RUN_STARTED, self._on_started),
+            (ITEMS_ADDED, self._on_added),
+            (ITEM_DONE, self._on_done),
+            (ITEM_FAILED, self._on_failed),
+            ((RUN_WAITING, RUN_OUTSIDE_WINDOW), self._on_paused),
+            (RUN_GOING_ON, self._on_going_on),
+            (RUN_FINISHED, self._on_finished),
+        ]
+
+    def subscribe(self, bus: EventBus) -> list[Subscription]:
+        return bus.subscribe_all(self.handlers())
+
+    def _on_started(self, event: Event) -> None:
+        self.start(f"{event.operation} {event.run_id}", event.total, event.finished)
+
+    def _on_added(self, event: Event) -> None:
+        self.grow(event.count)
+
+    def _on_done(self, event: Event) -> None:
+        self.advance(1, event.nbytes)
+
+    def _on_failed(self, event: Event) -> None:
+        self.advance(event.count, 0, failed=event.count)
+
+    def _on_paused(self, event: Event) -> None:
+        with self._pauses_lock:
+            self._pauses[event.remote or ""] = event.text or ""
+            text = "; ".join(self._pauses.values())
+        self.note(text)
+
+    def _on_going_on(self, event: Event) -> None:
+        with self._pauses_lock:
+            self._pauses.pop(event.remote or "", None)
+            text = "; ".join(self._pauses.values())
+        self.note(text or None)
+
+    def _on_finished(self, _event: Event) -> None:
+        self.close()
+
+    @abstractmethod
     def start(self, label: str, total: int, finished: int) -> None: ...
+
+    @abstractmethod
     def advance(self, count: int = 1, nbytes: int = 0, failed: int = 0) -> None: ...
+
+    @abstractmethod
     def grow(self, count: int) -> None: ...
+
+    @abstractmethod
     def note(self, text: str | None) -> None:
         """Show why the run waits (e.g. 'waiting for pacs (down since 03:02)'); None clears it."""
 
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -36,10 +108,11 @@ class _Counts:
         self.started = time.monotonic()
 
 
-class LogProgress:
-    """A line every INTERVAL seconds: counts, MB/s, ETA."""
+class LogProgress(Progress):
+    """A line every INTERVAL seconds: counts, MB/s, ETA, and what the run waits for; never an item's key."""
 
     def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
         self.interval = interval
         self.counts = _Counts()
         self.label = ""
@@ -88,10 +161,11 @@ class LogProgress:
             log.info(self._line())
 
 
-class BarProgress:
+class BarProgress(Progress):
     """A rich progress bar on stderr."""
 
     def __init__(self) -> None:
+        super().__init__()
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -144,7 +218,8 @@ class BarProgress:
             self._bar.update(self._task, description=label)
 
     def close(self) -> None:
-        self._bar.stop()
+        if self._task is not None:  # a run stopped while planning never started the bar
+            self._bar.stop()
 
 
 def make_progress(quiet: bool = False) -> Progress:
