@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class PacsflowError(Exception):
@@ -30,6 +30,21 @@ class PacsflowError(Exception):
 
 class ConfigError(PacsflowError):
     """The configuration or the command line is wrong (exit status 2)."""
+
+    fatal = True
+
+
+class ParamsError(ConfigError):
+    """An operation's parameters are wrong. PARAMS names them as the ledger stores them (`batch_size`,
+    `from`), for a form to mark; the message names them as the command line does (`--batch-size`)."""
+
+    def __init__(self, message: str, *, params: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
+
+
+class PreflightError(PacsflowError):
+    """A server or DICOM node cannot be used at all (unreachable at start): the run does not start."""
 
     fatal = True
 

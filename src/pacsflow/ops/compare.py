@@ -29,7 +29,10 @@ class Difference:
 
 
 def holdings(server: Orthanc, level: str, query: dict[str, str] | None) -> dict[str, int]:
-    """Resource ID -> number of instances, for every resource at LEVEL (optionally matching QUERY)."""
+    """Resource ID -> number of instances, for every resource at LEVEL (optionally matching QUERY).
+
+    Raises ConfigError for an unknown level, or what the server's answers raise.
+    """
     if level not in LEVELS:
         raise ConfigError(f"--level {level!r}: use study, series or instance")
     if level == "instance":
@@ -43,7 +46,11 @@ def holdings(server: Orthanc, level: str, query: dict[str, str] | None) -> dict[
 def node_holdings(
     node: ModalityConfig, our_aet: str, level: str, query: dict[str, str] | None
 ) -> dict[str, int]:
-    """The same for a DICOM node, by C-FIND; keys are the Orthanc IDs its UIDs give, so the two compare."""
+    """The same for a DICOM node, by C-FIND; keys are the Orthanc IDs its UIDs give, so the two compare.
+
+    Raises ConfigError for an unknown level or a query a node cannot answer, Unreachable or RemoteError
+    when the node does not answer or fails the C-FIND.
+    """
     if level not in LEVELS:
         raise ConfigError(f"--level {level!r}: use study, series or instance")
     unsupported = set(query or {}) - {"StudyDate", "PatientID", "AccessionNumber", "ModalitiesInStudy"}
@@ -81,6 +88,7 @@ def node_holdings(
 
 
 def compare(a: dict[str, int], b: dict[str, int], level: str) -> list[Difference]:
+    """What differs between two holdings, in a stable order: only in A, only in B, counts that differ."""
     differences = [Difference(level, key, "only-a", a[key], 0) for key in sorted(a.keys() - b.keys())]
     differences += [Difference(level, key, "only-b", 0, b[key]) for key in sorted(b.keys() - a.keys())]
     differences += [
@@ -92,6 +100,7 @@ def compare(a: dict[str, int], b: dict[str, int], level: str) -> list[Difference
 
 
 def summary(differences: Iterable[Difference], level: str, sizes: tuple[int, int]) -> str:
+    """One line: how many each side holds and how many differ, by kind."""
     counts = {"only-a": 0, "only-b": 0, "count-differs": 0}
     for difference in differences:
         counts[difference.where] += 1
@@ -103,7 +112,7 @@ def summary(differences: Iterable[Difference], level: str, sizes: tuple[int, int
 
 
 def write_csv(path: Path, differences: list[Difference]) -> None:
-    """The differences as CSV (mode 0600: Orthanc IDs are derived from patient IDs)."""
+    """The differences as CSV (mode 0600: Orthanc IDs are derived from patient IDs). Raises OSError."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["level", "orthanc_id", "where", "instances_a", "instances_b"])
@@ -115,7 +124,8 @@ def write_csv(path: Path, differences: list[Difference]) -> None:
 
 
 def studies_to_copy(source: Orthanc, differences: list[Difference]) -> list[str]:
-    """The studies of A that B lacks in whole or in part."""
+    """The studies of A that B lacks in whole or in part. Raises what the server's answers raise
+    (NotFound for a series or instance gone from A meanwhile)."""
     studies: set[str] = set()
     for difference in differences:
         if difference.where == "only-b":

@@ -6,13 +6,14 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pacsflow.errors import BadInput, ConfigError, NotFound, TransientError
 from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.params import DownloadParams
 from pacsflow.ops.servers import connect, preflight_server
 
 STUDY, INSTANCE = "study", "instance"
@@ -27,26 +28,35 @@ def safe_name(value: str, fallback: str) -> str:
 
 @register
 class Download(Operation):
+    """Studies into a folder tree: one item per study lists its instances, one item fetches each."""
+
     name = "download"
     unit = "items"
+    Params = DownloadParams
+    p: DownloadParams
 
-    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+    def __init__(self, settings: Any, params: Mapping[str, Any] | DownloadParams) -> None:
+        """Raises ParamsError for bad parameters, ConfigError for a server that is not configured."""
         super().__init__(settings, params)
-        self.source = connect(settings, params["from"], params.get("workers", settings.workers))
-        self.out = Path(params["out"])
+        self.source = connect(settings, self.p.source, self.p.workers or settings.workers)
+        self.out = Path(self.p.out)
 
     def preflight(self) -> None:
+        """Raises ConfigError (--out is not a folder), OSError (it cannot be made), PreflightError or
+        Unauthorized (the server)."""
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"{self.out} exists and is not a folder")
         self.out.mkdir(parents=True, exist_ok=True)
         preflight_server(self.source)
 
     def plan(self) -> Iterable[PlannedItem]:
-        studies = self.params.get("studies") or self.source.ids("studies")
+        studies = self.p.studies or self.source.ids("studies")
         for study in studies:
             yield PlannedItem(STUDY, f"s/{study}", {"study": study})
 
     def do(self, item: Item) -> Outcome:
+        """Raises BadInput (the study or instance no longer on the server), TransientError (a download
+        cut short), OSError (the folder), or what the server's answers raise."""
         if item.kind == STUDY:
             return self._plan_study(item.payload["study"])
         return self._fetch(item.payload["id"], self.out / item.payload["path"])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pacsflow.dicomfiles import read_uids
 from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.params import PopulateParams
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.stored import check_stored
 from pacsflow.synthetic import Shape, instance_bytes, instance_keys, instance_path, write_bad_files
@@ -17,25 +18,27 @@ from pacsflow.synthetic import Shape, instance_bytes, instance_keys, instance_pa
 
 @register
 class Populate(Operation):
+    """Synthetic instances, one item each, written into a folder or uploaded to a server."""
+
     name = "populate"
     unit = "instances"
+    Params = PopulateParams
+    p: PopulateParams
 
-    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+    def __init__(self, settings: Any, params: Mapping[str, Any] | PopulateParams) -> None:
+        """Raises ParamsError for bad parameters, ConfigError for a server that is not configured."""
         super().__init__(settings, params)
-        self.shape = Shape(**params["shape"])
-        self.out = Path(params["out"]) if params.get("out") else None
-        self.server = (
-            connect(settings, params["to"], params.get("workers", settings.workers))
-            if params.get("to")
-            else None
-        )
+        self.shape = Shape(**self.p.shape.model_dump())
+        self.out = Path(self.p.out) if self.p.out else None
+        self.server = connect(settings, self.p.to, self.p.workers or settings.workers) if self.p.to else None
 
     def preflight(self) -> None:
+        """Raises PreflightError or Unauthorized (the server), OSError (the folder cannot be made)."""
         if self.server is not None:
             preflight_server(self.server)
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-            if self.params.get("bad_files"):
+            if self.p.bad_files:
                 write_bad_files(self.out / "bad")
 
     def plan(self) -> Iterable[PlannedItem]:
@@ -43,6 +46,8 @@ class Populate(Operation):
             yield PlannedItem("instance", "/".join(map(str, key)), {"k": list(key)})
 
     def do(self, item: Item) -> Outcome:
+        """Raises OSError (the folder), BadInput (the server refused the instance), or what the server's
+        answers raise."""
         p, st, se, i = item.payload["k"]
         data = instance_bytes(self.shape, p, st, se, i)
         if self.out is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pacsflow.errors import BadInput, ConfigError, TransientError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.params import DEFAULT_ERRORS, RosterUploadParams
 from pacsflow.ops.upload import (
     FILE,
     FOLDER,
@@ -25,32 +26,37 @@ from pacsflow.roster import Roster, merge_error_rows, roster_lock, same_value
 ROW, VERIFY, COMMIT = "row", "verify", "commit"
 # Each batch takes five phases: scan rows, files, archive members, verify rows, rewrite the roster.
 PHASES_PER_BATCH = 5
-DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
+__all__ = ["DEFAULT_ERRORS", "RosterUpload"]  # DEFAULT_ERRORS: its old home
 
 
 @register
 class RosterUpload(Operation):
+    """Roster rows in batches: scan each row's folder, send its files, verify the row, mark the batch."""
+
     name = "roster-upload"
     unit = "items"
+    Params = RosterUploadParams
+    p: RosterUploadParams
 
-    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+    def __init__(self, settings: Any, params: Mapping[str, Any] | RosterUploadParams) -> None:
+        """Raises ParamsError for bad parameters, ConfigError for an unknown server or a bad CSV join."""
         super().__init__(settings, params)
-        self.roster_path = Path(params["roster"])
-        self.root = Path(params["root"])
-        self.id_column = params.get("id_column", "UHID")
-        self.status_column = params.get("status_column", "Uploaded")
-        self.where: dict[str, str] = params.get("where") or {}
-        self.errors_path = Path(params["errors"])
-        self.batch_size = int(params["batch_size"])
-        self.sender = open_sender(settings, params)
+        self.roster_path = Path(self.p.roster)
+        self.root = Path(self.p.root)
+        self.id_column = self.p.id_column
+        self.status_column = self.p.status_column
+        self.where: dict[str, str] = self.p.where
+        self.errors_path = Path(self.p.errors)
+        self.batch_size = self.p.batch_size
+        self.sender = open_sender(settings, self.p)
         self.files = ArchiveFiles(self.sender)
 
     def _load(self) -> Roster:
         return Roster.load(self.roster_path, [self.id_column, self.status_column, *self.where])
 
     def preflight(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("--batch-size must be at least 1")
+        """Raises ConfigError (the roster unreadable or lacking a column, --root not a folder),
+        PreflightError, Unauthorized, Unsupported."""
         self._load()
         if not self.root.is_dir():
             raise ConfigError(f"--root {self.root} is not a folder")
@@ -86,6 +92,9 @@ class RosterUpload(Operation):
     # -- doing ----------------------------------------------------------------------------------
 
     def do(self, item: Item) -> Outcome:
+        """Raises BadInput (a row's folder missing, empty or failed; a file unusable; the server lacking
+        an instance), TransientError (a row's files not finished yet), or what the server's answers raise.
+        """
         if item.kind == ROW:
             return self._scan_row(item)
         if item.kind == FILE:

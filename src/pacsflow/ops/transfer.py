@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pacsflow.config import ModalityConfig
 from pacsflow.errors import (
@@ -20,6 +20,7 @@ from pacsflow.errors import (
 from pacsflow.identity import check_not_source
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.params import CloneParams, CopyParams, ForwardParams, TransferParams
 from pacsflow.ops.servers import connect, preflight_node, preflight_server
 from pacsflow.orthanc import Orthanc
 from pacsflow.pacing import limiter_for, take
@@ -59,7 +60,10 @@ def accepted_destination(source: Orthanc, destination: Orthanc | ModalityConfig)
 
 
 def source_modality_name(source: Orthanc, node: ModalityConfig) -> str:
-    """The source Orthanc's name for a DICOM node among its DicomModalities (by AET, host and port)."""
+    """The source Orthanc's name for a DICOM node among its DicomModalities (by AET, host and port).
+
+    Raises ConfigError when the source has no such modality.
+    """
     found = source.get_json("/modalities", expand="")
     hosts = {node.host, "localhost" if node.host == "127.0.0.1" else node.host}
     for name, info in found.items() if isinstance(found, dict) else []:
@@ -74,7 +78,10 @@ def source_modality_name(source: Orthanc, node: ModalityConfig) -> str:
 
 def node_store(source: Orthanc, node: ModalityConfig, name: str, our_aet: str, instances: list[str]) -> None:
     """The source Orthanc C-STOREs INSTANCES to NODE (its modality NAME) in one synchronous job; each
-    instance takes a token of the node's rate limit, as if we sent it ourselves."""
+    instance takes a token of the node's rate limit, as if we sent it ourselves.
+
+    Raises Unreachable when the node is down, ServerError (transient) when the store failed otherwise.
+    """
     take(limiter_for(node.name), len(instances))
     body = {"Resources": instances, "Synchronous": True}
     try:
@@ -97,35 +104,50 @@ def store_failure(node: ModalityConfig, name: str, our_aet: str, exc: ServerErro
 
 @register
 class Transfer(Operation):
+    """What the destination lacks, study by study: one item per study lists both sides, then one item per
+    missing instance (or per batch sent by the source Orthanc itself), then one item verifies the study."""
+
     name = "transfer"
     unit = "items"
+    Params: ClassVar[type[CopyParams]] = TransferParams
+    p: CopyParams
 
-    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+    def __init__(self, settings: Any, params: Mapping[str, Any] | CopyParams) -> None:
+        """Raises ParamsError for bad parameters, ConfigError for a server or node that is not configured
+        (or a node as the source)."""
         super().__init__(settings, params)
-        workers = params.get("workers", settings.workers)
-        self.source = connect(settings, params["from"], workers)
-        self.via = params.get("via") or ("dicom" if settings.is_modality(params["to"]) else "rest")
+        workers = self.p.workers or settings.workers
+        self.source = connect(settings, self.p.source, workers)
+        self.via = self.p.via or ("dicom" if settings.is_modality(self.p.to) else "rest")
         # a DICOM node is reached through the source Orthanc's C-STORE and checked with our C-FIND
-        self.node = settings.modality(params["to"]) if self.via == "dicom" else None
-        self.destination = connect(settings, params["to"], workers) if self.node is None else None
-        self.peer: str | None = params.get("peer")
-        self.modality: str | None = params.get("modality")
+        self.node = settings.modality(self.p.to) if self.via == "dicom" else None
+        self.destination = connect(settings, self.p.to, workers) if self.node is None else None
+
+    @property
+    def peer(self) -> str | None:
+        """The source Orthanc's name for the destination among its peers (with via peer)."""
+        return self.p.peer
+
+    @property
+    def modality(self) -> str | None:
+        """The source Orthanc's name for the destination node (a DICOM node)."""
+        return self.p.modality
 
     def preflight(self) -> None:
+        """Raises PreflightError or Unauthorized (a server or the node), ConfigError (the destination is
+        the source; the source lacks the peer or the modality for it)."""
         preflight_server(self.source)
         if self.node is not None:
             accepted_destination(self.source, self.node)
             preflight_node(self.node, self.settings.aet)
             if not self.modality:
-                self.modality = self._find_modality()
-                self.params["modality"] = self.modality
+                self.remember("modality", self._find_modality())  # remembered for resume
             return
         assert self.destination is not None
         preflight_server(self.destination)
         accepted_destination(self.source, self.destination)
         if self.via == "peer" and not self.peer:
-            self.peer = self._find_peer()
-            self.params["peer"] = self.peer  # remembered for resume
+            self.remember("peer", self._find_peer())  # remembered for resume
 
     def _find_modality(self) -> str:
         assert self.node is not None
@@ -145,15 +167,20 @@ class Transfer(Operation):
         )
 
     def plan(self) -> Iterable[PlannedItem]:
-        studies = self.params.get("studies")
-        if not studies and self.params.get("query"):
-            studies = self.source.find("Study", self.params["query"])
+        p = self.p
+        assert isinstance(p, TransferParams)
+        studies = p.studies
+        if not studies and p.query:
+            studies = self.source.find("Study", p.query)
         elif not studies:
             studies = self.source.ids("studies")
         for study in studies:
             yield PlannedItem(STUDY, f"s/{study}", {"study": study})
 
     def do(self, item: Item) -> Outcome:
+        """Raises BadInput (the study gone from the source, an instance refused, a study not complete on
+        the destination after its copies), Unreachable (a side down), or what the servers' answers raise.
+        """
         if item.kind == STUDY:
             return self._plan_study(item.payload["study"])
         if item.kind == INSTANCE:
@@ -300,6 +327,7 @@ class Clone(Transfer):
     """Everything of the source, then (with the follower) each new instance as it arrives."""
 
     name = "clone"
+    Params = CloneParams
 
     def plan(self) -> Iterable[PlannedItem]:
         for study in self.source.ids("studies"):
@@ -376,15 +404,18 @@ class Forward(Operation):
     name = "forward"
     unit = "items"
     remotes_per_item = True  # a destination that is down holds back only its own items (and deletes)
+    Params = ForwardParams
+    p: ForwardParams
 
-    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+    def __init__(self, settings: Any, params: Mapping[str, Any] | ForwardParams) -> None:
+        """Raises ParamsError for bad parameters, ConfigError for a server or node that is not configured."""
         super().__init__(settings, params)
-        workers = params.get("workers", settings.workers)
-        self.source = connect(settings, params["from"], workers)
-        self.level = "instances" if params.get("trigger") == "new-instance" else "studies"
-        names: dict[str, str] = params.setdefault("modality_names", {})
+        workers = self.p.workers or settings.workers
+        self.source = connect(settings, self.p.source, workers)
+        self.level = "instances" if self.p.trigger == "new-instance" else "studies"
+        names = self.p.modality_names
         self.destinations: dict[str, _ServerDestination | _NodeDestination] = {}
-        for spec in params["to"]:
+        for spec in self.p.to:
             if settings.is_modality(spec):
                 node = settings.modality(spec)
                 self.destinations[spec] = _NodeDestination(
@@ -394,6 +425,8 @@ class Forward(Operation):
                 self.destinations[spec] = _ServerDestination(connect(settings, spec, workers), self.source)
 
     def preflight(self) -> None:
+        """Raises PreflightError or Unauthorized (the source or a destination), ConfigError (a destination
+        is the source; the source lacks a DICOM modality for a node)."""
         preflight_server(self.source)
         for spec, destination in self.destinations.items():
             if isinstance(destination, _ServerDestination):
@@ -404,7 +437,7 @@ class Forward(Operation):
             preflight_node(destination.node, self.settings.aet)
             if not destination.name:
                 destination.name = source_modality_name(self.source, destination.node)
-                self.params["modality_names"][spec] = destination.name
+                self.remember("modality_names", {**self.p.modality_names, spec: destination.name})
 
     def plan(self) -> Iterable[PlannedItem]:
         return []  # what to forward comes from the change feed
@@ -442,6 +475,8 @@ class Forward(Operation):
         return _Members(sop, tags.get("StudyInstanceUID", ""), study["ID"], str(study.get("LastUpdate", "")))
 
     def do(self, item: Item) -> Outcome:
+        """Raises TransientError (a destination lacks instances after the send; a delete that must wait),
+        BadInput (a destination refused an instance), Unreachable, or what the remotes' answers raise."""
         members = self._members(item.payload["id"])
         if members is None or not members.sop:
             return Outcome(status=SKIPPED, note="no longer on the source")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from pacsflow.errors import BadInput, ConfigError, PacsflowError, ServerError, U
 from pacsflow.join import JoinTable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo, storable
 from pacsflow.ops.base import Operation, Outcome, log, register
+from pacsflow.ops.params import RosterUploadParams, UploadParams
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.orthanc import Orthanc
 from pacsflow.stored import check_stored
@@ -50,6 +51,8 @@ class Sender:
         self._lock = threading.Lock()
 
     def preflight(self) -> None:
+        """Raises PreflightError or Unauthorized (the server), Unsupported (labels wanted, Orthanc older
+        than 1.12)."""
         preflight_server(self.server)
         wants_labels = self.label or (
             self.join is not None and any(self.join.label_for(k) for k in self.join.values)
@@ -85,6 +88,8 @@ class Sender:
     def send(
         self, data: bytes, where: str, join_key: str | None = None, uids: InstanceUIDs | None = None
     ) -> Outcome:
+        """Raises BadInput (a corrupt header, no join row for the key, refused by the server), or what the
+        server's answers raise."""
         if not looks_like_dicom(data[:_HEAD]):
             return Outcome(status=SKIPPED, note=NOT_DICOM)
         label = self.label
@@ -303,24 +308,34 @@ def _cannot_list(found: Unlisted, where: str) -> BadInput:
     return BadInput(f"cannot list folder ({found.reason})", where=where)
 
 
-def open_sender(settings: Any, params: dict[str, Any]) -> Sender:
-    server = connect(settings, params["to"], params.get("workers", settings.workers))
-    join = JoinTable.load(Path(params["csv"]), params["csv_key"]) if params.get("csv") else None
-    return Sender(server, join, params.get("label"))
+def open_sender(settings: Any, params: UploadParams | RosterUploadParams) -> Sender:
+    """The sender of an upload's files: its server client and its CSV join, read now.
+
+    Raises ConfigError for a server that is not configured or a CSV join that cannot be used.
+    """
+    server = connect(settings, params.to, params.workers or settings.workers)
+    join = JoinTable.load(Path(params.csv), params.csv_key) if params.csv and params.csv_key else None
+    return Sender(server, join, params.label)
 
 
 @register
 class Upload(Operation):
+    """Files, folders and archives: one item per file (and per member of a ZIP or plain TAR)."""
+
     name = "upload"
     unit = "files"
+    Params = UploadParams
+    p: UploadParams
 
-    def __init__(self, settings: Any, params: dict[str, Any]) -> None:
+    def __init__(self, settings: Any, params: Mapping[str, Any] | UploadParams) -> None:
+        """Raises ParamsError for bad parameters, ConfigError for an unknown server or a bad CSV join."""
         super().__init__(settings, params)
-        self.paths = [Path(p) for p in params["paths"]]
-        self.sender = open_sender(settings, params)
+        self.paths = [Path(path) for path in self.p.paths]
+        self.sender = open_sender(settings, self.p)
         self.files = ArchiveFiles(self.sender)
 
     def preflight(self) -> None:
+        """Raises ConfigError (a path that does not exist), PreflightError, Unauthorized, Unsupported."""
         missing = [str(p) for p in self.paths if not p.exists()]
         if missing:
             raise ConfigError(f"no such file or folder: {', '.join(missing)}")
@@ -336,6 +351,8 @@ class Upload(Operation):
         return self.prior.items(paths, str, {}, 0, known)
 
     def do(self, item: Item) -> Outcome:
+        """Raises BadInput (unreadable, corrupt or refused file or archive, a folder that cannot be listed),
+        or what the server's answers raise."""
         if item.kind == MEMBER:
             return self.files.do_member(item, None)
         if item.kind == FOLDER:  # put back by `retry`: its files become items now

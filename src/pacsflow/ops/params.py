@@ -1,0 +1,356 @@
+"""Typed parameters of each operation: validated once when it is built, stored in the ledger as plain JSON."""
+
+# One module for every model, not one per operation module: a service layer or a web form gets any model
+# from here without importing the operations (httpx, the archive readers, the ledger), and the models
+# share their fields (`from`/`to`, the CSV join, `workers`) and their error messages.
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pacsflow.errors import ParamsError
+
+#: the errors CSV of `upload --roster` when none is given (relative to the current folder)
+DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
+#: parameters named by another flag than `--` + their name, or by none at all
+_FLAGS = {"studies": "--study", "paths": "PATHS"}
+_NOT_FLAGS = frozenset({"shape", "modality_names", "start_change"})
+#: errors whose input is a number or one word: safe to quote (others may be paths, URLs or patient IDs)
+_QUOTED = frozenset({"literal_error", "int_parsing", "int_from_float", "bool_parsing", "float_parsing"})
+_MAX_SHOWN = 3
+
+
+#: a file or folder name: a Path from a Python caller is kept as its text
+PathText = Annotated[
+    str, BeforeValidator(lambda value: os.fspath(value) if isinstance(value, os.PathLike) else value)
+]
+
+
+class _Invalid(ValueError):
+    """A check of ours failed: MESSAGE is the whole line; PARAMS are the parameters it concerns."""
+
+    def __init__(self, message: str, *params: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.params = params
+
+
+def flag(loc: tuple[str | int, ...]) -> str:
+    """How the command line names the parameter at LOC: `batch_size` -> `--batch-size`, `studies` ->
+    `--study`, `shape.pixels` -> `--pixels`; parameters no flag sets keep their name."""
+    names = [str(part) for part in loc if not isinstance(part, int)]
+    if not names:
+        return "parameters"
+    if names[0] == "shape" and len(names) > 1:
+        return f"--{names[1]}"
+    if names[0] in _NOT_FLAGS:
+        return ".".join(names)
+    return _FLAGS.get(names[0], "--" + names[0].replace("_", "-"))
+
+
+def _describe(error: Mapping[str, Any], operation: str) -> tuple[str, tuple[str, ...]]:
+    """One pydantic error as a line for a person, and the parameters it names."""
+    loc = tuple(error.get("loc", ()))
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _Invalid):
+        return cause.message, cause.params or tuple(str(part) for part in loc[:1])
+    name, kind, ctx = flag(loc), error.get("type", ""), error.get("ctx") or {}
+    params = (".".join(str(part) for part in loc if not isinstance(part, int)),) if loc else ()
+    value = error.get("input")
+    quoted = f" {value!r}" if kind in _QUOTED or isinstance(value, int | float) else ""
+    if kind == "extra_forbidden":
+        return f"{operation} takes no parameter {'.'.join(map(str, loc))!r}", params
+    if kind == "missing":
+        return f"{name} is required", params
+    if kind == "literal_error":
+        choices = str(ctx.get("expected", "")).replace("'", "")
+        return f"{name}{quoted}: use {choices}", params
+    if kind == "greater_than_equal":
+        return f"{name}{quoted}: must be at least {ctx.get('ge')}", params
+    if kind == "less_than_equal":
+        return f"{name}{quoted}: must be at most {ctx.get('le')}", params
+    if kind == "too_short":
+        return f"{name}: give at least {ctx.get('min_length')}", params
+    message = str(error.get("msg", "invalid"))
+    return f"{name}{quoted}: {message[:1].lower()}{message[1:]}", params
+
+
+def params_error(exc: ValidationError, operation: str) -> ParamsError:
+    """EXC as one ConfigError whose message names each bad parameter (the first three, and how many more)."""
+    lines: list[str] = []
+    names: list[str] = []
+    for error in exc.errors():
+        line, params = _describe(error, operation)
+        if line not in lines:
+            lines.append(line)
+        names.extend(param for param in params if param not in names)
+    more = f"; and {len(lines) - _MAX_SHOWN} more" if len(lines) > _MAX_SHOWN else ""
+    return ParamsError("; ".join(lines[:_MAX_SHOWN]) + more, params=names)
+
+
+def _pairs(value: Any, option: str, example: str) -> Any:
+    """`["A=1", "B=2"]` (as typed on the command line) -> `{"A": "1", "B": "2"}`; a mapping stays as it is."""
+    if not isinstance(value, list | tuple):
+        return value
+    pairs: dict[str, str] = {}
+    for condition in value:
+        key, sep, text = str(condition).partition("=")
+        if not sep or not key.strip():
+            raise _Invalid(f"{option} {condition!r}: write {example}", option.lstrip("-"))
+        pairs[key.strip()] = text.strip()
+    return pairs
+
+
+class BaseParams(BaseModel):
+    """What every parameter model can do: check a dict as stored, and give the dict to store."""
+
+    #: the operation's name, for messages
+    operation: ClassVar[str] = "this operation"
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any] | BaseModel) -> Self:
+        """DATA (a dict as the ledger stores it, or a model) checked.
+
+        Raises ParamsError (a ConfigError) naming each bad parameter.
+        """
+        if isinstance(data, BaseModel):
+            data = data.model_dump(by_alias=True)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise params_error(exc, cls.operation) from None
+
+    def stored(self) -> dict[str, Any]:
+        """The parameters as the ledger keeps them: JSON, keyed by the names the command line uses."""
+        return self.model_dump(by_alias=True, mode="json")
+
+
+class FreeParams(BaseParams):
+    """Any parameters, unchecked: operations that declare no model (test operations)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class OpParams(BaseParams):
+    """Base of the operations' parameters: unknown keys are refused, `from` is also `source` in Python."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    workers: int | None = Field(
+        None, ge=1, le=256, description="parallel workers; also sizes each server's connection pool"
+    )
+
+
+class ShapeParams(BaseModel):
+    """How much synthetic data `populate` generates, and how big each image is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patients: int = Field(1, ge=1, description="patients")
+    studies: int = Field(1, ge=1, description="studies per patient")
+    series: int = Field(1, ge=1, description="series per study")
+    instances: int = Field(1, ge=1, description="instances per series")
+    pixels: int = Field(64, ge=8, le=4096, description="image rows and columns (16-bit)")
+    seed: int = Field(0, description="same seed, same data")
+
+
+class PopulateParams(OpParams):
+    """populate: generate synthetic studies (deterministic) into a folder or an Orthanc server."""
+
+    operation = "populate"
+
+    to: str | None = Field(None, description="Orthanc server (name or URL) to load into")
+    out: PathText | None = Field(None, description="folder to write files into")
+    shape: ShapeParams = Field(default_factory=ShapeParams, description="what to generate")
+    bad_files: bool = Field(False, description="also write broken files (with --out)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.to is None) == (self.out is None):
+            raise _Invalid("give exactly one of --to SERVER or --out DIR", "to", "out")
+        return self
+
+
+class _UploadCommon(OpParams):
+    """What both kinds of upload take: the server, a label, and a CSV join."""
+
+    to: str = Field(description="Orthanc server (name or URL)")
+    label: str | None = Field(None, description="Orthanc label for every study (Orthanc 1.12+)")
+    csv: PathText | None = Field(None, description="CSV of values to write into the DICOM (join)")
+    csv_key: str | None = Field(None, description="its key column: PatientID, or the roster ID")
+
+    @model_validator(mode="after")
+    def _join(self) -> Self:
+        if (self.csv is None) != (self.csv_key is None):
+            raise _Invalid("--csv and --csv-key go together", "csv", "csv_key")
+        return self
+
+
+class UploadParams(_UploadCommon):
+    """upload: send DICOM files, folders (recursive) and ZIP/TAR archives, skipping what the server holds."""
+
+    operation = "upload"
+
+    paths: list[PathText] = Field(description="files, folders (recursive) and ZIP/TAR archives")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _some_paths(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not data.get("paths"):
+            raise _Invalid("give files or folders to upload, or --roster", "paths")
+        return data
+
+
+class RosterUploadParams(_UploadCommon):
+    """roster-upload (`upload --roster`): a roster CSV's patient folders, in batches of rows, each row
+    marked uploaded once every instance of its folder is verified on the server."""
+
+    operation = "roster-upload"
+
+    roster: PathText = Field(description="roster CSV whose rows name patient folders")
+    root: PathText = Field(description="folder holding the roster's patient folders")
+    batch_size: int = Field(ge=1, description="roster rows per batch")
+    where: dict[str, str] = Field(
+        default_factory=dict, description="COLUMN=VALUE a roster row must have (each of them)"
+    )
+    status_column: str = Field("Uploaded", description="roster column set to 1 when done")
+    id_column: str = Field("UHID", description="roster column naming the patient folder")
+    errors: PathText = Field(str(DEFAULT_ERRORS), description="errors CSV (rows that could not be uploaded)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _root_and_batches(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and (data.get("root") is None or data.get("batch_size") is None):
+            missing = [name for name in ("root", "batch_size") if data.get(name) is None]
+            raise _Invalid("--roster needs --root DIR and --batch-size N", *missing)
+        return data
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _where(cls, value: Any) -> Any:
+        return _pairs(value, "--where", "COLUMN=VALUE") if value is not None else {}
+
+
+class CopyParams(OpParams):
+    """What transfer and clone share: the two sides and how the copies travel."""
+
+    source: str = Field(alias="from", description="source Orthanc server (name or URL)")
+    to: str = Field(description="destination Orthanc server, or DICOM node (name or AET@host:port)")
+    via: Literal["rest", "peer", "dicom"] | None = Field(
+        None, description="rest (default for a server), peer (the source sends), dicom (default for a node)"
+    )
+    peer: str | None = Field(
+        None, description="with via peer: the source's name for the peer (found by URL when not given)"
+    )
+    modality: str | None = Field(
+        None, description="with a DICOM node: the source's name for it (found by AET, host and port)"
+    )
+
+
+class TransferParams(CopyParams):
+    """transfer: copy what the destination lacks, study by study, then verify each study."""
+
+    operation = "transfer"
+
+    studies: list[str] | None = Field(None, description="Orthanc study IDs (default: all)")
+    query: dict[str, str] | None = Field(
+        None, description="TAG=VALUE the studies match (* wildcards, date ranges); not with studies"
+    )
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _query(cls, value: Any) -> Any:
+        return _pairs(value, "--query", "TAG=VALUE, e.g. PatientID=PF* or StudyDate=2020-") or None
+
+    @model_validator(mode="after")
+    def _studies_or_query(self) -> Self:
+        if self.studies and self.query:
+            raise _Invalid("give --study or --query, not both", "studies", "query")
+        return self
+
+
+class CloneParams(CopyParams):
+    """clone: copy everything to another server; its follower then copies each new instance."""
+
+    operation = "clone"
+
+    start_change: int = Field(
+        0, ge=0, description="the source's last change when the run started: the follower reads on from there"
+    )
+
+
+class ForwardParams(OpParams):
+    """forward: send each stable study (or each new instance) to every destination, then delete it from
+    the source once all of them hold it."""
+
+    operation = "forward"
+
+    source: str = Field(alias="from", description="source Orthanc server (e.g. an inbox)")
+    to: list[str] = Field(min_length=1, description="destination servers or DICOM nodes")
+    trigger: Literal["stable-study", "new-instance"] = Field(
+        "stable-study", description="stable-study (whole studies) or new-instance (each at once)"
+    )
+    modality_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="found at the start: the source Orthanc's name for each DICOM node destination",
+    )
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class DownloadParams(OpParams):
+    """download: fetch studies into a folder tree Patient/Study/Series/<instance>.dcm."""
+
+    operation = "download"
+
+    source: str = Field(alias="from", description="Orthanc server (name or URL)")
+    out: PathText = Field(description="folder: Patient/Study/Series/instance.dcm")
+    studies: list[str] | None = Field(None, description="Orthanc study IDs (default: all)")
+
+
+#: the model of each operation, by the name its runs are stored under
+MODELS: dict[str, type[OpParams]] = {
+    "populate": PopulateParams,
+    "upload": UploadParams,
+    "roster-upload": RosterUploadParams,
+    "transfer": TransferParams,
+    "clone": CloneParams,
+    "forward": ForwardParams,
+    "download": DownloadParams,
+}
+
+
+def params_model(operation: str) -> type[BaseParams]:
+    """The parameter model of OPERATION (for a form: `.model_json_schema()`; to check: `.parse(dict)`).
+
+    Raises ConfigError for an operation this pacsflow does not know.
+    """
+    if operation in MODELS:
+        return MODELS[operation]
+    from pacsflow.ops.base import operation_class  # operations registered elsewhere (tests)
+
+    return operation_class(operation).Params
+
+
+def validate_params(operation: str, data: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+    """DATA checked against OPERATION's model, as the ledger would store it.
+
+    Raises ParamsError (a ConfigError) naming each bad parameter, ConfigError for an unknown operation.
+    """
+    return params_model(operation).parse(data).stored()
