@@ -29,6 +29,7 @@ from pacsflow.heartbeat import Heartbeat
 from pacsflow.ledger import FAILED, Ledger, RunInfo
 from pacsflow.ops.base import operation_class
 from pacsflow.outages import Outages
+from pacsflow.pacing import configure_limits
 from pacsflow.progress import Progress, make_progress
 
 log = logging.getLogger("pacsflow")
@@ -97,6 +98,8 @@ class Pacsflow:
             if self._log_phi:
                 overrides["log_phi"] = True
             self._settings = load_settings(self._config, **overrides)
+            # before any client is made: each takes its server's rate limit when it is built
+            configure_limits(self._settings.rate_limits)
         return self._settings
 
     @property
@@ -180,8 +183,8 @@ class Pacsflow:
         """
         settings = self.settings
         params = scrub_params(settings, {**params, "workers": workers or settings.workers})
-        op = operation_class(operation)(settings, params)
         engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
+        op = operation_class(operation)(settings, params)
         if plan_only:
             return engine.start(op, plan_only=True)
         with self._heartbeat() as beat:
@@ -320,8 +323,6 @@ class Pacsflow:
         from pacsflow.ops.transfer import Forward
         from pacsflow.services.follower import CHECKPOINT
 
-        if trigger not in ("stable-study", "new-instance"):
-            raise ConfigError(f"--trigger {trigger!r}: use stable-study or new-instance")
         settings = self.settings
         source = settings.public_spec(source)
         destinations = [settings.public_spec(spec) for spec in destinations]

@@ -12,13 +12,9 @@ from pacsflow.cli.app import (
     WorkersOption,
     app,
     errors_to_exit,
-    parse_pairs,
     start_run,
 )
 from pacsflow.errors import ConfigError
-
-#: where roster rows that cannot be uploaded go, as seed 000's tool wrote them
-DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
 
 
 @app.command()
@@ -42,8 +38,6 @@ def populate(
 
     Example: pacsflow populate --to main --patients 10 --series 3 --instances 50 --seed 7
     """
-    if (to is None) == (out is None):
-        raise ConfigError("give exactly one of --to SERVER or --out DIR")
     shape = {
         "patients": patients,
         "studies": studies,
@@ -83,8 +77,6 @@ def upload(
     Example: pacsflow upload scans/ export.zip --to main --workers 8
     Example: pacsflow upload --roster Final.csv --root /data/patients --to main --batch-size 20
     """
-    if (csv_file is None) != (csv_key is None):
-        raise ConfigError("--csv and --csv-key go together")
     common = {
         "to": to,
         "label": label,
@@ -92,8 +84,6 @@ def upload(
         "csv_key": csv_key,
     }
     if roster is None:
-        if not paths:
-            raise ConfigError("give files or folders to upload, or --roster")
         if root or batch_size or where or errors:
             raise ConfigError("--root, --batch-size, --where and --errors go with --roster")
         params = {**common, "paths": [str(p.resolve()) for p in paths]}
@@ -101,19 +91,23 @@ def upload(
         return
     if paths:
         raise ConfigError("give either paths or --roster, not both")
-    if root is None or batch_size is None:
-        raise ConfigError("--roster needs --root DIR and --batch-size N")
     params = {
         **common,
         "roster": str(roster.resolve()),
-        "root": str(root.resolve()),
+        "root": str(root.resolve()) if root else None,
         "batch_size": batch_size,
-        "where": parse_pairs("--where", where, "write COLUMN=VALUE") or {},
+        "where": where or [],
         "status_column": status_column,
         "id_column": id_column,
-        "errors": str((errors or DEFAULT_ERRORS).resolve()),
+        "errors": str((errors or default_errors()).resolve()),  # absolute: resume may run elsewhere
     }
     start_run(ctx, "roster-upload", params, workers, plan_only, give_up_after)
+
+
+def default_errors() -> Path:
+    from pacsflow.ops.params import DEFAULT_ERRORS
+
+    return DEFAULT_ERRORS
 
 
 @app.command()
