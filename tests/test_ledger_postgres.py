@@ -80,7 +80,7 @@ def test_a_machine_with_a_fast_clock_cannot_take_a_leased_item(
     assert len(held) == 5
     skewed = Ledger(postgres_url)  # another machine whose clock runs ten minutes ahead
     real_time = time.time
-    monkeypatch.setattr("pacsflow.ledger.time.time", lambda: real_time() + 600)
+    monkeypatch.setattr(time, "time", lambda: real_time() + 600)
     assert skewed.claim(run, "skewed", 5, lease_seconds=60) == []
     monkeypatch.undo()
     assert {item.worker for item in ledger.items(run)} == {"honest"}
