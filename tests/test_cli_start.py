@@ -11,10 +11,7 @@ HEAVY = ("sqlalchemy", "pydantic", "httpx", "pydicom", "pynetdicom")
 
 
 def test_importing_the_cli_loads_no_heavy_library() -> None:
-    code = (
-        "import sys, pacsflow.cli; "
-        f"print(' '.join(name for name in {HEAVY!r} if name in sys.modules))"
-    )
+    code = f"import sys, pacsflow.cli; print(' '.join(name for name in {HEAVY!r} if name in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""
 
