@@ -106,7 +106,7 @@ def test_upload_unreachable_server_and_missing_path(workdir: Path) -> None:
 def test_transfer_copies_only_what_is_missing_and_verifies(
     workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
 ) -> None:
-    run_cli("populate", "--to", "a", "--patients", "2", "--series", "2", "--instances", "5", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "2", "--series", "2", "--instances", "5", cwd=workdir)
     # put part of one series on B first: only the rest must travel
     for instance in client_a.ids("instances")[:3]:
         client_b.upload(client_a.instance_file(instance))
@@ -121,7 +121,7 @@ def test_transfer_copies_only_what_is_missing_and_verifies(
 def test_transfer_one_study_and_a_missing_one(
     workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
 ) -> None:
-    run_cli("populate", "--to", "a", "--patients", "2", "--instances", "2", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "2", "--instances", "2", cwd=workdir)
     study = client_a.ids("studies")[0]
     bogus = "00000000-00000000-00000000-00000000-00000000"
     result = run_cli("transfer", "--from", "a", "--to", "b", "--study", study, "--study", bogus, cwd=workdir)
@@ -140,7 +140,7 @@ def test_transfer_wrong_password_on_destination(
 
 
 def test_download_tree_matches_server(workdir: Path, config_file: Path, client_a: Orthanc) -> None:
-    run_cli("populate", "--to", "a", "--patients", "2", "--series", "2", "--instances", "3", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "2", "--series", "2", "--instances", "3", cwd=workdir)
     result = run_cli("download", "--from", "a", "--out", "dl", cwd=workdir)
     assert result.returncode == 0, result.stderr
     files = sorted((workdir / "dl").rglob("*.dcm"))
@@ -153,7 +153,7 @@ def test_download_tree_matches_server(workdir: Path, config_file: Path, client_a
 
 def test_runs_show_and_retry(workdir: Path, config_file: Path, client_a: Orthanc) -> None:
     shape = Shape(1, 1, 1, 2, pixels=32)
-    run_cli("populate", "--out", "data", "--instances", "2", "--pixels", "32", cwd=workdir)
+    cli("populate", "--out", "data", "--instances", "2", "--pixels", "32", cwd=workdir)
     broken = instance_path(workdir / "data", shape, 0, 0, 0, 1)
     good = broken.read_bytes()
     broken.write_bytes(good[:300])

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import run_cli
+from tests.conftest import cli, run_cli
 
 
 def seed_difference(workdir: Path, client_a: Orthanc, client_b: Orthanc) -> None:
     """A: 2 patients x 2 series x 3 instances. B: one instance of A less, plus a study of its own."""
-    run_cli("populate", "--to", "a", "--patients", "2", "--series", "2", "--instances", "3", cwd=workdir)
-    run_cli("populate", "--to", "b", "--patients", "1", "--instances", "1", "--seed", "77", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "2", "--series", "2", "--instances", "3", cwd=workdir)
+    cli("populate", "--to", "b", "--patients", "1", "--instances", "1", "--seed", "77", cwd=workdir)
     for instance in client_a.ids("instances")[:-1]:
         client_b.upload(client_a.instance_file(instance))
 

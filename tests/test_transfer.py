@@ -13,7 +13,7 @@ import pytest
 
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import PACSFLOW, PASSWORD, USER, run_cli, start_cli, wait_for
+from tests.conftest import PACSFLOW, PASSWORD, USER, cli, run_cli, start_cli, wait_for
 from tests.test_identity import TcpProxy, assert_refused, name_a_again, spellings_of_a
 
 
@@ -45,7 +45,7 @@ def source(peer_source: LocalOrthanc) -> Iterator[Orthanc]:
 def test_via_peer_the_source_sends_and_each_study_is_verified(
     workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_a: LocalOrthanc, client_a: Orthanc
 ) -> None:
-    run_cli(
+    cli(
         "populate",
         "--to",
         peer_source.url,
@@ -94,7 +94,7 @@ def test_via_peer_needs_the_destination_among_the_source_peers(
 def test_query_chooses_the_studies(
     workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
 ) -> None:
-    run_cli("populate", "--to", "a", "--patients", "3", "--instances", "2", "--seed", "4", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "3", "--instances", "2", "--seed", "4", cwd=workdir)
     result = run_cli("transfer", "--from", "a", "--to", "b", "--query", "PatientID=PF004-00001", cwd=workdir)
     assert result.returncode == 0, result.stderr
     patients = [
@@ -108,7 +108,7 @@ def test_query_chooses_the_studies(
 def test_destination_missing_an_instance_after_copy_fails_verification(
     workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
 ) -> None:
-    run_cli("populate", "--to", "a", "--patients", "1", "--instances", "3", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "1", "--instances", "3", cwd=workdir)
     planned = run_cli("transfer", "--from", "a", "--to", "b", "--plan-only", cwd=workdir)
     assert planned.returncode == 0
     first = run_cli("transfer", "--from", "a", "--to", "b", cwd=workdir)
@@ -124,7 +124,7 @@ def test_destination_missing_an_instance_after_copy_fails_verification(
 def test_via_dicom_the_source_c_stores_and_c_find_verifies(
     workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_b: LocalOrthanc, client_b: Orthanc
 ) -> None:
-    run_cli("populate", "--to", peer_source.url, "--patients", "2", "--instances", "3", cwd=workdir)
+    cli("populate", "--to", peer_source.url, "--patients", "2", "--instances", "3", cwd=workdir)
     client_b.upload(source.instance_file(source.ids("instances")[0]))  # one is there already
     node = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}"
     result = run_cli("transfer", "--from", peer_source.url, "--to", node, cwd=workdir)
@@ -148,7 +148,7 @@ def test_via_dicom_needs_a_known_and_reachable_node(
 def test_compare_with_a_dicom_node_and_transfer_missing_to_it(
     workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_b: LocalOrthanc, client_b: Orthanc
 ) -> None:
-    run_cli(
+    cli(
         "populate",
         "--to",
         peer_source.url,
@@ -207,7 +207,7 @@ def test_forward_each_new_instance_to_a_dicom_node(
         stderr=subprocess.STDOUT,
     )
     try:
-        run_cli(
+        cli(
             "populate",
             "--to",
             peer_source.url,
@@ -233,7 +233,7 @@ def test_forward_each_new_instance_to_a_dicom_node(
 def test_transfer_and_clone_refuse_the_source_under_another_spelling(
     workdir: Path, config_file: Path, orthanc_a: LocalOrthanc, client_a: Orthanc
 ) -> None:
-    run_cli("populate", "--to", "a", "--patients", "1", "--instances", "2", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "1", "--instances", "2", cwd=workdir)
     name_a_again(config_file, orthanc_a)
     proxy = TcpProxy(orthanc_a.http_port)
     try:
@@ -253,7 +253,7 @@ def test_a_destination_down_behind_the_source_s_store_job_pauses_the_run(
 ) -> None:
     """The source Orthanc answers for its failed C-STORE or peer store: the destination itself being
     down is still an outage, waited out on the default settings, never a failed study."""
-    run_cli("populate", "--to", peer_source.url, "--patients", "8", "--instances", "40", cwd=workdir)
+    cli("populate", "--to", peer_source.url, "--patients", "5", "--instances", "30", cwd=workdir)
     target = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}" if via == "dicom" else orthanc_b.url
     process = start_cli(
         "transfer",
@@ -269,7 +269,7 @@ def test_a_destination_down_behind_the_source_s_store_job_pauses_the_run(
         log="transfer.log",
     )
     with Orthanc(orthanc_b.server_config()) as destination:
-        wait_for(lambda: len(destination.ids("instances")) >= 40, "a first study stored", process)
+        wait_for(lambda: len(destination.ids("instances")) >= 30, "a first study stored", process)
     orthanc_b.kill()
     time.sleep(5)
     orthanc_b.start()

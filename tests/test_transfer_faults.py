@@ -15,7 +15,7 @@ import pytest
 from pacsflow.ledger import DONE, Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import PACSFLOW, USER, latest_run, run_cli, start_cli, wait_for
+from tests.conftest import PACSFLOW, USER, cli, latest_run, run_cli, start_cli, wait_for
 
 REFUSE_SECOND = """
 function ReceivedInstanceFilter(dicom, origin, info)
@@ -37,7 +37,7 @@ def picky(tmp_path: Path) -> Iterator[LocalOrthanc]:
 def test_refused_instances_are_recorded_and_the_rest_goes_on(
     workdir: Path, config_file: Path, client_a: Orthanc, picky: LocalOrthanc
 ) -> None:
-    run_cli("populate", "--to", "a", "--patients", "2", "--instances", "3", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "2", "--instances", "3", cwd=workdir)
     result = run_cli("transfer", "--from", "a", "--to", picky.url, cwd=workdir)
     assert result.returncode == 1
     assert "instances copied 4, failed 2" in result.stdout
@@ -51,7 +51,7 @@ def test_refused_instances_are_recorded_and_the_rest_goes_on(
 def test_kill_9_mid_transfer_then_resume_ends_identical(
     workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
 ) -> None:
-    run_cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACSFLOW_")}
     process = subprocess.Popen(
         [*PACSFLOW, "transfer", "--from", "a", "--to", "b", "--workers", "2"],
@@ -80,7 +80,7 @@ def _transfer_through_an_outage(
     workdir: Path, client_a: Orthanc, orthanc_b: LocalOrthanc, down_for: float
 ) -> str:
     """Transfer A -> B with default settings while B goes down for DOWN_FOR seconds; the run's log."""
-    run_cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
+    cli("populate", "--to", "a", "--patients", "6", "--series", "2", "--instances", "40", cwd=workdir)
     process = start_cli(
         "transfer", "--from", "a", "--to", "b", "--workers", "2", cwd=workdir, log="transfer.log"
     )
@@ -140,7 +140,7 @@ def test_a_forbidden_request_names_its_route_not_the_instance(
     guarded = LocalOrthanc("G", tmp_path / "orthanc-g", extra={"LuaScripts": [str(script)]}).start()
     try:
         with Orthanc(guarded.server_config()) as source:
-            run_cli("populate", "--to", guarded.url, "--instances", "2", cwd=workdir)
+            cli("populate", "--to", guarded.url, "--instances", "2", cwd=workdir)
             instances = source.ids("instances")
         result = run_cli("transfer", "--from", guarded.url, "--to", "b", cwd=workdir)
         shown = run_cli("--log-phi", "transfer", "--from", guarded.url, "--to", "b", cwd=workdir)

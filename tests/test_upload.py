@@ -25,7 +25,7 @@ from pacsflow.ops.upload import Upload
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
 from pacsflow.synthetic import Shape, instance_bytes, patient_id
-from tests.conftest import run_cli
+from tests.conftest import cli, run_cli
 
 SHAPE = Shape(patients=2, studies=1, series=2, instances=3, pixels=16, seed=21)
 
@@ -41,7 +41,7 @@ def instances(shape: Shape = SHAPE) -> list[bytes]:
 
 
 def failures(workdir: Path) -> str:
-    return run_cli("run", "show", "last", "--failed", cwd=workdir).stdout
+    return cli("run", "show", "last", "--failed", cwd=workdir).stdout
 
 
 def test_dicom_is_found_by_content_in_nested_folders(
