@@ -5,7 +5,8 @@ The public surface, imported lazily (so that `import pacsflow` and the command l
     from pacsflow import Pacsflow            # the service layer: start, resume, follow, compare runs
     from pacsflow import Orthanc, Settings, load_settings, RunResult, PacsflowError, ...
 
-Everything not listed in `__all__` is private and may change.
+Everything not listed in `__all__` is private and may change, but for `pacsflow.events` (its event
+type constants, e.g. ITEM_DONE) and `pacsflow.api`, which are public modules.
 """
 
 from __future__ import annotations
@@ -37,12 +38,21 @@ _EXPORTS = {
     "NotFound": "pacsflow.errors",
     "ServerError": "pacsflow.errors",
     "Unsupported": "pacsflow.errors",
+    "PreflightError": "pacsflow.errors",
+    "ParamsError": "pacsflow.errors",
+    "RunInfo": "pacsflow.ledger",
+    "Event": "pacsflow.events",
+    "EventType": "pacsflow.events",
+    "params_model": "pacsflow.ops.params",
+    "validate_params": "pacsflow.ops.params",
 }
 
 __all__ = [
     "BadInput",
     "Comparison",
     "ConfigError",
+    "Event",
+    "EventType",
     "Followed",
     "Forbidden",
     "ModalityConfig",
@@ -50,7 +60,10 @@ __all__ = [
     "Orthanc",
     "Pacsflow",
     "PacsflowError",
+    "ParamsError",
+    "PreflightError",
     "RemoteError",
+    "RunInfo",
     "RunResult",
     "ServerConfig",
     "ServerError",
@@ -61,6 +74,8 @@ __all__ = [
     "__version__",
     "load_settings",
     "orthanc_id",
+    "params_model",
+    "validate_params",
 ]
 
 
@@ -87,10 +102,15 @@ if TYPE_CHECKING:
         Forbidden,
         NotFound,
         PacsflowError,
+        ParamsError,
+        PreflightError,
         RemoteError,
         ServerError,
         Unauthorized,
         Unreachable,
         Unsupported,
     )
+    from pacsflow.events import Event, EventType
+    from pacsflow.ledger import RunInfo
+    from pacsflow.ops.params import params_model, validate_params
     from pacsflow.orthanc import Orthanc, orthanc_id

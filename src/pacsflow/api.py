@@ -182,9 +182,9 @@ class Pacsflow:
         or settings, PreflightError/Unauthorized when a server cannot be used at all.
         """
         settings = self.settings
-        params = scrub_params(settings, {**params, "workers": workers or settings.workers})
+        params = scrub_params(settings, {"workers": workers or settings.workers, **params})
+        op = operation_class(operation)(settings, params)  # checks the parameters before any side effect
         engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
-        op = operation_class(operation)(settings, params)
         if plan_only:
             return engine.start(op, plan_only=True)
         with self._heartbeat() as beat:
@@ -225,7 +225,8 @@ class Pacsflow:
         **options: Any,
     ) -> RunResult:
         """Put a run's failed items back to pending (ON_PUT_BACK is told the run and how many), then work
-        them again as `resume` does (same options)."""
+        them again as `resume` does (same options). Raises ConfigError for an unknown run, and what
+        `resume` raises."""
         self.remember_credentials(options.pop("credentials", ()))
         run = self.ledger.run(run_ref)
         count = self.ledger.retry_failed(run.id)
@@ -234,16 +235,21 @@ class Pacsflow:
         return self.resume(run.id, **options)
 
     def runs(self, limit: int = 20) -> list[RunInfo]:
+        """The newest runs first. Raises ConfigError when the ledger cannot be opened."""
         return self.ledger.runs(limit)
 
     def show(self, run_ref: str, *, failed: bool = False, limit: int = 50) -> list[str]:
-        """A run's parameters (secrets hidden), counts, timing, and with FAILED its failures."""
+        """A run's parameters (secrets hidden), counts, timing, and with FAILED its failures.
+
+        Raises ConfigError for an unknown or ambiguous run reference."""
         from pacsflow.runview import show_run
 
         return show_run(self.ledger, run_ref, failed=failed, limit=limit)
 
     def check(self, targets: Sequence[str] = ()) -> tuple[list[str], bool]:
-        """One line per server or modality (all configured when none named), and whether all are fine."""
+        """One line per server or modality (all configured when none named), and whether all are fine.
+
+        Unreachable targets are reported in their line; raises ConfigError for an unknown name."""
         from pacsflow.checks import check_targets
 
         return check_targets(self.settings, list(targets))
@@ -265,7 +271,9 @@ class Pacsflow:
     ) -> Followed:
         """Copy everything from SOURCE to DESTINATION; with FOLLOW go on copying each new instance until
         STOP is set. The same source and destination continue the earlier clone run, its change feed
-        from the last point whose changes were all done."""
+        from the last point whose changes were all done. Raises ConfigError (bad parameters, the
+        destination is the source), PreflightError/Unauthorized (a server unusable at the start), and
+        what halted the follow (e.g. giving up on a server down longer than give_up_after)."""
         from pacsflow.ops.transfer import Clone, instance_item
         from pacsflow.services.follower import CHECKPOINT, last_change
 
@@ -319,13 +327,16 @@ class Pacsflow:
         on_caught_up: Callable[[RunResult], None] | None = None,
     ) -> Followed:
         """Send each stable study (or each new instance) of SOURCE to every destination and delete it from
-        the source once all of them hold it, until STOP is set. The same command continues its run."""
+        the source once all of them hold it, until STOP is set. The same command continues its run.
+        Raises as `clone` does."""
+        from pacsflow.ops.params import validate_params
         from pacsflow.ops.transfer import Forward
         from pacsflow.services.follower import CHECKPOINT
 
         settings = self.settings
         source = settings.public_spec(source)
         destinations = [settings.public_spec(spec) for spec in destinations]
+        validate_params("forward", {"from": source, "to": destinations, "trigger": trigger})  # before pings
         params = {
             "from": source,
             "to": list(destinations),
@@ -462,7 +473,7 @@ class Pacsflow:
         )
         if on_compared is not None:
             on_compared(found)
-        if differences and transfer_missing:
+        if differences and transfer_missing and not (stop is not None and stop.is_set()):
             with connect(settings, a, pool) as left:
                 missing = comparing.studies_to_copy(left, differences)
             if missing:
@@ -476,7 +487,8 @@ class Pacsflow:
         return found
 
     def write_differences(self, comparison: Comparison, out: Path) -> None:
-        """The differences as a CSV (mode 0600: they name studies)."""
+        """The differences as a CSV (mode 0600: they name studies). Raises OSError when OUT cannot be
+        written."""
         from pacsflow.ops import compare as comparing
 
         comparing.write_csv(out, comparison.differences)
@@ -498,7 +510,8 @@ class Pacsflow:
 
         A run that cannot start here (a server down, a password missing) is tried again later, with
         backoff from 15 seconds to 10 minutes; a run waiting for a remote that is down is left for other
-        runs meanwhile. With ONCE such runs are left to others.
+        runs meanwhile. With ONCE such runs are left to others. Raises ConfigError when the ledger
+        cannot be opened; a run's own errors are logged and reflected in the returned status.
         """
         stop = stop or threading.Event()
         settings = self.settings

@@ -189,7 +189,9 @@ def start_run(
     """Start a run of OPERATION through the service layer, report it, exit with its status."""
     pacsflow = session(ctx)
     if plan_only:
-        result = pacsflow.start(operation, params, workers=workers, plan_only=True)
+        result = pacsflow.start(
+            operation, params, workers=workers, plan_only=True, give_up_after=give_up_after
+        )
         typer.echo(
             f"run {result.run_id}: planned {result.counts.get('pending', 0)} items; work it with "
             f"`pacsflow resume {result.run_id}` or `pacsflow worker`"

@@ -99,15 +99,9 @@ def upload(
         "where": where or [],
         "status_column": status_column,
         "id_column": id_column,
-        "errors": str((errors or default_errors()).resolve()),  # absolute: resume may run elsewhere
+        **({"errors": str(errors)} if errors else {}),  # else the model's default
     }
     start_run(ctx, "roster-upload", params, workers, plan_only, give_up_after)
-
-
-def default_errors() -> Path:
-    from pacsflow.ops.params import DEFAULT_ERRORS
-
-    return DEFAULT_ERRORS
 
 
 @app.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,8 +35,11 @@ _MAX_SHOWN = 3
 
 
 #: a file or folder name: a Path from a Python caller is kept as its text
+#: a path, stored absolute: a resume or a worker may run in another folder than the run's start
 PathText = Annotated[
-    str, BeforeValidator(lambda value: os.fspath(value) if isinstance(value, os.PathLike) else value)
+    str,
+    BeforeValidator(lambda value: os.fspath(value) if isinstance(value, os.PathLike) else value),
+    AfterValidator(os.path.abspath),
 ]
 
 
@@ -228,7 +232,9 @@ class RosterUploadParams(_UploadCommon):
     )
     status_column: str = Field("Uploaded", description="roster column set to 1 when done")
     id_column: str = Field("UHID", description="roster column naming the patient folder")
-    errors: PathText = Field(str(DEFAULT_ERRORS), description="errors CSV (rows that could not be uploaded)")
+    errors: PathText = Field(
+        str(DEFAULT_ERRORS), validate_default=True, description="errors CSV (rows that could not be uploaded)"
+    )
 
     @model_validator(mode="before")
     @classmethod
