@@ -155,7 +155,7 @@ class Pacsflow:
             progress=self.progress(),
             window=window,
             stop=stop,
-            give_up_after=parse_duration(give_up_after) if give_up_after else None,
+            give_up_after=self._give_up_after(give_up_after),
             **options,
         )
         for event_type, handler in handlers:
@@ -412,7 +412,7 @@ class Pacsflow:
                 window=TimeWindow(window) if window else None,
                 items=items_of(planner),
                 change_type=change_type,
-                give_up_after=parse_duration(give_up_after) if give_up_after else settings.give_up_after,
+                give_up_after=self._give_up_after(give_up_after),
                 on_cycle=alive.cycle,
             ).run()
         finally:
@@ -517,7 +517,7 @@ class Pacsflow:
         settings = self.settings
         # one view of which remotes are down for all the runs this worker joins: an outage is reported
         # once, and a run waiting for it is left for a while so that the others go on meanwhile
-        outages = Outages(parse_duration(give_up_after) if give_up_after else settings.give_up_after)
+        outages = Outages(self._give_up_after(give_up_after))
         beat = Heartbeat(settings.heartbeat_url)
         exit_code = EXIT_OK
         held_off: dict[str, tuple[float, float]] = {}  # run -> (not before, last delay)
@@ -564,6 +564,10 @@ class Pacsflow:
         return exit_code
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _give_up_after(self, value: str | float | None) -> float:
+        """Seconds a remote may stay down: VALUE (e.g. '2h' from --give-up-after), else the settings'."""
+        return parse_duration(value) if value else self.settings.give_up_after
 
     @contextmanager
     def _heartbeat(self) -> Iterator[Callable[[RunResult], RunResult]]:

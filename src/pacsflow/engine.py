@@ -32,14 +32,13 @@ from pacsflow.ops.base import Operation, operation_class, summarize
 from pacsflow.outages import Outage, Outages
 from pacsflow.pacing import RetryPolicy, TimeWindow, configure_limits
 from pacsflow.progress import LogProgress, Progress
+from pacsflow.status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 #: how long a remote may stay unreachable before a run gives up on it, unless configured
 DEFAULT_GIVE_UP_AFTER = 3600.0
 
 log = logging.getLogger("pacsflow")
 T = TypeVar("T")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @dataclass

@@ -84,9 +84,7 @@ def _log_phi() -> bool:
     """Whether this command may show patient-derived values (--log-phi or log_phi = true)."""
     if _current is None:
         return False
-    if _current._session is not None and _current._session._settings is not None:
-        return _current._session.log_phi
-    return _current.log_phi
+    return _current._session.log_phi if _current._session is not None else _current.log_phi
 
 
 def errors_to_exit(fn: F) -> F:
@@ -203,20 +201,17 @@ def start_run(
     raise typer.Exit(report(result))
 
 
-def parse_pairs(flag: str, conditions: list[str] | None, example: str) -> dict[str, str] | None:
-    """`--query PatientID=PF*` (repeatable) -> {"PatientID": "PF*"}; ConfigError on a malformed one."""
-    pairs = {}
-    for condition in conditions or []:
-        key, sep, value = condition.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} {condition!r}: {example}")
-        pairs[key.strip()] = value.strip()
-    return pairs or None
-
-
 def parse_query(conditions: list[str] | None) -> dict[str, str] | None:
     """--query PatientID=PF* StudyDate=20200101-20201231 -> Orthanc's /tools/find query."""
-    return parse_pairs("--query", conditions, "write TAG=VALUE, e.g. PatientID=PF* or StudyDate=2020-")
+    query = {}
+    for condition in conditions or []:
+        tag, sep, value = condition.partition("=")
+        if not sep or not tag.strip():
+            raise ConfigError(
+                f"--query {condition!r}: write TAG=VALUE, e.g. PatientID=PF* or StudyDate=2020-"
+            )
+        query[tag.strip()] = value.strip()
+    return query or None
 
 
 WorkersOption = typer.Option(
