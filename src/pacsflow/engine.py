@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pacsflow.config import Settings
 from pacsflow.errors import PacsflowError, public_text
-from pacsflow.events import Event, EventBus, Handlers
+from pacsflow.events import Event, EventBus, Handlers, item_label
 from pacsflow.ledger import (
     DONE,
     FAILED,
@@ -31,8 +31,9 @@ from pacsflow.ledger import (
 from pacsflow.ops.base import Operation, operation_class, summarize
 from pacsflow.outages import Outage, Outages
 from pacsflow.pacing import RetryPolicy, TimeWindow, configure_limits
-from pacsflow.progress import LogProgress, Progress
+from pacsflow.progress import LogProgress, Progress, Units
 from pacsflow.status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from pacsflow.wording import plural, singular_of
 
 #: how long a remote may stay unreachable before a run gives up on it, unless configured
 DEFAULT_GIVE_UP_AFTER = 3600.0
@@ -43,7 +44,12 @@ T = TypeVar("T")
 
 @dataclass
 class RunResult:
-    """How a run ended, as seen by this process."""
+    """How a run ended, as seen by this process.
+
+    COUNTS and BYTES are the whole run's, as the ledger holds them (earlier processes included);
+    ELAPSED and BYTES_HERE are this process's own work, so a rate is BYTES_HERE / ELAPSED: a resumed run
+    that had little left is not credited with what others sent before it.
+    """
 
     run_id: str
     status: str
@@ -56,6 +62,17 @@ class RunResult:
     gave_up: bool = False
     #: left with items waiting for remotes that are down (engines with leave_when_waiting)
     waiting: str | None = None
+    #: bytes this process moved in this run (BYTES counts every process's)
+    bytes_here: int = 0
+    #: what people count in this run when not its items (an operation's `units`: "rows"), and how
+    #: many of them ended how; None: COUNTS are what people count
+    unit: str = "items"
+    unit_counts: dict[str, int] | None = None
+
+    @property
+    def shown_counts(self) -> dict[str, int]:
+        """Counts of what people count: the operation's units (roster rows) or else items."""
+        return self.counts if self.unit_counts is None else self.unit_counts
 
     @property
     def exit_code(self) -> int:
@@ -129,6 +146,13 @@ class Engine:
         self._run_id: str | None = None  # the run whose outage events this engine publishes
         #: public reasons of failed items, by item id: from the worker that saw the error to the dispatcher
         self._reasons: dict[int, str] = {}
+        #: bytes this process moved in the run it works (for rates: never what earlier processes sent)
+        self._bytes_here = 0
+        #: the id of the run's first item: items are numbered from it for people (`file #3`), not by
+        #: their row in a ledger that holds every run
+        self._first_item = 1
+        #: what progress counts, when the operation counts something else than items (roster rows)
+        self._units: Units | None = None
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -170,12 +194,21 @@ class Engine:
                 op.close()
                 raise
         self.ledger.set_status(run_id, "ready")
-        log.info("run %s: %d %s planned", run_id, added, op.unit)
+        unit, planned = self._planned(op, run_id, added)
+        log.info("run %s: %s planned", run_id, plural(planned, singular_of(unit)))
         if plan_only:
             op.close()
             run = self.ledger.run(run_id)
             return RunResult(run_id, run.status, run.counts, run.bytes, 0.0)
         return self.execute(op, run_id)
+
+    def _planned(self, op: Operation, run_id: str, added: int) -> tuple[str, int]:
+        """What planning gave, in what people count: the operation's units (roster rows), else its
+        items in its own word ("files")."""
+        units = _units_of(op)
+        if units is None:
+            return op.unit, added
+        return units.name, sum(units.counts(self.ledger.tally(run_id)).values())
 
     def _wait_out_outages(self) -> bool:
         """Block until every remote answers again (True), or until stopped or given up (False)."""
@@ -269,6 +302,7 @@ class Engine:
                 reason=None if error is None else public_text(error),
                 gave_up=result.gave_up,
                 text=result.waiting,
+                nbytes_here=result.bytes_here,
             )
         )
         return result
@@ -285,11 +319,25 @@ class Engine:
         started = time.monotonic()
         reclaimed = self.ledger.reclaim_dead(run_id)
         if reclaimed:
-            log.info("run %s: %d items of a stopped process put back", run_id, reclaimed)
+            log.info("run %s: %s of a stopped process put back", run_id, plural(reclaimed, "item"))
         self.ledger.set_status(run_id, "running")
         run = self.ledger.run(run_id)
+        self._bytes_here = 0
+        self._first_item = self.ledger.first_item_id(run_id) or 1
+        self._units = _units_of(op)
         finished = sum(run.counts.get(s, 0) for s in (DONE, SKIPPED, FAILED))
-        self.events.publish(Event.run_started(run_id, op.name, run.total, finished))
+        unit, unit_counts = self._unit_counts(run_id, run.counts)
+        self.events.publish(
+            Event.run_started(
+                run_id,
+                op.name,
+                run.total,
+                finished,
+                unit=unit,
+                unit_total=sum(unit_counts.values()),
+                unit_finished=sum(unit_counts.get(s, 0) for s in (DONE, SKIPPED, FAILED)),
+            )
+        )
         work: queue.Queue[Item | None] = queue.Queue()
         threads = [
             threading.Thread(
@@ -314,7 +362,15 @@ class Engine:
                 exc if isinstance(exc, PacsflowError) else PacsflowError(f"stopped by {type(exc).__name__}")
             )
             self._finished(
-                RunResult(run_id, "stopped", {}, 0, time.monotonic() - started, self._fatal or error)
+                RunResult(
+                    run_id,
+                    "stopped",
+                    {},
+                    0,
+                    time.monotonic() - started,
+                    self._fatal or error,
+                    bytes_here=self._bytes_here,
+                )
             )
             raise
         return self._finished(result)
@@ -376,10 +432,22 @@ class Engine:
             last_write = time.monotonic()
             self._account(records, claimed)
             if exhausted:
-                log.error("run %s: %d items failed: their attempts never reported back", run_id, exhausted)
+                log.error(
+                    "run %s: %s failed: their attempts never reported back", run_id, plural(exhausted, "item")
+                )
                 note = exhausted_note(self.retry.max_attempts)
                 self.events.publish(
-                    Event.item_failed(run_id, None, None, None, note=note, reason=note, count=exhausted)
+                    Event.item_failed(
+                        run_id,
+                        None,
+                        None,
+                        None,
+                        note=note,
+                        reason=note,
+                        count=exhausted,
+                        # which kinds they were is not known here: a run counting rows counts none of them
+                        units=exhausted if self._units is None else 0,
+                    )
                 )
             for item in claimed:
                 work.put(item)
@@ -411,14 +479,42 @@ class Engine:
         outstanding = claimed and not yet recorded."""
         self._outstanding += len(claimed) - len(records)
         publish = self.events.publish
+        units = self._units
         for record in records:
             item, status = record.item, record.status
+            number = self._number(item)
             if status in (DONE, SKIPPED):
+                self._bytes_here += record.nbytes
                 if record.children:
-                    publish(Event.items_added(item.run_id, item.id, item.kind, len(record.children)))
+                    if units is None:
+                        added = len(record.children)
+                        settled = sum(1 for child in record.children if child.status != PENDING)
+                    else:
+                        added, settled = units.added(item.kind, status, record.note, record.children)
+                    publish(
+                        Event.items_added(
+                            item.run_id,
+                            item.id,
+                            item.kind,
+                            len(record.children),
+                            number=number,
+                            units=added,
+                            settled=settled,
+                        )
+                    )
                 publish(
                     Event.item_done(
-                        item.run_id, item.id, item.kind, item.key, status, record.nbytes, record.note
+                        item.run_id,
+                        item.id,
+                        item.kind,
+                        item.key,
+                        status,
+                        record.nbytes,
+                        record.note,
+                        number=number,
+                        units=1
+                        if units is None
+                        else units.finishes(item.kind, status, record.note, opened=bool(record.children)),
                     )
                 )
             elif status == FAILED:
@@ -432,6 +528,8 @@ class Engine:
                         note=record.note,
                         reason=reason,
                         attempts=item.attempts,
+                        number=number,
+                        units=1 if units is None else units.finishes(item.kind, FAILED),
                     )
                 )
             elif not record.unstarted and record.note is not None:  # pending again: tried later
@@ -445,6 +543,7 @@ class Engine:
                         reason=self._reasons.pop(item.id, None),
                         attempts=item.attempts,
                         retry_at=record.retry_at,
+                        number=number,
                     )
                 )
 
@@ -534,8 +633,21 @@ class Engine:
         return public_text(exc, self.log_phi)
 
     def _describe(self, item: Item) -> str:
-        """How logs name an item: its number, and its key only when PHI may be logged."""
-        return f"{item.kind} #{item.id} {item.key}" if self.log_phi else f"{item.kind} #{item.id}"
+        """How logs name an item: its number in the run (a roster row: its line), and its key only when
+        PHI may be logged; `pacsflow run show` names it the same way."""
+        label = item_label(item.kind, self._number(item), item.key)
+        return f"{label} {item.key}" if self.log_phi else label
+
+    def _number(self, item: Item) -> int:
+        """ITEM's number within its run, counted from 1 (the ledger's ids run on across all runs)."""
+        return item.id - self._first_item + 1
+
+    def _unit_counts(self, run_id: str, counts: dict[str, int]) -> tuple[str, dict[str, int]]:
+        """What progress counts in RUN_ID, and how many of them ended how: the operation's units
+        (roster rows) from the ledger's tally, or else the run's item COUNTS."""
+        if self._units is None:
+            return "items", counts
+        return self._units.name, self._units.counts(self.ledger.tally(run_id))
 
     def _conclude(self, op: Operation, run_id: str, elapsed: float) -> RunResult:
         lines: list[str] = []
@@ -555,6 +667,7 @@ class Engine:
             if error is not None:
                 summary["error"] = str(error)
             self.ledger.set_status(run_id, status, summary)
+            unit, unit_counts = self._unit_counts(run_id, run.counts)
         finally:
             op.close()
         return RunResult(
@@ -567,6 +680,9 @@ class Engine:
             lines,
             gave_up=self._gave_up is not None,
             waiting=self.outages.describe() if status == "running" else None,
+            bytes_here=self._bytes_here,
+            unit=unit,
+            unit_counts=None if self._units is None else unit_counts,
         )
 
 
@@ -580,10 +696,17 @@ def _take_all(source: queue.Queue[T]) -> list[T]:
             return taken
 
 
-def describe_run(run: RunInfo) -> str:
-    """One line for a run: id, operation, status, counts."""
+def _units_of(op: Operation) -> Units | None:
+    """The operation's own units of progress (`units = Units("rows", ...)` on its class), if any."""
+    units = getattr(op, "units", None)  # optional: most operations count their items
+    return units if isinstance(units, Units) else None
+
+
+def describe_run(run: RunInfo, status: str | None = None) -> str:
+    """One line for a run: id, when, operation, status (STATUS: as shown, e.g. 'interrupted' for a run
+    whose process is gone, see Ledger.shown_status), item counts."""
     counts = ", ".join(
         f"{run.counts[s]} {s}" for s in (DONE, SKIPPED, FAILED, PENDING, RUNNING) if run.counts.get(s)
     )
     when = datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M")
-    return f"{run.id}  {when}  {run.operation:<10} {run.status:<8} {counts or 'no items'}"
+    return f"{run.id}  {when}  {run.operation:<14} {status or run.status:<11} {counts or 'no items'}"

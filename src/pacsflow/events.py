@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pacsflow.wording import plural
+
 log = logging.getLogger("pacsflow")
 
 
@@ -52,17 +54,24 @@ class Event:
     read from DATA. A property an event type does not set reads as None (0, False, {} for numbers,
     flags and counts).
 
-    - RUN_STARTED: operation, total (items planned), finished (already finished before this start)
+    - RUN_STARTED: operation, total (items planned), finished (already finished before this start), and
+      what progress counts: unit ("items", or the operation's own: "rows"), unit_total, unit_finished
     - RUN_WAITING: remote, since (wall clock), text (`waiting for NAME (down since HH:MM)`)
     - RUN_GOING_ON: remote (None when the time window opened again), since, text
     - RUN_OUTSIDE_WINDOW: until (wall clock), text
-    - RUN_FINISHED: status, counts, nbytes, elapsed, error, reason, gave_up, text (what it waits for
-      when it left items waiting for a remote)
-    - ITEMS_ADDED: item_id, kind (the item that planned them), count
-    - ITEM_DONE: item_id, kind, key, status (done or skipped), nbytes, note, count (1)
-    - ITEM_RETRY: item_id, kind, key, note, reason, attempts, retry_at, count (1)
-    - ITEM_FAILED: item_id, kind, key, note, reason, attempts, count (1; or, with item_id None, how
-      many items failed because their attempts never reported back)
+    - RUN_FINISHED: status, counts, nbytes (the whole run's), nbytes_here (moved by this process:
+      rates divide these by elapsed), elapsed, error, reason, gave_up, text (what it waits for when it
+      left items waiting for a remote)
+    - ITEMS_ADDED: item_id, number, kind (the item that planned them), count, units (of progress
+      added), settled (units among them planned finished already)
+    - ITEM_DONE: item_id, number, kind, key, status (done or skipped), nbytes, note, count (1), units
+    - ITEM_RETRY: item_id, number, kind, key, note, reason, attempts, retry_at, count (1)
+    - ITEM_FAILED: item_id, number, kind, key, note, reason, attempts, count (1; or, with item_id None,
+      how many items failed because their attempts never reported back), units
+
+    `item_id` is the item's row in the ledger (unique across runs); `number` counts within its run, as
+    logs and `pacsflow run show` name items (`file #3`). `units` is how much of the run's progress
+    (RUN_STARTED's unit) the event finishes or adds: the item count unless the operation counts rows.
 
     Patient data: `key` (a file path, a patient's folder, an Orthanc ID), `note` of a failure and
     `error` may name a patient, as the ledger does; `reason` and `text` never do. Anything that logs or
@@ -78,10 +87,23 @@ class Event:
     # -- constructors: one per type, so that publishers cannot get a name wrong --------------------
 
     @classmethod
-    def run_started(cls, run_id: str, operation: str, total: int, finished: int) -> Event:
-        return cls(
-            RUN_STARTED, run_id, time.time(), {"operation": operation, "total": total, "finished": finished}
+    def run_started(
+        cls,
+        run_id: str,
+        operation: str,
+        total: int,
+        finished: int,
+        *,
+        unit: str = "items",
+        unit_total: int | None = None,
+        unit_finished: int | None = None,
+    ) -> Event:
+        data = {"operation": operation, "total": total, "finished": finished, "unit": unit}
+        data.update(
+            unit_total=total if unit_total is None else unit_total,
+            unit_finished=finished if unit_finished is None else unit_finished,
         )
+        return cls(RUN_STARTED, run_id, time.time(), data)
 
     @classmethod
     def run_waiting(cls, run_id: str, remote: str, since: float, text: str) -> Event:
@@ -108,26 +130,52 @@ class Event:
         reason: str | None = None,
         gave_up: bool = False,
         text: str | None = None,
+        nbytes_here: int | None = None,
     ) -> Event:
         data = {"status": status, "counts": dict(counts), "nbytes": nbytes, "elapsed": elapsed}
         data.update(error=error, reason=reason, gave_up=gave_up, text=text)
+        data["nbytes_here"] = nbytes if nbytes_here is None else nbytes_here
         return cls(RUN_FINISHED, run_id, time.time(), data)
 
     @classmethod
-    def items_added(cls, run_id: str, item_id: int, kind: str, count: int) -> Event:
-        return cls(ITEMS_ADDED, run_id, time.time(), {"item_id": item_id, "kind": kind, "count": count})
+    def items_added(
+        cls,
+        run_id: str,
+        item_id: int,
+        kind: str,
+        count: int,
+        *,
+        number: int | None = None,
+        units: int | None = None,
+        settled: int = 0,
+    ) -> Event:
+        data = {"item_id": item_id, "number": number, "kind": kind, "count": count}
+        data.update(units=count if units is None else units, settled=settled)
+        return cls(ITEMS_ADDED, run_id, time.time(), data)
 
     @classmethod
     def item_done(
-        cls, run_id: str, item_id: int, kind: str, key: str, status: str, nbytes: int, note: str | None
+        cls,
+        run_id: str,
+        item_id: int,
+        kind: str,
+        key: str,
+        status: str,
+        nbytes: int,
+        note: str | None,
+        *,
+        number: int | None = None,
+        units: int = 1,
     ) -> Event:
         data = {
             "item_id": item_id,
+            "number": number,
             "kind": kind,
             "key": key,
             "status": status,
             "nbytes": nbytes,
             "note": note,
+            "units": units,
         }
         return cls(ITEM_DONE, run_id, time.time(), data)
 
@@ -143,9 +191,10 @@ class Event:
         reason: str | None,
         attempts: int,
         retry_at: float | None,
+        number: int | None = None,
     ) -> Event:
         data = {"item_id": item_id, "kind": kind, "key": key, "note": note, "reason": reason}
-        data.update(attempts=attempts, retry_at=retry_at)
+        data.update(attempts=attempts, retry_at=retry_at, number=number)
         return cls(ITEM_RETRY, run_id, time.time(), data)
 
     @classmethod
@@ -160,9 +209,11 @@ class Event:
         reason: str | None,
         attempts: int = 0,
         count: int = 1,
+        number: int | None = None,
+        units: int | None = None,
     ) -> Event:
         data = {"item_id": item_id, "kind": kind, "key": key, "note": note, "reason": reason}
-        data.update(attempts=attempts, count=count)
+        data.update(attempts=attempts, count=count, number=number, units=count if units is None else units)
         return cls(ITEM_FAILED, run_id, time.time(), data)
 
     # -- typed views of data ------------------------------------------------------------------------
@@ -178,6 +229,19 @@ class Event:
     @property
     def finished(self) -> int:
         return self.data.get("finished", 0)
+
+    @property
+    def unit(self) -> str:
+        """What the run's progress counts: "items", or the operation's own ("rows")."""
+        return self.data.get("unit") or "items"
+
+    @property
+    def unit_total(self) -> int:
+        return self.data.get("unit_total", self.total)
+
+    @property
+    def unit_finished(self) -> int:
+        return self.data.get("unit_finished", self.finished)
 
     @property
     def remote(self) -> str | None:
@@ -209,6 +273,11 @@ class Event:
         return self.data.get("nbytes", 0)
 
     @property
+    def nbytes_here(self) -> int:
+        """RUN_FINISHED: the bytes this process moved (the run's nbytes count earlier processes too)."""
+        return self.data.get("nbytes_here", self.nbytes)
+
+    @property
     def elapsed(self) -> float:
         return self.data.get("elapsed", 0.0)
 
@@ -224,6 +293,11 @@ class Event:
     @property
     def item_id(self) -> int | None:
         return self.data.get("item_id")
+
+    @property
+    def number(self) -> int | None:
+        """The item's number within its run (`file #3`), as logs and `run show` name it."""
+        return self.data.get("number")
 
     @property
     def kind(self) -> str | None:
@@ -258,6 +332,17 @@ class Event:
         """How many items the event is about (ITEMS_ADDED: how many were planned)."""
         return self.data.get("count", 1 if self.type in (ITEM_DONE, ITEM_RETRY) else 0)
 
+    @property
+    def units(self) -> int:
+        """How many units of the run's progress the event finishes (ITEMS_ADDED: adds)."""
+        return self.data.get("units", self.count)
+
+    @property
+    def settled(self) -> int:
+        """ITEMS_ADDED: how many of the units added were planned finished already (e.g. files an
+        earlier run sent, unchanged since)."""
+        return self.data.get("settled", 0)
+
     # -- for people ---------------------------------------------------------------------------------
 
     def describe(self, log_phi: bool = False) -> str:
@@ -266,17 +351,22 @@ class Event:
         if kind in (RUN_WAITING, RUN_GOING_ON, RUN_OUTSIDE_WINDOW):
             return f"run {self.run_id}: {self.text}"
         if kind == RUN_STARTED:
-            return f"run {self.run_id}: {self.operation}, {self.total} items, {self.finished} finished before"
+            return (
+                f"run {self.run_id}: {self.operation}, {plural(self.total, 'item')}, "
+                f"{self.finished} finished before"
+            )
         if kind == RUN_FINISHED:
             counts = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
             error = self.error if log_phi else self.reason
             tail = f"; {error}" if error else ""
             return f"run {self.run_id}: {self.status} ({counts or 'no items'}) in {self.elapsed:.1f}s{tail}"
         if self.item_id is None:
-            return f"run {self.run_id}: {self.count} items failed: {self.reason}"
-        name = f"{self.kind} #{self.item_id} {self.key}" if log_phi else f"{self.kind} #{self.item_id}"
+            return f"run {self.run_id}: {plural(self.count, 'item')} failed: {self.reason}"
+        name = item_label(self.kind or "item", self.number or self.item_id, self.key)
+        if log_phi:
+            name = f"{name} {self.key}"
         if kind == ITEMS_ADDED:
-            return f"{name}: {self.count} more items planned"
+            return f"{name}: {plural(self.count, 'more item')} planned"
         if kind == ITEM_DONE:
             return f"{name} {self.status}" + (f" ({self.note})" if self.note else "")
         error = self.note if log_phi else self.reason
@@ -286,6 +376,22 @@ class Event:
 
     def __str__(self) -> str:
         return self.describe()
+
+
+def item_label(kind: str, number: int, key: str | None = None) -> str:
+    """How logs and `run show` name an item without patient data: `file #3` (its number in the run),
+    a roster row by its line in the roster (`row at line 12`, the line people look up, not a number of
+    ours), a roster batch by its number from 1. KEY is read only for those line and batch numbers."""
+    if key and kind in ("row", "verify", "commit"):
+        prefix, _, rest = key.partition("/")
+        if rest.isdigit():
+            if (kind, prefix) == ("row", "r"):
+                return f"row at line {rest}"
+            if (kind, prefix) == ("verify", "v"):
+                return f"verify of the row at line {rest}"
+            if (kind, prefix) == ("commit", "c"):
+                return f"batch {int(rest) + 1}"
+    return f"{kind} #{number}"
 
 
 def _clock(when: float | None) -> str:

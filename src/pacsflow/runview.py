@@ -1,4 +1,11 @@
-"""`pacsflow run show`: a run's parameters (secrets hidden), counts, timing and failed items."""
+"""`pacsflow runs` and `pacsflow run show`: runs, their parameters (secrets hidden), counts, timing and
+failed items, as a view that the text lines and `--json` are both made from, so they never disagree.
+
+What the view holds follows README's patient-data rule: `runs` names no file, patient or study (ids,
+operations, statuses, counts, times); `run show` is an operator's look at one run and names its failed
+items as people know them (a file's path, an archive's member, a study's Orthanc ID, a roster line) with
+their errors whole, as the ledger keeps them. Passwords and tokens are never in either.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from pacsflow.config import redact_url
-from pacsflow.ledger import FAILED, Ledger
+from pacsflow.events import item_label
+from pacsflow.ledger import DONE, FAILED, PENDING, RUNNING, SKIPPED, Item, Ledger, RunInfo
+from pacsflow.ledger.queries import INTERRUPTED
 
 _SECRET_KEYS = ("password", "token", "secret")
+#: the item statuses, in the order people read them; every one is a key of a view's counts
+STATUSES = (DONE, SKIPPED, FAILED, PENDING, RUNNING)
+#: what to do about a run whose process is gone
+_NEXT = " (its process is gone; continue it with `pacsflow resume {}`)"
 
 
 def redact_params(value: Any) -> Any:
@@ -26,22 +39,119 @@ def redact_params(value: Any) -> Any:
     return value
 
 
-def show_run(ledger: Ledger, run_ref: str, *, failed: bool, limit: int) -> list[str]:
+def _when(timestamp: float | None) -> str | None:
+    """A ledger time as ISO 8601 with this machine's UTC offset (a program reads it unambiguously)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def run_record(run: RunInfo, status: str | None = None) -> dict[str, Any]:
+    """One run for `runs --json`: the same keys for every run, and nothing that names a patient.
+
+    STATUS is the status to show (Ledger.shown_status: 'interrupted' for a run whose process is gone).
+    """
+    return {
+        "id": run.id,
+        "operation": run.operation,
+        "status": status or run.status,
+        "created_at": _when(run.created_at),
+        "updated_at": _when(run.updated_at),
+        "finished_at": _when(run.finished_at),
+        "items": run.total,
+        "counts": {state: run.counts.get(state, 0) for state in STATUSES},
+        "bytes": run.bytes,
+    }
+
+
+def item_name(item: Item) -> str:
+    """ITEM as people know it (its key is the ledger's own spelling: `m//data/x.zip!a/1.dcm`): a file's
+    path, an archive member as `MEMBER in ARCHIVE`, a study or instance by its Orthanc ID, a roster
+    row by its ID. May name a patient: for `run show`, never for logs."""
+    payload, key, kind = item.payload, item.key, item.kind
+    if kind == "member" and "archive" in payload:
+        return f"{payload.get('name', '')} in {payload['archive']}"
+    if kind in ("file", "folder"):
+        # a roster's files are keyed f/PATH; an upload's by their absolute path itself
+        return str(payload.get("path") or (key[2:] if key.startswith("f/") else key))
+    if kind in ("row", "verify") and "row" in payload:
+        return str(payload["row"])
+    if kind == "commit":
+        return ", ".join(map(str, payload.get("ids", [])))
+    if kind in ("study", "verify") and "study" in payload:
+        return f"study {payload['study']}"
+    if kind in ("peer-store", "dicom-store") and "ids" in payload:
+        study = key.split("/")[1] if key.count("/") >= 2 else "?"
+        return f"{len(payload['ids'])} instances of study {study}"
+    if kind == "instance" and "id" in payload:
+        return str(payload.get("path") or f"instance {payload['id']}")
+    if kind == "forward" and "id" in payload:
+        return f"{payload['id']} to {redact_url(str(payload.get('to', '')))}"
+    if kind == "delete" and "id" in payload:
+        return f"{payload['id']} from the source"
+    return key
+
+
+def run_view(ledger: Ledger, run_ref: str, *, failed: bool = False, limit: int = 50) -> dict[str, Any]:
+    """One run for `run show` (text or --json): `run_record`'s keys, its parameters (secrets hidden),
+    elapsed seconds and error of its last process, and with FAILED up to LIMIT failed items (else
+    `failed_items` is None). Raises ConfigError for an unknown or ambiguous RUN_REF."""
     run = ledger.run(run_ref)
-    created = datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M:%S")
-    lines = [
-        f"run        {run.id}",
-        f"operation  {run.operation}",
-        f"status     {run.status}",
-        f"created    {created}",
-        f"params     {json.dumps(redact_params(run.params), ensure_ascii=False)}",
-        "items      " + (", ".join(f"{n} {s}" for s, n in sorted(run.counts.items())) or "none"),
-        f"bytes      {run.bytes / 1e6:.1f} MB",
-    ]
-    if run.summary and run.summary.get("error"):
-        lines.append(f"error      {run.summary['error']}")
+    summary = run.summary or {}
+    view = run_record(run, ledger.shown_status(run))
+    view["params"] = redact_params(run.params)
+    view["elapsed"] = summary.get("elapsed")
+    view["error"] = summary.get("error")
+    view["failed_items"] = None
     if failed:
-        failures = ledger.items(run.id, status=FAILED, limit=limit)
-        lines.append(f"failed items ({run.counts.get(FAILED, 0)}):" if failures else "no failed items")
-        lines.extend(f"  #{item.id} {item.kind} {item.key}: {item.last_error}" for item in failures)
+        first = ledger.first_item_id(run.id) or 1
+        view["failed_items"] = [
+            {
+                "number": item.id - first + 1,
+                "kind": item.kind,
+                "label": item_label(item.kind, item.id - first + 1, item.key),
+                "name": item_name(item),
+                "attempts": item.attempts,
+                "error": item.last_error,
+            }
+            for item in ledger.items(run.id, status=FAILED, limit=limit)
+        ]
+    return view
+
+
+def render_view(view: dict[str, Any]) -> list[str]:
+    """`run_view`'s VIEW as the lines of `pacsflow run show`."""
+    counts = ", ".join(f"{n} {state}" for state, n in view["counts"].items() if n)
+    lines = [
+        f"run        {view['id']}",
+        f"operation  {view['operation']}",
+        f"status     {view['status']}" + (_NEXT if view["status"] == INTERRUPTED else "").format(view["id"]),
+        f"created    {_local(view['created_at'])}",
+    ]
+    if view["finished_at"]:
+        lines.append(f"finished   {_local(view['finished_at'])}")
+    lines += [
+        f"params     {json.dumps(view['params'], ensure_ascii=False)}",
+        f"items      {counts or 'none'}",
+        f"bytes      {view['bytes'] / 1e6:.1f} MB",
+    ]
+    if view["error"]:
+        lines.append(f"error      {view['error']}")
+    failures = view["failed_items"]
+    if failures is not None:
+        shown = view["counts"][FAILED]
+        lines.append(f"failed items ({shown}):" if failures else "no failed items")
+        lines.extend(f"  {one['label']} {one['name']}: {one['error']}" for one in failures)
+        if len(failures) < shown:
+            lines.append(f"  ... and {shown - len(failures)} more (--limit)")
     return lines
+
+
+def _local(iso: str) -> str:
+    """An ISO time of the view as the text shows it: local time to the second, without the offset."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def show_run(ledger: Ledger, run_ref: str, *, failed: bool, limit: int) -> list[str]:
+    """The lines of `pacsflow run show RUN_REF` (see run_view)."""
+    return render_view(run_view(ledger, run_ref, failed=failed, limit=limit))

@@ -100,8 +100,8 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def _worker_is_dead(worker: str) -> bool:
-    """True only when the worker ran on this host and its process is gone."""
+def worker_is_dead(worker: str) -> bool:
+    """True only when the worker (host:pid:...) ran on this host and its process is gone."""
     try:
         host, pid_text, _ = worker.split(":", 2)
         pid = int(pid_text)
@@ -356,7 +356,7 @@ class Claims:
             workers = conn.execute(
                 select(items.c.worker).where(items.c.run_id == run_id, items.c.status == RUNNING).distinct()
             ).scalars()
-            dead = [worker for worker in workers if worker and _worker_is_dead(worker)]
+            dead = [worker for worker in workers if worker and worker_is_dead(worker)]
         if not dead:
             return 0
         with self._write() as conn:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -13,13 +15,32 @@ from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.engine import Connection
 
 from pacsflow.errors import ConfigError
+from pacsflow.ledger.claims import worker_is_dead
 from pacsflow.ledger.database import safe_url
 from pacsflow.ledger.model import Item, RunInfo, item_from_row, storable
-from pacsflow.ledger.schema import DONE, PENDING, SKIPPED, checkpoints, items, runs
+from pacsflow.ledger.schema import DONE, PENDING, RUNNING, SKIPPED, checkpoints, items, runs
+
+#: statuses that say a process works the run right now; `shown_status` checks that one still does
+ACTIVE = ("planning", "running")
+#: what `shown_status` says of an active run whose processes are all gone (killed, their machine lost)
+INTERRUPTED = "interrupted"
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def process_owner() -> str:
+    """This process as a run's owner: host:pid, as workers' ids begin (see new_worker_id)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(worker: str, lease_until: float | None, now: float) -> bool:
+    """Whether WORKER (host:pid[:...]) no longer works its items: on this host, its process is gone; on
+    another, its lease (renewed every 20 s while it lives) ran out."""
+    if worker.split(":", 1)[0] == socket.gethostname():
+        return worker_is_dead(worker if worker.count(":") >= 2 else f"{worker}:")
+    return lease_until is not None and lease_until < now
 
 
 class Queries:
@@ -28,6 +49,7 @@ class Queries:
     url: str
     engine: Engine
     _write: Callable[[], AbstractContextManager[Connection]]
+    _now: Callable[[Connection], float]  # the clock leases are on (Claims)
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -43,11 +65,15 @@ class Queries:
                     status="planning",
                     created_at=now,
                     updated_at=now,
+                    # who plans it: a run killed while planning holds no items to tell (shown_status)
+                    summary={"owner": process_owner()},
                 )
             )
         return run_id
 
     def set_status(self, run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
+        """Set the run's STATUS (and SUMMARY). An active status (planning, running) also records this
+        process as the run's owner in the summary, for `shown_status` to tell a killed run."""
         now = time.time()
         values: dict[str, Any] = {"status": status, "updated_at": now}
         if status in ("done", "failed"):
@@ -55,7 +81,53 @@ class Queries:
         if summary is not None:
             values["summary"] = summary
         with self._write() as conn:
+            if status in ACTIVE:
+                if summary is None:
+                    found = conn.execute(select(runs.c.summary).where(runs.c.id == run_id)).scalar()
+                    summary = found if isinstance(found, dict) else {}
+                values["summary"] = {**summary, "owner": process_owner()}
             conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+
+    def shown_status(self, run: RunInfo) -> str:
+        """RUN's status as people should read it: 'interrupted' for a run that says it is planning or
+        running while no process works it any more (killed, or its machine lost), else its status.
+
+        Running items tell who works them: a process on this host is asked directly whether it lives;
+        one elsewhere is gone once its lease has run out. A run holding no running items (killed while
+        planning, or while its items waited for a retry) is judged by its owner, the process that last
+        set it active, when that process ran on this host; otherwise it keeps its status.
+        """
+        if run.status not in ACTIVE:
+            return run.status
+        with self.engine.connect() as conn:
+            holders = conn.execute(
+                select(items.c.worker, func.max(items.c.lease_until))
+                .where(items.c.run_id == run.id, items.c.status == RUNNING)
+                .group_by(items.c.worker)
+            ).all()
+            now = self._now(conn)
+        owner = (run.summary or {}).get("owner")
+        if not (isinstance(owner, str) and owner.split(":", 1)[0] == socket.gethostname()):
+            owner = None  # a process elsewhere cannot be asked; its items' leases tell
+        if owner is not None and not _owner_gone(owner, None, now):
+            return run.status  # its owner lives, though it may hold no item this moment
+        if holders:
+            gone = all(worker and _owner_gone(worker, lease, now) for worker, lease in holders)
+            return INTERRUPTED if gone else run.status
+        return INTERRUPTED if owner is not None else run.status
+
+    def first_item_id(self, run_id: str) -> int | None:
+        """The id of RUN_ID's first item (None before it has any): people count a run's items from it
+        (`file #3`), since ids run on across every run of the ledger. Items are never deleted, so it
+        never changes once found; it is looked up once per process."""
+        known: dict[str, int] = self.__dict__.setdefault("_first_item_ids", {})
+        if run_id not in known:
+            with self.engine.connect() as conn:
+                found = conn.execute(select(func.min(items.c.id)).where(items.c.run_id == run_id)).scalar()
+            if found is None:
+                return None
+            known[run_id] = int(found)
+        return known[run_id]
 
     def run(self, ref: str) -> RunInfo:
         """A run by ID, unique ID prefix, or 'last'."""
