@@ -24,7 +24,7 @@ from pacsflow.cli.app import report
 from pacsflow.events import ITEM_DONE, RUN_STARTED, Event
 from pacsflow.ledger import DONE, FAILED, FINISHED, Ledger, new_worker_id
 from pacsflow.ops.roster import ROW, VERIFY, RosterUpload
-from pacsflow.ops.upload import ARCHIVE, FILE, FOLDER, MEMBER, Upload
+from pacsflow.ops.upload import ARCHIVE, FILE, MEMBER, Upload
 from pacsflow.orthanc import Orthanc
 from pacsflow.progress import BarProgress, LogProgress, Units
 from pacsflow.sandbox import LocalOrthanc
@@ -36,7 +36,7 @@ from tests.test_roster import make_folders
 #: the declarations proposed for ops/roster.py and ops/upload.py (their owners add them); the tests
 #: use the class's own when it has one
 ROSTER_UNITS = Units("rows", {ROW}, finished_by={VERIFY: FINISHED, ROW: {FAILED}})
-UPLOAD_UNITS = Units("files", {FILE, MEMBER, FOLDER}, opened=ARCHIVE)
+UPLOAD_UNITS = Units("files", {FILE, MEMBER}, opened=ARCHIVE)
 
 
 def ledger_of(workdir: Path) -> Ledger:
