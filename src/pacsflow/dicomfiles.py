@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pacsflow.errors import BadInput
 from pacsflow.orthanc import orthanc_id
@@ -71,16 +74,18 @@ class Unlisted:
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path | Unlisted]:
-    """Every regular file under PATHS, recursively, in a stable order; symlinked folders are not followed.
+    """Every file under PATHS that is not a folder, recursively, in a stable order; symlinked folders are
+    not followed. That includes FIFOs, sockets, devices and broken symlinks: open_regular says what they
+    are when their item is done, so that each is reported rather than dropped here unseen.
 
     A folder that cannot be listed (permissions, a path too long, gone meanwhile) comes as an Unlisted
     in its place: its files are unknown, and silence would lose them.
     """
     for path in paths:
-        if path.is_file():
-            yield path
-        else:
+        if path.is_dir():
             yield from _walk(path)
+        else:  # a file, or a FIFO or device named on the command line: never walked as a folder
+            yield path
 
 
 def _walk(top: Path) -> Iterator[Path | Unlisted]:
@@ -97,3 +102,58 @@ def _walk(top: Path) -> Iterator[Path | Unlisted]:
         for name in sorted(filenames):
             yield Path(dirpath) / name
     yield from unlisted
+
+
+class NotRegular(OSError):
+    """A FIFO, socket or device: no file's data to read. Found by stat, so it is never opened: opening a
+    FIFO waits for a writer that may never come, and reading a device may never end."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"not a regular file ({kind})")
+        self.kind = kind
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+    raise NotRegular(next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "special file"))
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """PATH open for reading, if it is a regular file (symlinks followed).
+
+    Raises NotRegular for a FIFO, socket or device (never opened), IsADirectoryError for a folder, and
+    the OSError of stat or open otherwise (FileNotFoundError for a broken symlink too: see broken_link).
+    """
+    _check_regular(os.stat(path).st_mode)
+    # O_NONBLOCK: a FIFO put in the file's place since the stat above is opened without waiting for a
+    # writer, and fstat then tells what was opened. A regular file reads the same either way.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        _check_regular(os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def broken_link(path: Path) -> str | None:
+    """Where PATH points if it is a symlink to nothing, else None: a link to a missing file says more
+    about where the data went (an unmounted drive, a moved folder) than "file vanished"."""
+    try:
+        if path.is_symlink() and not path.exists():
+            return os.readlink(path)
+    except OSError:
+        return None
+    return None

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,11 @@ def same_value(cell: str, wanted: str) -> bool:
         return float(cell) == float(wanted)
     except ValueError:
         return cell == wanted
+
+
+def is_done(status: str) -> bool:
+    """A status cell that marks its row done: anything but empty or 0."""
+    return bool(status.strip()) and not same_value(status, "0")
 
 
 class Roster:
@@ -111,8 +116,7 @@ class Roster:
         for number, row in enumerate(self.rows):
             if not any(cell.strip() for cell in row):
                 continue
-            status = self.cell(row, status_column)
-            if status.strip() and not same_value(status, "0"):
+            if is_done(self.cell(row, status_column)):
                 continue
             if all(same_value(self.cell(row, column), value) for column, value in where.items()):
                 chosen.append(number)
@@ -137,14 +141,35 @@ class Roster:
 
 @contextmanager
 def roster_lock(path: Path) -> Iterator[None]:
-    """Only one process at a time reads, changes and rewrites a roster (e.g. two runs with other --where)."""
+    """Only one process at a time reads, changes and rewrites a roster (e.g. two runs with other --where).
+
+    The lock is a file beside the roster (`.Final.csv.lock`), removed by its holder before it lets go,
+    so that none is left behind. Whoever was waiting then holds a lock on a file no longer there: it
+    sees that the name leads elsewhere, or nowhere, and starts again; so two processes can never each
+    hold a lock on a different file of that name at once.
+    """
     lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            break
+        os.close(fd)  # it was removed while we waited: closing lets go of a lock nobody else wants
+    try:
+        yield
+    finally:
+        # removed while still held: a newcomer creates a new file, a waiter sees this one is gone
+        with suppress(OSError):
+            lock.unlink()
+        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -163,12 +188,49 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
-def merge_error_rows(path: Path, header: list[str], rows: list[list[str]], fmt: CsvFormat) -> None:
-    """Add rows to an errors CSV (mode 0600: it names patients), once each, keeping earlier ones."""
-    existing: list[list[str]] = []
+ERROR_COLUMN = "Error"
+
+
+def update_errors(
+    path: Path, roster: Roster, status_column: str, errors: list[tuple[list[str], str]]
+) -> None:
+    """Bring an errors CSV (mode 0600: it names patients) up to date with ROSTER, as it is now.
+
+    ERRORS are roster rows and why each failed: a row's new reason replaces what the file said about it
+    before, and a row the roster now marks done (by a later run, or by hand) leaves the file: it lists
+    what is wrong now, not what once was. Rows of other rosters (another header) are kept as they are.
+    Call it holding the roster's lock. The file is written only when what it says changes.
+    """
+    header = [*roster.header, ERROR_COLUMN]
+    width, status = len(roster.header), roster.index(status_column)
+
+    def cells(row: list[str]) -> list[str]:
+        return (row[:width] + [""] * width)[:width]
+
+    def same_row(row: list[str]) -> tuple[str, ...]:
+        # the roster row, whatever its status: it was 0 when listed, and is 1 once the row is done
+        key = cells(row)
+        key[status] = ""
+        return tuple(key)
+
+    before: tuple[list[str], list[list[str]]] | None = None
+    ours: list[list[str]] = []
+    others: list[list[str]] = []
     if path.exists():
-        existing = Roster.load(path, []).rows
-    seen = {tuple(row) for row in existing}
-    merged = existing + [row for row in rows if tuple(row) not in seen]
-    table = Roster(path, header, merged, CsvFormat("utf-8", fmt.delimiter, fmt.lineterminator))
-    atomic_write(path, table.render(), mode=0o600)
+        table = Roster.load(path, [])
+        before = (table.header, table.rows)
+        if table.header == header:
+            ours = table.rows
+        else:  # not this roster's errors (another roster, an older file): keep them, and add ours
+            others = table.rows
+    done = {same_row(row) for row in roster.rows if is_done(roster.cell(row, status_column))}
+    new = {same_row(row): [*cells(row), reason] for row, reason in errors}
+    replaced = done | set(new)
+    rows = list(others)
+    for row in [*(row for row in ours if same_row(row) not in replaced), *new.values()]:
+        if row not in rows:
+            rows.append(row)
+    if before == (header, rows) or (before is None and not rows):
+        return  # nothing changed, and no empty file where there was none
+    fmt = CsvFormat("utf-8", roster.format.delimiter, roster.format.lineterminator)
+    atomic_write(path, Roster(path, header, rows, fmt).render(), mode=0o600)

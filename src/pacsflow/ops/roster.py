@@ -21,7 +21,7 @@ from pacsflow.ops.upload import (
     open_sender,
     upload_summary,
 )
-from pacsflow.roster import Roster, merge_error_rows, roster_lock, same_value
+from pacsflow.roster import Roster, roster_lock, same_value, update_errors
 
 ROW, VERIFY, COMMIT = "row", "verify", "commit"
 # Each batch takes five phases: scan rows, files, archive members, verify rows, rewrite the roster.
@@ -170,7 +170,8 @@ class RosterUpload(Operation):
         return Outcome(result={"instances": len(wanted)})
 
     def _commit_batch(self, item: Item) -> Outcome:
-        """Mark the batch's verified rows as uploaded; write the others to the errors CSV with the reason.
+        """Mark the batch's verified rows as uploaded; write the others to the errors CSV with the reason,
+        and take out of it the rows the roster now marks done.
 
         Rows are found by line and checked by ID: if someone edited the roster meanwhile, a row that
         moved is looked up by its ID, and no other row is ever marked in its place.
@@ -199,14 +200,17 @@ class RosterUpload(Operation):
                     changed = True
             if changed:
                 roster.save()
-            if reasons:
-                header = [*roster.header, "Error"]
-                error_rows = []
-                for line, reason in sorted(reasons.items()):
-                    index = self._find_row(roster, line, rows[line])
-                    original = roster.rows[index] if index is not None else [rows[line]]
-                    error_rows.append([*original, reason])
-                merge_error_rows(self.errors_path, header, error_rows, roster.format)
+            errors = []
+            for line, reason in sorted(reasons.items()):
+                index = self._find_row(roster, line, rows[line])
+                if index is not None:
+                    errors.append((roster.rows[index], reason))
+                else:  # a row gone from the roster: its ID, in its column
+                    gone = [""] * len(roster.header)
+                    gone[roster.index(self.id_column)] = rows[line]
+                    errors.append((gone, reason))
+            # also when this batch has no errors: rows it marked leave the errors CSV
+            update_errors(self.errors_path, roster, self.status_column, errors)
         return Outcome(result={"marked": marked, "errors": len(reasons)})
 
     def _find_row(self, roster: Roster, line: int, row_id: str) -> int | None:
@@ -224,7 +228,7 @@ class RosterUpload(Operation):
 
     def finish(self, run: RunInfo) -> list[str]:
         # Rows that verified only after a `retry` came after their batch's commit: commit again
-        # (idempotent: marked rows stay marked, errors already written are not written twice).
+        # (idempotent: marked rows stay marked, an error is listed once, and a row now done not at all).
         marked = errors = 0
         for commit in self.ledger.items(run.id, kind=COMMIT, status=DONE):
             counts = self._commit_batch(commit).result or {}

@@ -5,22 +5,36 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pacsflow.archives import (
     COMPRESSED_TAR,
+    MAX_NESTING,
     TAR,
     ZIP,
+    Expansion,
     Member,
     ZipReader,
     archive_kind,
     iter_compressed_tar,
+    iter_nested,
     list_tar,
     list_zip,
+    member_archive_kind,
     read_tar_member,
 )
-from pacsflow.dicomfiles import InstanceUIDs, Unlisted, iter_files, looks_like_dicom, read_uids
+from pacsflow.dicomfiles import (
+    InstanceUIDs,
+    NotRegular,
+    Unlisted,
+    broken_link,
+    iter_files,
+    looks_like_dicom,
+    open_regular,
+    read_uids,
+)
 from pacsflow.errors import BadInput, ConfigError, PacsflowError, ServerError, Unsupported
 from pacsflow.join import JoinTable
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo, storable
@@ -31,6 +45,8 @@ from pacsflow.orthanc import Orthanc
 from pacsflow.stored import check_stored
 
 NOT_DICOM = "not DICOM"
+#: the note of a FIFO, socket or device found among the inputs: "not a regular file (FIFO)"
+NOT_REGULAR = "not a regular file"
 ALREADY = "already on server"
 ARCHIVE = "archive"
 FILE, MEMBER, FOLDER = "file", "member", "folder"
@@ -121,8 +137,62 @@ class Sender:
         return Outcome(status=DONE, nbytes=len(data), result=result)
 
 
+@dataclass
+class _Tally:
+    """What the members read within one item add up to: a compressed TAR's, or a nested archive's."""
+
+    members: int = 0
+    sent: int = 0
+    already: int = 0
+    not_dicom: int = 0
+    #: archives opened in memory by this item (a member item's own too; a compressed TAR's not)
+    archives: int = 0
+    nbytes: int = 0
+    ids: list[str] = field(default_factory=list)
+    studies: set[str] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+    expansion: Expansion = field(default_factory=Expansion)
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.note == NOT_DICOM:
+            self.not_dicom += 1
+            return
+        if outcome.status == SKIPPED:
+            self.already += 1
+        else:
+            self.sent += 1
+        self.nbytes += outcome.nbytes
+        if outcome.result:
+            self.ids.append(outcome.result["id"])
+            self.studies.add(outcome.result["study"])
+
+    def outcome(self, where: str) -> Outcome:
+        """The item's Outcome; raises BadInput if any member failed (what was sent stays sent)."""
+        if self.failures:
+            raise BadInput(
+                f"{len(self.failures)} of {self.members} members failed",
+                where=where,
+                detail=first_failures(self.failures),
+            )
+        counts = {
+            "members": self.members,
+            "sent": self.sent,
+            "already": self.already,
+            "not_dicom": self.not_dicom,
+            "archives": self.archives,
+        }
+        result = {**counts, "ids": self.ids, "studies": sorted(self.studies)}
+        return Outcome(note=ARCHIVE, nbytes=self.nbytes, result=result)
+
+
+def _is_dicomdir(name: str) -> bool:
+    """A media index (DICOMDIR), not an image: counted as not DICOM wherever it is found."""
+    return PurePosixPath(name.replace("\\", "/")).name.upper() == "DICOMDIR"
+
+
 class ArchiveFiles:
-    """Turns file items into payloads: plain files, archive members, and whole compressed TARs."""
+    """Turns file items into payloads: plain files, archive members, whole compressed TARs, and archives
+    found inside archives (opened in memory within the item that found them, MAX_NESTING deep)."""
 
     def __init__(self, sender: Sender) -> None:
         self.sender = sender
@@ -130,11 +200,12 @@ class ArchiveFiles:
 
     def do_file(self, item: Item, join_key: str | None) -> Outcome:
         path = Path(item.payload.get("path", item.key))
-        if path.name.upper() == "DICOMDIR":  # a media index, not an image
+        if _is_dicomdir(path.name):
             return Outcome(status=SKIPPED, note=NOT_DICOM)
         uids = None
         try:
-            with open(path, "rb") as fh:
+            # never open() a FIFO, socket or device: a FIFO blocks its worker, and the run, for ever
+            with open_regular(path) as fh:
                 head = fh.read(_HEAD)
                 if looks_like_dicom(head):
                     kind = None
@@ -148,7 +219,13 @@ class ArchiveFiles:
                     kind = archive_kind(head, path)
                     if kind is None:
                         return Outcome(status=SKIPPED, note=NOT_DICOM)
+        except NotRegular as exc:
+            # not data someone meant to upload (a pipe, a socket, a device): skipped, with what it is
+            return Outcome(status=SKIPPED, note=f"{NOT_REGULAR} ({exc.kind})")
         except FileNotFoundError:
+            target = broken_link(path)
+            if target is not None:  # the data is elsewhere, or gone: the operator must know
+                raise BadInput("broken symlink", where=path.name, detail=f"to {target}") from None
             raise BadInput("file vanished before upload", where=path.name) from None
         except IsADirectoryError:
             raise BadInput("is a folder", where=path.name) from None
@@ -177,47 +254,72 @@ class ArchiveFiles:
         where = f"{archive.name}!{name}"
         if payload.get("unsafe"):
             raise BadInput("unsafe member name (absolute or '..'); not read", where=where)
+        if _is_dicomdir(name):
+            return Outcome(status=SKIPPED, note=NOT_DICOM)
         if payload["format"] == ZIP:
             data = self.zips.read(archive, name)
         else:
             data = read_tar_member(archive, Member(name, payload["size"], payload["offset"]))
+        if not looks_like_dicom(data[:_HEAD]):
+            tally = _Tally()
+            # an archive in an archive (a ZIP of ZIPs per patient...): once "not DICOM", every image in
+            # it lost without a word; a corrupt one fails this item
+            kind = member_archive_kind(data, name, where, tally.expansion)
+            if kind is not None:
+                self._open_nested(data, kind, where, 2, join_key, tally)
+                return tally.outcome(where)
         return self.sender.send(data, where, join_key)
 
     def _compressed_tar(self, path: Path, join_key: str | None) -> Outcome:
         """A .tar.gz/.bz2/.xz has no random access: its members go one by one within this item."""
-        counts = {"members": 0, "sent": 0, "already": 0, "not_dicom": 0}
-        ids: list[str] = []
-        studies: set[str] = set()
-        failures: list[str] = []
-        sent_bytes = 0
+        tally = _Tally()
         for member, data in iter_compressed_tar(path):
-            counts["members"] += 1
+            tally.members += 1
             where = f"{path.name}!{member.name}"
             if member.unsafe:
-                failures.append(f"{where}: unsafe member name")
+                tally.failures.append(f"{where}: unsafe member name")
                 continue
-            try:
-                outcome = self.sender.send(data, where, join_key)
-            except BadInput as exc:
-                failures.append(str(exc))
-                continue
-            if outcome.note == NOT_DICOM:
-                counts["not_dicom"] += 1
-                continue
-            counts["already" if outcome.status == SKIPPED else "sent"] += 1
-            sent_bytes += outcome.nbytes
-            if outcome.result:
-                ids.append(outcome.result["id"])
-                studies.add(outcome.result["study"])
-        if failures:
-            raise BadInput(
-                f"{len(failures)} of {counts['members']} members failed",
-                where=path.name,
-                detail=first_failures(failures),
-            )
-        return Outcome(
-            note=ARCHIVE, nbytes=sent_bytes, result={**counts, "ids": ids, "studies": sorted(studies)}
-        )
+            self._send_member(data, member.name, where, 2, join_key, tally)
+        return tally.outcome(path.name)
+
+    def _send_member(
+        self, data: bytes, name: str, where: str, level: int, join_key: str | None, tally: _Tally
+    ) -> None:
+        """One member read within an item: sent if DICOM, opened if an archive (at LEVEL, 1 being a file
+        of the inputs), else counted as not DICOM; a failure goes into TALLY and the rest goes on."""
+        if _is_dicomdir(name):
+            tally.not_dicom += 1
+            return
+        try:
+            if not looks_like_dicom(data[:_HEAD]):
+                kind = member_archive_kind(data, name, where, tally.expansion)
+                if kind is not None:
+                    self._open_nested(data, kind, where, level, join_key, tally)
+                    return
+            outcome = self.sender.send(data, where, join_key)
+        except BadInput as exc:
+            tally.failures.append(str(exc))
+            return
+        tally.add(outcome)
+
+    def _open_nested(
+        self, data: bytes, kind: str, where: str, level: int, join_key: str | None, tally: _Tally
+    ) -> None:
+        """Send what the archive in DATA (at LEVEL) holds, member by member, within this item.
+
+        Raises BadInput if it is nested too deep or corrupt (its members read before stay counted)."""
+        if level > MAX_NESTING:
+            raise BadInput(f"archive nested {level} deep, more than {MAX_NESTING}; not opened", where=where)
+        tally.archives += 1
+        for member, got in iter_nested(data, kind, where, tally.expansion):
+            inner = f"{where}!{member.name}"
+            tally.members += 1
+            if member.unsafe:
+                tally.failures.append(f"{inner}: unsafe member name")
+            elif isinstance(got, BadInput):
+                tally.failures.append(str(got))
+            else:
+                self._send_member(got, member.name, inner, level + 1, join_key, tally)
 
     def close(self) -> None:
         self.zips.close()
@@ -369,7 +471,8 @@ class Upload(Operation):
 
 
 def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
-    """Files seen, DICOM, sent, already there, not DICOM, failed, MB (compressed TARs counted inside)."""
+    """Files seen, DICOM, sent, already there, not DICOM, failed, MB (compressed TARs and nested
+    archives counted inside), and the special files skipped."""
     tally = ledger.tally(run.id)
     sent = sum(
         n
@@ -379,19 +482,30 @@ def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
     already = sum(n for (kind, _, note), n in tally.items() if kind in (FILE, MEMBER) and note == ALREADY)
     not_dicom = sum(n for (kind, _, note), n in tally.items() if kind in (FILE, MEMBER) and note == NOT_DICOM)
     failed = sum(n for (kind, status, _), n in tally.items() if kind in (FILE, MEMBER) and status == FAILED)
+    # an archive file of the inputs counts here; an archive member counts itself in its result below
     archives = sum(n for (kind, _, note), n in tally.items() if kind == FILE and note == ARCHIVE)
-    for item in ledger.items(run.id, status=DONE, kind=FILE, note=ARCHIVE):
+    for item in ledger.items(run.id, status=DONE, note=ARCHIVE):
         counts = item.result or {}
-        if "sent" in counts:  # a compressed TAR, done member by member inside its item
+        if item.kind in (FILE, MEMBER) and "sent" in counts:
+            # a compressed TAR or an archive inside an archive, done member by member inside its item
             sent += counts["sent"]
             already += counts["already"]
             not_dicom += counts["not_dicom"]
+            archives += counts.get("archives", 0)
     seen = sent + already + not_dicom + failed
     opened = f" (with {archives} archives opened)" if archives else ""
     lines = [
         f"files seen {seen}{opened}: DICOM {sent + already}, sent {sent}, already there {already}, "
         f"not DICOM {not_dicom}, failed {failed}; {run.bytes / 1e6:.1f} MB sent"
     ]
+    special: dict[str, int] = {}
+    for (kind, _, note), n in tally.items():
+        if kind == FILE and note and note.startswith(NOT_REGULAR):
+            what = note.removeprefix(NOT_REGULAR).strip(" ()")
+            special[what] = special.get(what, 0) + n
+    if special:  # not counted above: no file's data was there to see
+        kinds = ", ".join(f"{what} {n}" for what, n in sorted(special.items()))
+        lines.append(f"skipped, not regular files (never opened): {kinds}")
     unlisted = sum(n for (kind, status, _), n in tally.items() if kind == FOLDER and status == FAILED)
     if unlisted:  # their files are not counted above: nobody knows how many there are
         lines.append(
