@@ -18,7 +18,7 @@ from pacsflow.orthanc import Orthanc
 from pacsflow.pacing import RetryPolicy
 from pacsflow.sandbox import LocalOrthanc
 from pacsflow.synthetic import Shape, instance_bytes
-from tests.conftest import run_cli
+from tests.conftest import cli, run_cli
 
 SHAPE = Shape(patients=1, series=1, instances=3, pixels=32, seed=41)
 
@@ -142,3 +142,34 @@ def test_a_file_shorter_than_the_server_says_is_never_kept(
     (failed,) = ledger.items(ledger.runs()[0].id, status=FAILED)
     size = len(client_a.instance_file(instance))
     assert failed.last_error == f"{instance}: got 4 bytes, the server holds {size}"
+
+
+def test_download_chooses_studies_by_uid_patient_accession_or_query(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    cli("populate", "--to", "a", "--patients", "3", "--instances", "2", "--seed", "9", cwd=workdir)
+    studies = {
+        info["ID"]: {**info["MainDicomTags"], **info["PatientMainDicomTags"]}
+        for info in client_a.find("Study", {}, expand=True)
+    }
+    first, second, third = sorted(studies, key=lambda study: studies[study]["PatientID"])
+
+    def fetched(*selectors: str) -> set[str]:
+        """The studies a download with SELECTORS wrote files of (by the StudyInstanceUID folders)."""
+        out = workdir / f"dl-{len(list(workdir.glob('dl-*')))}"
+        result = run_cli("download", "--from", "a", "--out", str(out), *selectors, cwd=workdir)
+        assert result.returncode == 0, result.stdout + result.stderr
+        folders = {path.parent.parent.name for path in out.rglob("*.dcm")}
+        return {study for study, tags in studies.items() if tags["StudyInstanceUID"] in folders}
+
+    assert fetched("--study", studies[first]["StudyInstanceUID"]) == {first}
+    patient_and_accession = ["--patient", studies[second]["PatientID"]]
+    patient_and_accession += ["--accession", studies[third]["AccessionNumber"]]
+    assert fetched(*patient_and_accession) == {second, third}
+    day = studies[third]["StudyDate"]
+    assert fetched("--query", f"StudyDate={day[:4]}-{day[4:6]}-{day[6:]}") == {
+        study for study, tags in studies.items() if tags["StudyDate"] == day
+    }
+    nothing = cli("download", "--from", "a", "--out", "none", "--accession", "A-NONE", cwd=workdir)
+    assert nothing.returncode == 2 and "--accession matches no study on a" in nothing.stderr
+    assert not (workdir / "none").exists()  # refused before the folder was made

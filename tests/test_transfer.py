@@ -279,3 +279,129 @@ def test_a_destination_down_behind_the_source_s_store_job_pauses_the_run(
     assert "waiting for" in output and "answers again after" in output
     with Orthanc(orthanc_b.server_config()) as destination:
         assert sorted(destination.ids("instances")) == sorted(source.ids("instances"))
+
+
+def study_tags(client: Orthanc) -> dict[str, dict[str, str]]:
+    """Orthanc study ID -> PatientID, StudyInstanceUID, AccessionNumber and StudyDate of each study."""
+    wanted = ("PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDate")
+    found = {}
+    for info in client.find("Study", {}, expand=True):
+        tags = {**info["MainDicomTags"], **info["PatientMainDicomTags"]}
+        found[info["ID"]] = {key: tags[key] for key in wanted}
+    return found
+
+
+def test_studies_chosen_by_uid_accession_and_patient(
+    workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
+) -> None:
+    shape = ["--patients", "3", "--studies", "2", "--instances", "1", "--seed", "6"]
+    cli("populate", "--to", "a", *shape, cwd=workdir)
+    studies = study_tags(client_a)
+    first, second, third = sorted(studies)[:3]
+    patient = studies[third]["PatientID"]
+    of_patient = {study for study, tags in studies.items() if tags["PatientID"] == patient}
+    uid, accession = studies[first]["StudyInstanceUID"], studies[second]["AccessionNumber"]
+    chosen = ["--study", uid, "--accession", accession, "--patient", patient]
+    planned = run_cli("transfer", "--from", "a", "--to", "b", *chosen, "--plan-only", cwd=workdir)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    shown = run_cli("run", "show", "last", cwd=workdir).stdout
+    # the run keeps what was asked, not what it stood for: a resume or another worker plans from it
+    assert f'"studies": ["{uid}"], "accessions": ["{accession}"], "patients": ["{patient}"]' in shown
+    resumed = run_cli("resume", "last", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert set(client_b.ids("studies")) == {first, second} | of_patient
+
+
+def test_a_selector_that_names_nothing_stops_before_any_run_and_keeps_the_id_private(
+    workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
+) -> None:
+    cli("populate", "--to", "a", "--patients", "1", "--instances", "1", "--seed", "6", cwd=workdir)
+    patients = ["--patient", "PF006-00000", "--patient", "PF999-00042"]
+    result = cli("transfer", "--from", "a", "--to", "b", *patients, cwd=workdir)
+    assert result.returncode == 2
+    assert "--patient #2 matches no study on a" in result.stderr
+    assert "PF999" not in result.stderr + result.stdout  # a patient ID is shown with --log-phi only
+    shown = cli("--log-phi", "transfer", "--from", "a", "--to", "b", "--patient", "PF999-00042", cwd=workdir)
+    assert shown.returncode == 2 and "(PatientID PF999-00042)" in shown.stderr
+    uid = cli("transfer", "--from", "a", "--to", "b", "--study", "1.2.3.999", cwd=workdir)
+    assert uid.returncode == 2 and "--study matches no study on a" in uid.stderr
+    assert "transfer" not in cli("runs", cwd=workdir).stdout  # refused before any run started
+    assert client_b.ids("studies") == []
+
+
+def test_every_query_checks_its_tags_and_dates_first(
+    workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
+) -> None:
+    cli("populate", "--to", "a", "--patients", "2", "--instances", "1", "--seed", "5", cwd=workdir)
+    for command in (
+        ["transfer", "--from", "a", "--to", "b"],
+        ["download", "--from", "a", "--out", "dl"],
+        ["compare", "a", "b"],
+    ):
+        typo = cli(*command, "--query", "PatientNmae=PF*", cwd=workdir)
+        assert typo.returncode == 2, typo.stdout + typo.stderr
+        assert "--query PatientNmae: not a DICOM tag keyword (did you mean PatientName?)" in typo.stderr
+        date = cli(*command, "--query", "StudyDate=2020-13-01", cwd=workdir)
+        assert date.returncode == 2 and "--query StudyDate '2020-13-01': no such date" in date.stderr
+    assert not (workdir / "dl").exists() and client_b.ids("studies") == []
+    # a tag written as Orthanc also takes it, and a date written with dashes, choose the studies
+    studies = study_tags(client_a)
+    chosen = min(studies, key=lambda study: studies[study]["StudyDate"])
+    day = studies[chosen]["StudyDate"]
+    query = ["--query", f"0010,0020={studies[chosen]['PatientID']}"]
+    query += ["--query", f"StudyDate={day[:4]}-{day[4:6]}-{day[6:]}-"]
+    result = run_cli("transfer", "--from", "a", "--to", "b", *query, cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert client_b.ids("studies") == [chosen]
+
+
+def test_a_misspelt_peer_or_modality_stops_at_the_start_naming_those_there_are(
+    workdir: Path, peer_source: LocalOrthanc, source: Orthanc, orthanc_b: LocalOrthanc, client_b: Orthanc
+) -> None:
+    cli("populate", "--to", peer_source.url, "--patients", "2", "--instances", "1", cwd=workdir)
+    via_peer = ["transfer", "--from", peer_source.url, "--to", orthanc_b.url, "--via", "peer"]
+    peer = cli(*via_peer, "--peer", "nosuch", cwd=workdir)
+    assert peer.returncode == 2, peer.stdout + peer.stderr
+    assert "has no Orthanc peer 'nosuch' (its OrthancPeers: to-a, to-b); name one of them with --peer" in (
+        peer.stderr
+    )
+    node = f"{orthanc_b.aet}@127.0.0.1:{orthanc_b.dicom_port}"
+    modality = cli("transfer", "--from", peer_source.url, "--to", node, "--modality", "nope", cwd=workdir)
+    assert modality.returncode == 2, modality.stdout + modality.stderr
+    assert "has no DICOM modality 'nope' (its DicomModalities: node-b); name one of them with --modality" in (
+        modality.stderr
+    )
+    assert "transfer" not in cli("runs", cwd=workdir).stdout and client_b.ids("studies") == []
+    # the source's own spelling is found whatever the case, and the copies go through it
+    right = run_cli(*via_peer, "--peer", "TO-B", cwd=workdir)
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert sorted(client_b.ids("studies")) == sorted(source.ids("studies"))
+
+
+@pytest.fixture(scope="module")
+def refusing_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    """An Orthanc configured as Orthanc ships (DicomAlwaysAllowFind false): it answers anyone's C-ECHO but
+    aborts the association when an AE title missing from its DicomModalities asks a C-FIND."""
+    server = LocalOrthanc(
+        "R", tmp_path_factory.mktemp("orthanc-r"), aet="REFUSER", extra={"DicomAlwaysAllowFind": False}
+    ).start()
+    yield server
+    server.kill()
+
+
+def test_a_node_that_refuses_our_c_find_is_named_once_with_the_likely_cause(
+    workdir: Path, tmp_path: Path, refusing_node: LocalOrthanc, orthanc_b: LocalOrthanc
+) -> None:
+    node = f"REFUSER@127.0.0.1:{refusing_node.dicom_port}"
+    modalities = {"refuser": ["REFUSER", "127.0.0.1", refusing_node.dicom_port]}
+    with LocalOrthanc("S", tmp_path / "orthanc-s", aet="SOURCES", modalities=modalities) as sender:
+        cli("populate", "--to", sender.url, "--patients", "3", "--instances", "1", cwd=workdir)
+        result = run_cli("transfer", "--from", sender.url, "--to", node, cwd=workdir)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.count("refuses our C-FIND") == 1
+        assert "it likely does not know our AE title 'PACSFLOW'" in result.stderr
+        assert "DicomModalities" in result.stderr and "transfer" not in run_cli("runs", cwd=workdir).stdout
+    # compare asks the node by C-FIND too: the same line, once, and not a "differ" (exit 1)
+    compared = cli("compare", orthanc_b.url, node, cwd=workdir)
+    assert compared.returncode == 2, compared.stdout + compared.stderr
+    assert compared.stderr.count("refuses our C-FIND (it aborts the association when asked)") == 1

@@ -13,7 +13,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ModalityConfig
-from pacsflow.errors import RemoteError, Unreachable
+from pacsflow.errors import ConfigError, PreflightError, RemoteError, Unreachable
 from pacsflow.pacing import limiter_for
 
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -21,6 +21,16 @@ logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 #: A-ASSOCIATE-RJ result 2: "rejected-transient" (busy, too many associations): try again later
 _REJECTED_TRANSIENT = 0x02
 _PENDING = (0xFF00, 0xFF01)
+#: a StudyInstanceUID no study has (a UUID-derived UID of zeros): a C-FIND for it matches nothing, fast
+_NO_STUDY = "2.25.0"
+
+
+class FindFailed(RemoteError):
+    """The node answered our C-FIND with a failure STATUS (None: an answer without one)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _unreachable(modality: ModalityConfig, our_aet: str, message: str) -> Unreachable:
@@ -94,11 +104,45 @@ def _find(modality: ModalityConfig, our_aet: str, query: Any, timeout: float) ->
                 raise _unreachable(
                     modality, our_aet, f"{modality.display}: association aborted or timed out during C-FIND"
                 )
-            code = int(getattr(status, "Status", -1))
+            code = getattr(status, "Status", None)
             if code in _PENDING and identifier is not None:
                 yield identifier
             elif code != 0:
-                raise RemoteError(f"{modality.display}: C-FIND failed (status 0x{code & 0xFFFF:04X})")
+                shown = f"status 0x{int(code):04X}" if code is not None else "an answer without a status"
+                raise FindFailed(f"{modality.display}: C-FIND failed ({shown})", code)
+
+
+def check_find(modality: ModalityConfig, our_aet: str, timeout: float = 30.0) -> None:
+    """Ask the node one C-FIND that matches nothing: whether it lets us query it at all.
+
+    A node that does not know our AE title often accepts the association and the C-ECHO, then refuses
+    the C-FIND: Orthanc aborts the association, other nodes answer a failure status. Either way every
+    later C-FIND would fail alike, so this says why once, before any work. Raises ConfigError naming
+    that likely cause, PreflightError when the node does not answer a C-ECHO either (it is down).
+    """
+    from pydicom.dataset import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = _NO_STUDY
+    try:
+        for _ in _find(modality, our_aet, query, timeout):
+            pass
+    except Unreachable:
+        try:
+            echo(modality, our_aet)
+        except Unreachable as down:  # the node went down: not a refusal
+            raise PreflightError(str(down)) from None
+        how = "it aborts the association when asked"
+    except FindFailed as exc:
+        how = f"status 0x{exc.status:04X}" if exc.status is not None else "an answer without a status"
+    else:
+        return
+    raise ConfigError(
+        f"{modality.display} answers C-ECHO but refuses our C-FIND ({how}): it likely does not know our "
+        f"AE title {our_aet!r}; add {our_aet} with this machine's address and DICOM port to its "
+        "DicomModalities (an Orthanc node may instead set DicomAlwaysAllowFind)"
+    )
 
 
 def study_instance_uids(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -15,7 +16,9 @@ from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.params import DownloadParams
 from pacsflow.ops.servers import connect, preflight_server
+from pacsflow.selection import Selection, first_look, resolve
 
+log = logging.getLogger("pacsflow")
 STUDY, INSTANCE = "study", "instance"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -40,17 +43,26 @@ class Download(Operation):
         super().__init__(settings, params)
         self.source = connect(settings, self.p.source, self.p.workers or settings.workers)
         self.out = Path(self.p.out)
+        #: the studies the selectors named, looked up at the start (None: plan looks)
+        self._chosen: list[str] | None = None
 
     def preflight(self) -> None:
-        """Raises ConfigError (--out is not a folder), OSError (it cannot be made), PreflightError or
-        Unauthorized (the server)."""
+        """Raises ConfigError (--out is not a folder, a selector names no study on the server), OSError
+        (--out cannot be made), PreflightError or Unauthorized (the server)."""
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"{self.out} exists and is not a folder")
-        self.out.mkdir(parents=True, exist_ok=True)
         preflight_server(self.source)
+        self._chosen = first_look(self.source, self.p)
+        if self._chosen is not None:
+            self.remember("matched", len(self._chosen))
+        self.out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused command leaves nothing
 
     def plan(self) -> Iterable[PlannedItem]:
-        studies = self.p.studies or self.source.ids("studies")
+        studies = self._chosen
+        if studies is None:  # a query, every study, or a resume planning again
+            studies = resolve(self.source, Selection.of(self.p), require_match=False)
+            if not studies and self.p.query:
+                log.warning("the query matches no study on %s", self.source.display)
         for study in studies:
             yield PlannedItem(STUDY, f"s/{study}", {"study": study})
 

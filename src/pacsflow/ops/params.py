@@ -22,13 +22,14 @@ from pydantic import (
     model_validator,
 )
 
-from pacsflow.errors import ParamsError
+from pacsflow.errors import ConfigError, ParamsError
+from pacsflow.selection import QUERY_EXAMPLE, SELECTORS, check_query, clean_selectors
 
 #: the errors CSV of `upload --roster` when none is given (relative to the current folder)
 DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
 #: parameters named by another flag than `--` + their name, or by none at all
-_FLAGS = {"studies": "--study", "paths": "PATHS"}
-_NOT_FLAGS = frozenset({"shape", "modality_names", "start_change"})
+_FLAGS = {"studies": "--study", "accessions": "--accession", "patients": "--patient", "paths": "PATHS"}
+_NOT_FLAGS = frozenset({"shape", "modality_names", "start_change", "matched"})
 #: errors whose input is a number or one word: safe to quote (others may be paths, URLs or patient IDs)
 _QUOTED = frozenset({"literal_error", "int_parsing", "int_from_float", "bool_parsing", "float_parsing"})
 _MAX_SHOWN = 3
@@ -266,26 +267,67 @@ class CopyParams(OpParams):
     )
 
 
-class TransferParams(CopyParams):
-    """transfer: copy what the destination lacks, study by study, then verify each study."""
+class SelectParams(OpParams):
+    """What commands that pick studies share (see pacsflow.selection): selectors, whose matches are
+    joined, or a query; neither takes every study. The run stores them as given: a resume or a worker
+    sees what the user asked for."""
 
-    operation = "transfer"
+    #: parameters newer than the runs some ledgers hold: left out of the stored dict while unset, so
+    #: that those runs' parameters stay exactly as they were stored
+    LATER: ClassVar[frozenset[str]] = frozenset({"accessions", "patients", "matched"})
 
-    studies: list[str] | None = Field(None, description="Orthanc study IDs (default: all)")
-    query: dict[str, str] | None = Field(
-        None, description="TAG=VALUE the studies match (* wildcards, date ranges); not with studies"
+    studies: list[str] | None = Field(
+        None, description="Orthanc study IDs or StudyInstanceUIDs (default: every study)"
     )
+    accessions: list[str] | None = Field(None, description="AccessionNumbers of studies (* wildcards)")
+    patients: list[str] | None = Field(None, description="PatientIDs whose studies to take (* wildcards)")
+    query: dict[str, str] | None = Field(
+        None, description="TAG=VALUE the studies match (* wildcards, date ranges); not with selectors"
+    )
+    matched: int | None = Field(
+        None, ge=0, description="found at the start: studies the selectors named (not looked up again)"
+    )
+
+    @field_validator("studies", "accessions", "patients", mode="before")
+    @classmethod
+    def _selectors(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value  # None, or a wrong type the field itself refuses
+        try:
+            return clean_selectors(value, info.field_name)
+        except ConfigError as exc:
+            raise _Invalid(exc.reason, info.field_name) from None
 
     @field_validator("query", mode="before")
     @classmethod
     def _query(cls, value: Any) -> Any:
-        return _pairs(value, "--query", "TAG=VALUE, e.g. PatientID=PF* or StudyDate=2020-") or None
+        query = _pairs(value, "--query", QUERY_EXAMPLE) or None
+        if not isinstance(query, Mapping):
+            return query
+        try:
+            return check_query(query)
+        except ConfigError as exc:
+            raise _Invalid(exc.reason, "query") from None
 
     @model_validator(mode="after")
-    def _studies_or_query(self) -> Self:
-        if self.studies and self.query:
-            raise _Invalid("give --study or --query, not both", "studies", "query")
+    def _selectors_or_query(self) -> Self:
+        given = [name for name in SELECTORS if getattr(self, name)]
+        if given and self.query:
+            raise _Invalid(f"give {SELECTORS[given[0]]} or --query, not both", given[0], "query")
         return self
+
+    def stored(self) -> dict[str, Any]:
+        data = super().stored()
+        for name in self.LATER:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class TransferParams(SelectParams, CopyParams):
+    """transfer: copy what the destination lacks, study by study, then verify each study."""
+
+    operation = "transfer"
 
 
 class CloneParams(CopyParams):
@@ -320,14 +362,14 @@ class ForwardParams(OpParams):
         return [value] if isinstance(value, str) else value
 
 
-class DownloadParams(OpParams):
+class DownloadParams(SelectParams):
     """download: fetch studies into a folder tree Patient/Study/Series/<instance>.dcm."""
 
     operation = "download"
+    LATER = SelectParams.LATER | {"query"}  # download took no query before
 
     source: str = Field(alias="from", description="Orthanc server (name or URL)")
     out: PathText = Field(description="folder: Patient/Study/Series/instance.dcm")
-    studies: list[str] | None = Field(None, description="Orthanc study IDs (default: all)")
 
 
 #: the model of each operation, by the name its runs are stored under

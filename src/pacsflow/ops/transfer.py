@@ -24,6 +24,7 @@ from pacsflow.ops.params import CloneParams, CopyParams, ForwardParams, Transfer
 from pacsflow.ops.servers import connect, preflight_node, preflight_server
 from pacsflow.orthanc import Orthanc
 from pacsflow.pacing import limiter_for, take
+from pacsflow.selection import Selection, first_look, resolve
 from pacsflow.stored import check_stored
 
 log = logging.getLogger("pacsflow")
@@ -57,6 +58,28 @@ def accepted_destination(source: Orthanc, destination: Orthanc | ModalityConfig)
     verdict = check_not_source(source, destination)
     if verdict.same is None:
         log.info("cannot tell yet whether %s is the source: %s", destination.display, verdict.why)
+
+
+def known_name(source: Orthanc, route: str, name: str, flag: str) -> str:
+    """NAME as SOURCE spells it among its OrthancPeers (ROUTE /peers) or DicomModalities (/modalities),
+    found whatever its case.
+
+    Raises ConfigError listing the names SOURCE has, when none is NAME: a misspelt --peer or --modality
+    stops the run at its start instead of failing each study.
+    """
+    found = source.get_json(route)
+    names = [str(one) for one in found] if isinstance(found, list | dict) else []
+    if name in names:
+        return name
+    same = [one for one in names if one.lower() == name.lower()]
+    if len(same) == 1:
+        return same[0]
+    peers = route == "/peers"
+    kind, setting = ("Orthanc peer", "OrthancPeers") if peers else ("DICOM modality", "DicomModalities")
+    known = ", ".join(sorted(names)) if names else "none"
+    raise ConfigError(
+        f"{source.display} has no {kind} {name!r} (its {setting}: {known}); name one of them with {flag}"
+    )
 
 
 def source_modality_name(source: Orthanc, node: ModalityConfig) -> str:
@@ -122,6 +145,8 @@ class Transfer(Operation):
         # a DICOM node is reached through the source Orthanc's C-STORE and checked with our C-FIND
         self.node = settings.modality(self.p.to) if self.via == "dicom" else None
         self.destination = connect(settings, self.p.to, workers) if self.node is None else None
+        #: the studies the selectors named, looked up at the start (None: plan looks)
+        self._chosen: list[str] | None = None
 
     @property
     def peer(self) -> str | None:
@@ -135,19 +160,29 @@ class Transfer(Operation):
 
     def preflight(self) -> None:
         """Raises PreflightError or Unauthorized (a server or the node), ConfigError (the destination is
-        the source; the source lacks the peer or the modality for it)."""
+        the source; the source lacks the peer or the modality for it, or a --peer or --modality it does
+        not have; the node refuses our C-FIND; a selector that names no study on the source)."""
         preflight_server(self.source)
         if self.node is not None:
             accepted_destination(self.source, self.node)
             preflight_node(self.node, self.settings.aet)
-            if not self.modality:
+            # what the node holds is checked by our C-FIND: a node refusing it is said once, here
+            dimse.check_find(self.node, self.settings.aet)
+            if self.modality:
+                self.remember("modality", known_name(self.source, "/modalities", self.modality, "--modality"))
+            else:
                 self.remember("modality", self._find_modality())  # remembered for resume
-            return
-        assert self.destination is not None
-        preflight_server(self.destination)
-        accepted_destination(self.source, self.destination)
-        if self.via == "peer" and not self.peer:
-            self.remember("peer", self._find_peer())  # remembered for resume
+        else:
+            assert self.destination is not None
+            preflight_server(self.destination)
+            accepted_destination(self.source, self.destination)
+            if self.via == "peer" and self.peer:
+                self.remember("peer", known_name(self.source, "/peers", self.peer, "--peer"))
+            elif self.via == "peer":
+                self.remember("peer", self._find_peer())  # remembered for resume
+        self._chosen = first_look(self.source, self.p)
+        if self._chosen is not None:
+            self.remember("matched", len(self._chosen))
 
     def _find_modality(self) -> str:
         assert self.node is not None
@@ -167,13 +202,11 @@ class Transfer(Operation):
         )
 
     def plan(self) -> Iterable[PlannedItem]:
-        p = self.p
-        assert isinstance(p, TransferParams)
-        studies = p.studies
-        if not studies and p.query:
-            studies = self.source.find("Study", p.query)
-        elif not studies:
-            studies = self.source.ids("studies")
+        studies = self._chosen
+        if studies is None:  # a query, every study, or a resume planning again
+            studies = resolve(self.source, Selection.of(self.p), require_match=False)
+            if not studies and getattr(self.p, "query", None):
+                log.warning("the query matches no study on %s", self.source.display)
         for study in studies:
             yield PlannedItem(STUDY, f"s/{study}", {"study": study})
 
@@ -435,6 +468,7 @@ class Forward(Operation):
                 continue
             accepted_destination(self.source, destination.node)
             preflight_node(destination.node, self.settings.aet)
+            dimse.check_find(destination.node, self.settings.aet)
             if not destination.name:
                 destination.name = source_modality_name(self.source, destination.node)
                 self.remember("modality_names", {**self.p.modality_names, spec: destination.name})
