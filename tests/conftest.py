@@ -86,8 +86,11 @@ def client_b(orthanc_b: LocalOrthanc) -> Iterator[Orthanc]:
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private working folder: the default ledger (.pacsflow/ledger.db) lands here."""
+    """A private working folder holding the config file, so that the default ledger lands here too
+    (.pacsflow/ledger.db); without a config file it goes to the user's data directory, made private as
+    well ($XDG_DATA_HOME under this folder)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     for key in list(os.environ):
         if key.startswith("PACSFLOW_"):
             monkeypatch.delenv(key)
@@ -142,9 +145,18 @@ def wait_for(condition: Callable[[], object], what: str, process: subprocess.Pop
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def ledger_path(workdir: Path) -> Path:
+    """The default SQLite ledger of commands run in WORKDIR: beside a config file there, else in the
+    user's data folder (the workdir fixture's $XDG_DATA_HOME)."""
+    beside_config = workdir / ".pacsflow" / "ledger.db"
+    if beside_config.exists() or (workdir / "pacsflow.toml").exists():
+        return beside_config
+    return workdir / "xdg-data" / "pacsflow" / "ledger.db"
+
+
 def latest_run(workdir: Path, kind: str | None = None, status: str | None = None) -> Any:
     """The newest run of the default ledger under WORKDIR, or (with KIND/STATUS) its matching items."""
-    path = workdir / ".pacsflow" / "ledger.db"
+    path = ledger_path(workdir)
     if not path.exists():
         return None
     ledger = Ledger(f"sqlite:///{path}")

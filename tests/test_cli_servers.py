@@ -32,10 +32,14 @@ def populate_folder(workdir: Path, instances: int = 3) -> Path:
 def test_check_reports_each_target(workdir: Path, config_file: Path) -> None:
     result = cli("check", cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.strip().splitlines()
+    config, ledger, *lines = result.stdout.strip().splitlines()
+    assert config == f"config   {config_file}: OK"
+    path = workdir / ".pacsflow" / "ledger.db"
+    assert ledger == f"ledger   sqlite:///{path}: OK, not created yet (the first run creates it)"
+    assert not (workdir / ".pacsflow").exists()  # check only reads
     assert len(lines) == 3
     assert lines[0].startswith("server   a (http://127.0.0.1:") and "OK, Orthanc 1." in lines[0]
-    assert "login OK" in lines[0] and "no login" in lines[1]
+    assert f"login OK as {USER!r}" in lines[0] and "no login needed" in lines[1]
     assert lines[2].startswith("modality orthanc-a (ORTHANCA@127.0.0.1:") and "C-ECHO" in lines[2]
     assert PASSWORD not in result.stdout
 
@@ -46,7 +50,7 @@ def test_check_names_the_reason(workdir: Path, orthanc_a: LocalOrthanc) -> None:
     result = cli("check", wrong, dead, f"NOBODY@127.0.0.1:{free_port()}", cwd=workdir)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
-    assert "FAILED" in lines[0] and "wrong user or password" in lines[0]
+    assert "FAILED" in lines[0] and "refused user 'alice' with the password given (HTTP 401)" in lines[0]
     assert "FAILED" in lines[1] and "connection refused" in lines[1]
     assert "FAILED" in lines[2] and "cannot reach" in lines[2]
     assert "wrong" not in lines[0].split("FAILED")[0]  # the password is not echoed
@@ -89,7 +93,7 @@ def test_upload_wrong_password_stops_at_once(
     url = f"http://{USER}:nope@127.0.0.1:{orthanc_a.http_port}"
     result = cli("upload", str(data), "--to", url, cwd=workdir)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("wrong user or password (HTTP 401)")
+    assert "refused user 'alice' with the password given (HTTP 401)" in result.stderr.strip().splitlines()[-1]
     assert "nope" not in result.stderr + result.stdout
     assert client_a.statistics()["CountInstances"] == 0
 
@@ -118,17 +122,21 @@ def test_transfer_copies_only_what_is_missing_and_verifies(
     assert "instances copied 0" in again.stdout and "verified 2" in again.stdout
 
 
-def test_transfer_one_study_and_a_missing_one(
+def test_transfer_of_a_study_that_is_not_there_stops_before_copying_anything(
     workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
 ) -> None:
     cli("populate", "--to", "a", "--patients", "2", "--instances", "2", cwd=workdir)
     study = client_a.ids("studies")[0]
     bogus = "00000000-00000000-00000000-00000000-00000000"
     result = run_cli("transfer", "--from", "a", "--to", "b", "--study", study, "--study", bogus, cwd=workdir)
-    assert result.returncode == 1
-    assert client_b.ids("studies") == [study]
-    shown = run_cli("run", "show", "last", "--failed", cwd=workdir)
-    assert f"study {bogus}: the study is not on a" in shown.stdout
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("pacsflow: error: --study #2 matches no study on a (http://127.0.0.1:")
+        and bogus not in last
+    )
+    assert client_b.ids("studies") == []
+    assert cli("runs", cwd=workdir).stdout.count("transfer") == 0  # no run was made
 
 
 def test_transfer_wrong_password_on_destination(
@@ -136,7 +144,7 @@ def test_transfer_wrong_password_on_destination(
 ) -> None:
     wrong = f"http://{USER}:bad@127.0.0.1:{orthanc_a.http_port}"
     result = cli("transfer", "--from", orthanc_b.url, "--to", wrong, cwd=workdir)
-    assert result.returncode == 2 and "wrong user or password" in result.stderr
+    assert result.returncode == 2 and "refused user 'alice' with the password given" in result.stderr
 
 
 def test_download_tree_matches_server(workdir: Path, config_file: Path, client_a: Orthanc) -> None:
@@ -166,5 +174,5 @@ def test_runs_show_and_retry(workdir: Path, config_file: Path, client_a: Orthanc
     broken.write_bytes(good)  # the operator repairs the file
     retried = run_cli("retry", "last", cwd=workdir)
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert "1 failed items put back" in retried.stdout
+    assert "1 failed item put back" in retried.stdout
     assert client_a.statistics()["CountInstances"] == 2

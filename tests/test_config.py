@@ -44,7 +44,34 @@ def test_config_path_from_environment(workdir: Path, monkeypatch: pytest.MonkeyP
 def test_defaults_without_a_file(workdir: Path) -> None:
     settings = load_settings()
     assert settings.aet == "PACSFLOW"
-    assert settings.ledger.startswith("sqlite:///.pacsflow/")
+    assert settings.ledger == f"sqlite:///{workdir / 'xdg-data' / 'pacsflow' / 'ledger.db'}"
+
+
+def test_the_ledger_lives_beside_the_config_file_whatever_the_working_folder(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = workdir / "project"
+    project.mkdir()
+    config = write(project / "pacsflow.toml", 'aet = "MYAET"\n')
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_settings(config).ledger == f"sqlite:///{project / '.pacsflow' / 'ledger.db'}"
+    monkeypatch.chdir(project)
+    assert load_settings().ledger == f"sqlite:///{project / '.pacsflow' / 'ledger.db'}"
+
+
+def test_a_relative_ledger_path_is_read_against_where_it_was_written(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = workdir / "project"
+    project.mkdir()
+    config = write(project / "pacsflow.toml", 'ledger = "sqlite:///runs/ledger.db"\n')
+    assert load_settings(config).ledger == f"sqlite:///{project / 'runs' / 'ledger.db'}"
+    # on the command line or in the environment a relative path means the working folder
+    assert load_settings(config, ledger="sqlite:///x.db").ledger == f"sqlite:///{workdir / 'x.db'}"
+    monkeypatch.setenv("PACSFLOW_LEDGER", "sqlite:///y.db")
+    assert load_settings(config).ledger == f"sqlite:///{workdir / 'y.db'}"
 
 
 def test_server_url_with_credentials_is_split_and_redacted(workdir: Path) -> None:
@@ -212,7 +239,8 @@ def test_command_line_beats_environment_beats_file(workdir: Path, monkeypatch: p
     monkeypatch.setenv("PACSFLOW_LEDGER", "sqlite:///env.db")
     monkeypatch.setenv("PACSFLOW_WORKERS", "3")
     settings = load_settings(config, ledger="sqlite:///cli.db")
-    assert (settings.ledger, settings.workers, settings.retries) == ("sqlite:///cli.db", 3, 7)
+    expected = (f"sqlite:///{workdir / 'cli.db'}", 3, 7)
+    assert (settings.ledger, settings.workers, settings.retries) == expected
 
 
 @pytest.mark.parametrize(

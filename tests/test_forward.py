@@ -217,7 +217,7 @@ def test_delete_keeps_what_a_destination_lost_and_tries_again(
         client_b.delete_resource("instances", lost)  # someone deletes it on the destination meanwhile
         with pytest.raises(
             TransientError,
-            match=r"^1 of 3 instances are not on b \(http://127.0.0.1:\d+\); they stay on the source$",
+            match=r"^1 of 3 instances is not on b \(http://127.0.0.1:\d+\); it stays on the source$",
         ):
             forward.do(delete)
     assert client_a.ids("instances") == [lost]
@@ -238,6 +238,22 @@ def test_delete_checks_again_that_a_destination_is_not_the_source(
     finally:
         proxy.close()
     assert len(client_a.ids("instances")) == 3
+
+
+def test_each_new_instance_goes_between_two_fresh_servers_though_their_change_logs_look_alike(
+    workdir: Path, config_file: Path, client_a: Orthanc, client_b: Orthanc
+) -> None:
+    # B, fed from A within the same second, logs each change under A's Seq, type, ID and date: the
+    # change log alone would call them one server. Storing an instance A holds as new proves otherwise.
+    forwarder = start_forwarder(workdir, config_file, "--from", "a", "--to", "b", "--trigger", "new-instance")
+    try:
+        wait_for(lambda: latest_run(workdir) is not None, "the forward run", forwarder)
+        study = add_study(client_a, 77, count=1)
+        wait_for(lambda: not client_a.ids("instances"), "the instance to leave the source", forwarder)
+        assert study in client_b.ids("studies") and len(client_b.ids("instances")) == 1
+    finally:
+        stop_forwarder(workdir, forwarder)
+    assert "is the source" not in (workdir / "forward.log").read_text()
 
 
 def test_items_of_each_change_have_their_own_keys(settings: Settings) -> None:

@@ -52,7 +52,7 @@ def test_wrong_password_is_unauthorized(orthanc_a: LocalOrthanc) -> None:
     config = ServerConfig(url=orthanc_a.url, user=orthanc_a.user, password="wrong", name="a")
     with (
         Orthanc(config) as client,
-        pytest.raises(Unauthorized, match=r"a \(http://127.0.0.1:\d+\): wrong user"),
+        pytest.raises(Unauthorized, match=r"a \(http://127.0.0.1:\d+\): the server refused user .alice."),
     ):
         client.system()
 

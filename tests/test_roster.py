@@ -184,7 +184,7 @@ def test_roster_wrong_password_marks_nothing(workdir: Path, orthanc_a: LocalOrth
         "upload", "--roster", "Final.csv", "--root", "root", "--to", url, "--batch-size", "1", cwd=workdir
     )
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("wrong user or password (HTTP 401)")
+    assert "refused user 'alice' with the password given (HTTP 401)" in result.stderr.strip().splitlines()[-1]
     assert (workdir / "Final.csv").read_text() == f"UHID,Uploaded\n{p0},0\n"
     assert not (workdir / "Final.csv.bak").exists()
 

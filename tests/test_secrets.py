@@ -10,16 +10,17 @@ from pathlib import Path
 from pacsflow.ledger import Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from tests.conftest import PACSFLOW, PASSWORD, USER, run_cli, wait_for
+from tests.conftest import PACSFLOW, PASSWORD, USER, ledger_path, run_cli, wait_for
 
 
 def ledger_file(workdir: Path) -> Path:
-    return workdir / ".pacsflow" / "ledger.db"
+    return ledger_path(workdir)
 
 
 def ledger_bytes(workdir: Path) -> bytes:
     """The SQLite ledger with its write-ahead log: whatever a reader of the files could see."""
-    return b"".join(path.read_bytes() for path in (workdir / ".pacsflow").glob("ledger.db*"))
+    path = ledger_path(workdir)
+    return b"".join(file.read_bytes() for file in path.parent.glob("ledger.db*"))
 
 
 def test_no_run_command_stores_or_prints_a_url_password(
@@ -75,7 +76,7 @@ def test_resume_gets_the_credentials_again(workdir: Path, orthanc_a: LocalOrthan
     assert planned.returncode == 0, planned.stderr
     without = run_cli("resume", "last", cwd=workdir)
     assert without.returncode == 2
-    assert "wrong user or password" in without.stderr and "--credentials" in without.stderr
+    assert "needs a login and none was sent" in without.stderr and "--credentials" in without.stderr
     resumed = run_cli("resume", "last", "--credentials", a, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert PASSWORD not in resumed.stdout + resumed.stderr + without.stderr

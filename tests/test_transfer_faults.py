@@ -121,7 +121,11 @@ def test_wrong_password_on_the_source(
 ) -> None:
     wrong = f"http://{USER}:bad@127.0.0.1:{orthanc_a.http_port}"
     result = run_cli("transfer", "--from", wrong, "--to", orthanc_b.url, cwd=workdir)
-    assert result.returncode == 2 and "wrong user or password" in result.stderr and "bad" not in result.stderr
+    assert (
+        result.returncode == 2
+        and "refused user 'alice' with the password given" in result.stderr
+        and "bad" not in result.stderr
+    )
 
 
 FORBID_FILES = """

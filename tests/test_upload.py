@@ -280,6 +280,8 @@ def test_file_names_that_are_not_utf8(workdir: Path, config_file: Path, client_a
     assert "sent 1" in result.stdout
     assert client_a.statistics()["CountInstances"] == 1
     assert "broken-\\udce9.dcm: rejected by the server" in failures(workdir)  # escaped, not lost
+    as_json = cli("run", "show", "last", "--failed", "--json", cwd=workdir)
+    assert as_json.returncode == 0 and "broken-\\\\udce9.dcm" in as_json.stdout
     again = run_cli("upload", "in", "--to", "a", cwd=workdir)
     assert "already there 1" in again.stdout
 

@@ -16,21 +16,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pacsflow.config import Settings, load_settings, parse_duration, redact_url, scrub_params
 from pacsflow.engine import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Engine, RunResult
-from pacsflow.errors import ConfigError, PacsflowError, Unauthorized, public_text
+from pacsflow.errors import ConfigError, NoLedger, PacsflowError, Unauthorized, public_text
+from pacsflow.events import ITEM_DONE, ITEM_FAILED, Event
 from pacsflow.heartbeat import Heartbeat
 from pacsflow.ledger import FAILED, Ledger, RunInfo
 from pacsflow.ops.base import operation_class
 from pacsflow.outages import Outages
 from pacsflow.pacing import configure_limits
 from pacsflow.progress import Progress, make_progress
+from pacsflow.wording import plural
 
 log = logging.getLogger("pacsflow")
 
@@ -47,6 +50,41 @@ class Followed:
     stopped: bool = False
     #: the change feed was followed (False: the run stopped or failed at catch-up, or no --follow)
     following: bool = False
+    #: what this call did, catch-up and follow together: its items by (kind, status) (a forward's
+    #: "forward" and "delete" items, a clone's "instance" items...) and the bytes they moved
+    items: Counter[tuple[str, str]] = field(default_factory=Counter)
+    nbytes: int = 0
+
+    def count(self, kind: str, *statuses: str) -> int:
+        """How many items of KIND this call ended with one of STATUSES."""
+        return sum(self.items[kind, status] for status in statuses)
+
+
+class _Tally:
+    """What a follower's engines did, from their item events: the counts a stopped clone or forward
+    reports (the run's own counts span every earlier start of the same command)."""
+
+    def __init__(self) -> None:
+        self.items: Counter[tuple[str, str]] = Counter()
+        self.nbytes = 0
+        self._lock = threading.Lock()  # cycles follow one another, but events come from their threads
+
+    def handlers(self) -> Handlers:
+        return [(ITEM_DONE, self._done), (ITEM_FAILED, self._failed)]
+
+    def _done(self, event: Event) -> None:
+        with self._lock:
+            self.items[event.kind or "", event.status or ""] += 1
+            self.nbytes += event.nbytes
+
+    def _failed(self, event: Event) -> None:
+        with self._lock:
+            self.items[event.kind or "", FAILED] += event.count
+
+    def into(self, followed: Followed) -> Followed:
+        with self._lock:
+            followed.items, followed.nbytes = Counter(self.items), self.nbytes
+        return followed
 
 
 @dataclass
@@ -58,10 +96,20 @@ class Comparison:
     differences: list[Any] = field(default_factory=list)
     summary: str = ""
     transfer: RunResult | None = None
+    #: A and B as compared (names, or URLs without passwords): the CSV looks their resources up
+    sides: tuple[str, ...] = ()
+    #: the tags a DICOM node side answered with, by resource (see pacsflow.ops.compare.Holdings)
+    node_tags: tuple[dict[str, dict[str, str]], ...] = ()
 
     @property
     def equal(self) -> bool:
         return not self.differences
+
+    @property
+    def empty(self) -> bool:
+        """Neither side held anything to compare (the query or dates matched nothing, or both are empty):
+        equal, but it proves nothing, so the CLI does not call it a match."""
+        return self.counts == (0, 0)
 
 
 class Pacsflow:
@@ -104,9 +152,16 @@ class Pacsflow:
 
     @property
     def ledger(self) -> Ledger:
-        """The one ledger (one connection pool) of this session, however many runs use it."""
+        """The one ledger (one connection pool) of this session, however many runs use it.
+
+        Only a command that starts runs creates a ledger (`_open_ledger(create=True)`); reading one that
+        does not exist yet raises NoLedger, which names where it was looked for.
+        """
+        return self._open_ledger(create=False)
+
+    def _open_ledger(self, *, create: bool) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger(self.settings.ledger)
+            self._ledger = Ledger(self.settings.ledger, create=create)
         return self._ledger
 
     @property
@@ -184,11 +239,13 @@ class Pacsflow:
         settings = self.settings
         params = scrub_params(settings, {"workers": workers or settings.workers, **params})
         op = operation_class(operation)(settings, params)  # checks the parameters before any side effect
+        self._open_ledger(create=True)
         engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
-        if plan_only:
-            return engine.start(op, plan_only=True)
-        with self._heartbeat() as beat:
-            return beat(engine.start(op))
+        with folders_named_in_errors():
+            if plan_only:
+                return engine.start(op, plan_only=True)
+            with self._heartbeat() as beat:
+                return beat(engine.start(op))
 
     def resume(
         self,
@@ -207,7 +264,7 @@ class Pacsflow:
         """
         self.remember_credentials(credentials)
         engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
-        with self._heartbeat() as beat:
+        with self._heartbeat() as beat, folders_named_in_errors():
             try:
                 return beat(engine.resume(run_ref))
             except Unauthorized as exc:
@@ -235,16 +292,30 @@ class Pacsflow:
         return self.resume(run.id, **options)
 
     def runs(self, limit: int = 20) -> list[RunInfo]:
-        """The newest runs first. Raises ConfigError when the ledger cannot be opened."""
-        return self.ledger.runs(limit)
+        """The newest runs first (none when the ledger does not exist yet), each with the status people
+        should read: 'interrupted' for a run that says it is running while its process is gone (see
+        Ledger.shown_status). Raises ConfigError when the ledger cannot be opened."""
+        try:
+            found = self.ledger.runs(limit)
+        except NoLedger:
+            return []
+        return [replace(run, status=self.ledger.shown_status(run)) for run in found]
 
     def show(self, run_ref: str, *, failed: bool = False, limit: int = 50) -> list[str]:
-        """A run's parameters (secrets hidden), counts, timing, and with FAILED its failures.
+        """A run's parameters (secrets hidden), counts, timing, and with FAILED its failures: the lines
+        of `pacsflow run show` (the same as `view` holds).
 
         Raises ConfigError for an unknown or ambiguous run reference."""
-        from pacsflow.runview import show_run
+        from pacsflow.runview import render_view
 
-        return show_run(self.ledger, run_ref, failed=failed, limit=limit)
+        return render_view(self.view(run_ref, failed=failed, limit=limit))
+
+    def view(self, run_ref: str, *, failed: bool = False, limit: int = 50) -> dict[str, Any]:
+        """What `show` prints, as plain data (`run show --json`, a web page): see runview.run_view for
+        its keys. Raises ConfigError for an unknown or ambiguous run reference."""
+        from pacsflow.runview import run_view
+
+        return run_view(self.ledger, run_ref, failed=failed, limit=limit)
 
     def check(self, targets: Sequence[str] = ()) -> tuple[list[str], bool]:
         """One line per server or modality (all configured when none named), and whether all are fine.
@@ -281,8 +352,12 @@ class Pacsflow:
         source, destination = settings.public_spec(source), settings.public_spec(destination)
         params = {"from": source, "to": destination, "workers": workers or settings.workers}
         stop = stop or threading.Event()
-        engine = self.engine(workers=workers, window=window, stop=stop, give_up_after=give_up_after)
+        # first: it opens the ledger, creating it for a first run (the engine only reads one)
         earlier = self._earlier_run("clone", {"from": source, "to": destination})
+        tally = _Tally()  # what this call copies, for the line a stopped follow ends with
+        engine = self.engine(
+            workers=workers, window=window, stop=stop, give_up_after=give_up_after, handlers=tally.handlers()
+        )
         with self._heartbeat() as beat:
             if earlier:
                 log.info("continuing clone run %s", earlier)
@@ -299,7 +374,7 @@ class Pacsflow:
             if on_caught_up is not None:
                 on_caught_up(result)
             if not follow or stop.is_set() or result.error is not None:
-                return Followed(run_id, beat(result), stopped=stop.is_set())
+                return tally.into(Followed(run_id, beat(result), stopped=stop.is_set()))
             self._follow(
                 run_id,
                 Clone,
@@ -310,8 +385,9 @@ class Pacsflow:
                 poll=poll,
                 stop=stop,
                 give_up_after=give_up_after,
+                handlers=tally.handlers(),
             )
-        return Followed(run_id, result, stopped=stop.is_set(), following=True)
+        return tally.into(Followed(run_id, result, stopped=stop.is_set(), following=True))
 
     def forward(
         self,
@@ -344,8 +420,12 @@ class Pacsflow:
             "trigger": trigger,
         }
         stop = stop or threading.Event()
-        engine = self.engine(workers=workers, window=window, stop=stop, give_up_after=give_up_after)
+        # first: it opens the ledger, creating it for a first run (the engine only reads one)
         earlier = self._earlier_run("forward", {"from": source, "to": list(destinations), "trigger": trigger})
+        tally = _Tally()  # what this call forwards and deletes, for the line a stopped forward ends with
+        engine = self.engine(
+            workers=workers, window=window, stop=stop, give_up_after=give_up_after, handlers=tally.handlers()
+        )
         with self._heartbeat() as beat:
             if earlier:
                 result = engine.resume(earlier)
@@ -353,7 +433,7 @@ class Pacsflow:
                 result = engine.start(Forward(settings, params))
                 self.ledger.set_checkpoint(result.run_id, CHECKPOINT, "0")  # studies already waiting go too
             if result.error is not None:
-                return Followed(result.run_id, beat(result))
+                return tally.into(Followed(result.run_id, beat(result)))
             if on_caught_up is not None:
                 on_caught_up(result)
             self._follow(
@@ -366,12 +446,13 @@ class Pacsflow:
                 poll=poll,
                 stop=stop,
                 give_up_after=give_up_after,
+                handlers=tally.handlers(),
             )
-        return Followed(result.run_id, result, stopped=stop.is_set(), following=True)
+        return tally.into(Followed(result.run_id, result, stopped=stop.is_set(), following=True))
 
     def _earlier_run(self, operation: str, match: dict[str, Any]) -> str | None:
         """The newest run of OPERATION with these parameters: a follower started again continues it."""
-        for run in self.ledger.runs(10_000):
+        for run in self._open_ledger(create=True).runs(10_000):
             if run.operation == operation and all(run.params.get(k) == v for k, v in match.items()):
                 return run.id
         return None
@@ -388,8 +469,10 @@ class Pacsflow:
         poll: float,
         stop: threading.Event,
         give_up_after: str | float | None,
+        handlers: Handlers = (),
     ) -> None:
-        """Work a run from the source's change feed until stopped. Raises the error that halted it."""
+        """Work a run from the source's change feed until stopped, each cycle's engine telling HANDLERS
+        its events. Raises the error that halted it."""
         from pacsflow.pacing import TimeWindow
         from pacsflow.services.follower import ChangeFollower
 
@@ -404,7 +487,12 @@ class Pacsflow:
                 run_id,
                 make_operation=lambda: op_class(settings, params),
                 make_engine=lambda **options: self.engine(
-                    workers=workers, window=window, stop=stop, give_up_after=give_up_after, **options
+                    workers=workers,
+                    window=window,
+                    stop=stop,
+                    give_up_after=give_up_after,
+                    handlers=handlers,
+                    **options,
                 ),
                 source=planner.source,
                 stop=stop,
@@ -437,27 +525,37 @@ class Pacsflow:
         on_compared: Callable[[Comparison], None] | None = None,
     ) -> Comparison:
         """What A and B (servers or DICOM nodes) hold at LEVEL; with TRANSFER_MISSING copy what B lacks.
+        Dates are YYYYMMDD or YYYY-MM-DD.
 
-        Raises ConfigError for a bad level or query, PreflightError when either side does not answer.
+        Raises ConfigError for a bad level, query or date, or a DICOM node that refuses our C-FIND,
+        PreflightError when either side does not answer.
         """
+        from pacsflow.dimse import check_find
         from pacsflow.ops import compare as comparing
         from pacsflow.ops.servers import connect, preflight_node, preflight_server
+        from pacsflow.selection import check_query, study_date_range
 
         settings = self.settings
         a, b = settings.public_spec(a), settings.public_spec(b)
-        conditions = dict(query or {})
-        if from_date or to_date:
-            conditions["StudyDate"] = f"{from_date or ''}-{to_date or ''}"
+        # checked before any server is asked: a misspelt tag or a date written otherwise would match
+        # nothing on either side, and look like a match
+        conditions = check_query(query) or {}
+        dates = study_date_range(from_date, to_date)
+        if dates is not None:
+            if "StudyDate" in conditions:
+                raise ConfigError("give --from-date/--to-date or --query StudyDate=..., not both")
+            conditions["StudyDate"] = dates
         pool = workers or settings.workers
         if transfer_missing and settings.is_modality(a):
             raise ConfigError(
                 "--transfer-missing copies from A: A must be an Orthanc server (B may be a node)"
             )
 
-        def holdings(spec: str) -> dict[str, int]:
+        def holdings(spec: str) -> comparing.Holdings:
             if settings.is_modality(spec):
                 node = settings.modality(spec)
                 preflight_node(node, settings.aet)
+                check_find(node, settings.aet)  # a node refusing our C-FIND: its likely cause, once
                 return comparing.node_holdings(node, settings.aet, level, conditions or None)
             with connect(settings, spec, pool) as server:
                 preflight_server(server)
@@ -465,11 +563,14 @@ class Pacsflow:
 
         held_a, held_b = holdings(a), holdings(b)
         differences = comparing.compare(held_a, held_b, level)
+        sizes = (len(held_a), len(held_b))
         found = Comparison(
             level,
-            (len(held_a), len(held_b)),
+            sizes,
             differences,
-            comparing.summary(differences, level, (len(held_a), len(held_b))),
+            comparing.summary(differences, level, sizes, filtered=bool(conditions)),
+            sides=(a, b),
+            node_tags=(held_a.tags, held_b.tags),
         )
         if on_compared is not None:
             on_compared(found)
@@ -487,11 +588,41 @@ class Pacsflow:
         return found
 
     def write_differences(self, comparison: Comparison, out: Path) -> None:
-        """The differences as a CSV (mode 0600: they name studies). Raises OSError when OUT cannot be
-        written."""
-        from pacsflow.ops import compare as comparing
+        """The differences as a CSV (mode 0600: it names patients), each with its PatientID, UIDs, date
+        and description, looked up on the side that holds it (servers by REST; nodes answered them with
+        their C-FIND). Raises ConfigError when OUT cannot be written, and what the servers' answers raise."""
+        with folders_named_in_errors():
+            self._write_differences(comparison, out)
 
-        comparing.write_csv(out, comparison.differences)
+    def _write_differences(self, comparison: Comparison, out: Path) -> None:
+        from contextlib import ExitStack
+
+        from pacsflow.ops import compare as comparing
+        from pacsflow.ops.servers import connect
+
+        if not comparison.sides:  # a Comparison made without sides: the Orthanc IDs are all there is
+            comparing.write_csv(out, comparison.differences)
+            return
+        with ExitStack() as stack:
+            lookups: list[Callable[[str], Mapping[str, str]]] = []
+            for n, spec in enumerate(comparison.sides):
+                if self.settings.is_modality(spec):
+                    held = comparison.node_tags[n] if n < len(comparison.node_tags) else {}
+                    lookups.append(lambda resource, held=held: held.get(resource, {}))
+                else:
+                    tags = comparing.ServerTags(stack.enter_context(connect(self.settings, spec, 1)))
+                    lookups.append(lambda resource, tags=tags: tags(comparison.level, resource))
+
+            def tags_of(difference: Any) -> Mapping[str, str]:
+                # only in B: B's tags; only in A or on both: A's, else B's (gone from A meanwhile)
+                order = lookups[1:] if difference.where == "only-b" else lookups
+                for lookup in order:
+                    found = lookup(difference.resource)
+                    if found:
+                        return found
+                return {}
+
+            comparing.write_csv(out, comparison.differences, comparison.level, tags_of)
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -515,6 +646,7 @@ class Pacsflow:
         """
         stop = stop or threading.Event()
         settings = self.settings
+        self._open_ledger(create=True)  # a worker may wait on a ledger no run was started in yet
         # one view of which remotes are down for all the runs this worker joins: an outage is reported
         # once, and a run waiting for it is left for a while so that the others go on meanwhile
         outages = Outages(self._give_up_after(give_up_after))
@@ -532,7 +664,8 @@ class Pacsflow:
                 for run in active:
                     if stop.is_set():
                         break
-                    log.info("joining run %s (%s, %d items left)", run.id, run.operation, run.remaining)
+                    left = plural(run.remaining, "item")
+                    log.info("joining run %s (%s, %s left)", run.id, run.operation, left)
                     beat.start()
                     try:
                         engine = self.engine(
@@ -588,6 +721,17 @@ class Pacsflow:
         finally:
             beat.fail() if failed else beat.success()
             beat.close()
+
+
+@contextmanager
+def folders_named_in_errors() -> Iterator[None]:
+    """An output folder or file that cannot be made or written (`--out /proc/x`, a full or read-only
+    disk) stops the run with one line naming it, as a usage error (exit 2)."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot use this path: {reason}", where=exc.filename) from None
 
 
 class _Pulse:

@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -29,7 +30,7 @@ from pacsflow.errors import ConfigError
 from pacsflow.pacing import TimeWindow, name_key, parse_rate
 
 DEFAULT_CONFIG_NAME = "pacsflow.toml"
-DEFAULT_LEDGER = "sqlite:///.pacsflow/ledger.db"
+LEDGER_FILE = Path(".pacsflow") / "ledger.db"
 ENV_PREFIX = "PACSFLOW_"
 #: PACSFLOW_* variables that are not settings: which config file, which Orthanc program (tests, demo)
 NOT_SETTINGS = frozenset({"config", "orthanc_binary"})
@@ -100,12 +101,28 @@ class ServerConfig(BaseModel):
             raise ValueError(f"bad port in {redact_url(value)!r}") from None
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _credentials_out_of_the_url(self) -> ServerConfig:
+        # http://user:pw@host in a config file: the login goes where the rest of pacsflow looks for it
+        # (check, 401 advice, the payload channel), and the URL shown in messages has no password
+        parts = urlsplit(self.url)
+        if parts.username is None and parts.password is None:
+            return self
+        if not self.user and parts.username:
+            self.user = unquote(parts.username)
+        if self.password is None and parts.password is not None:
+            self.password = SecretStr(unquote(parts.password))
+        self.url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        return self
+
     @field_validator("verify_tls", mode="before")
     @classmethod
     def _tls_flag(cls, value: Any) -> Any:
         # An environment twin is always text: "false" must turn checks off, not name a CA bundle "false".
         if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
             return _BOOL_TEXT[value.strip().lower()]
+        if isinstance(value, str) and not Path(value).expanduser().exists():
+            raise ValueError(f"no CA bundle at {value!r} (give a PEM file or folder, true or false)")
         return value
 
     @property
@@ -142,7 +159,8 @@ class Settings(BaseSettings):
 
     aet: str = Field(default="PACSFLOW", min_length=1, max_length=16)
     port: int = Field(default=11112, gt=0, lt=65536)
-    ledger: str = Field(default=DEFAULT_LEDGER, repr=False)  # a PostgreSQL URL may hold a password
+    # a PostgreSQL URL may hold a password, hence no repr
+    ledger: str = Field(default_factory=lambda: default_ledger(None), repr=False)
     workers: int = Field(default=4, ge=1, le=256)
     retries: int = Field(default=5, ge=1, le=100)
     window: str | None = None
@@ -197,9 +215,9 @@ class Settings(BaseSettings):
             return self._url_server(spec)
         key = find_name(spec, self.servers)
         if key is None:
-            known = ", ".join(sorted(self.servers)) or "none configured"
             raise ConfigError(
-                f"unknown server {spec!r} (known: {known}); give a name from the config or a URL"
+                f"unknown server {spec!r}{did_you_mean(spec, self.servers)} "
+                f"(known: {_known(self.servers)}); give a name from the config or a URL"
             )
         return self.servers[key]
 
@@ -224,8 +242,10 @@ class Settings(BaseSettings):
             return ModalityConfig(aet=match[1], host=match[2], port=int(match[3]), name=spec)
         key = find_name(spec, self.modalities)
         if key is None:
-            known = ", ".join(sorted(self.modalities)) or "none configured"
-            raise ConfigError(f"unknown modality {spec!r} (known: {known}); give a name or AET@host:port")
+            raise ConfigError(
+                f"unknown modality {spec!r}{did_you_mean(spec, self.modalities)} "
+                f"(known: {_known(self.modalities)}); give a name or AET@host:port"
+            )
         return self.modalities[key]
 
     def is_modality(self, spec: str) -> bool:
@@ -266,6 +286,17 @@ def find_name(name: str, names: Iterable[str]) -> str | None:
     """The one of NAMES that NAME means (see name_key), or None."""
     wanted = name_key(name)
     return next((key for key in names if name_key(key) == wanted), None)
+
+
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """' (did you mean X?)' for the one of NAMES closest to NAME, or ''."""
+    keys = {name_key(key): key for key in names}
+    close = difflib.get_close_matches(name_key(name), list(keys), n=1, cutoff=0.6)
+    return f" (did you mean {keys[close[0]]!r}?)" if close else ""
+
+
+def _known(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names)) or "none configured"
 
 
 def url_key(url: str) -> str:
@@ -318,6 +349,26 @@ def server_from_url(spec: str) -> ServerConfig:
         raise ConfigError(f"bad server URL {redact_url(spec)!r}: {_describe(exc.errors()[0])}") from None
 
 
+def default_ledger(config_path: Path | None) -> str:
+    """Where runs are recorded unless `ledger` says otherwise: beside the config file in its folder's
+    `.pacsflow/ledger.db`, else in the user's data directory ($XDG_DATA_HOME, ~/.local/share), so that
+    one setup finds its runs from any working folder."""
+    if config_path is not None:
+        return f"sqlite:///{config_path.resolve().parent / LEDGER_FILE}"
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(data_home).resolve() / 'pacsflow' / 'ledger.db'}"
+
+
+def absolute_sqlite_url(url: str, base: Path) -> str:
+    """A relative SQLite path made absolute against BASE (a ledger must not move with the working
+    folder); any other URL as it is."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == f"{prefix}:memory:":
+        return url
+    path = Path(url[len(prefix) :])
+    return url if path.is_absolute() else f"{prefix}{(base / path).resolve()}"
+
+
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """The config file to read: --config, then $PACSFLOW_CONFIG, then ./pacsflow.toml if present."""
     if explicit:
@@ -346,7 +397,13 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             data[key] = value
             origins[(key,)] = f"--{key.replace('_', '-')}"
     if config_path is not None:
-        data["config_path"] = str(config_path)
+        data["config_path"] = str(config_path.resolve())
+    from_file = origins.get(("ledger",)) is None
+    if "ledger" not in data:
+        data["ledger"] = default_ledger(config_path)
+    elif isinstance(data["ledger"], str):
+        base = config_path.resolve().parent if from_file and config_path is not None else Path.cwd()
+        data["ledger"] = absolute_sqlite_url(data["ledger"], base)
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ from pacsflow.ops.transfer import Transfer
 from pacsflow.ops.upload import Upload
 from pacsflow.progress import make_progress
 from pacsflow.sandbox import LocalOrthanc
+from pacsflow.wording import plural
 
 SHAPE = {"patients": 4, "studies": 2, "series": 2, "instances": 10, "pixels": 256, "seed": 2026}
 
@@ -70,12 +71,12 @@ def run_demo(
         generated, fetched = _sop_uids(data), _sop_uids(downloaded)
         same = generated == fetched and len(generated) > 0
         echo(
-            f"checked: {len(fetched)} of {len(generated)} generated instances came back through a and b"
-            + (" - identical" if same else " - MISMATCH")
+            f"checked: {len(fetched)} of {plural(len(generated), 'generated instance')} "
+            "came back through a and b" + (" - identical" if same else " - MISMATCH")
         )
         echo(
             f"demo finished in {time.monotonic() - started:.1f}s; "
-            "see the runs with: pacsflow --ledger sqlite:///.pacsflow/demo/ledger.db runs"
+            f"see the runs with: pacsflow --ledger sqlite:///{(root / 'ledger.db').resolve()} runs"
         )
         ok = same and all(result.exit_code == 0 for result in results)
         return 0 if ok else 1

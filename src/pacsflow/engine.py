@@ -431,6 +431,11 @@ class Engine:
             )
             last_write = time.monotonic()
             self._account(records, claimed)
+            if records or claimed:
+                log.debug(
+                    "run %s: %s recorded, %s claimed (%d outstanding here)",
+                    run_id, plural(len(records), "outcome"), plural(len(claimed), "item"), self._outstanding,
+                )  # fmt: skip
             if exhausted:
                 log.error(
                     "run %s: %s failed: their attempts never reported back", run_id, plural(exhausted, "item")
@@ -585,8 +590,13 @@ class Engine:
     def _work(self, op: Operation, item: Item) -> Record:
         if self.outages.blocks(op.item_remotes(item)):
             return self._wait_for_remote(op, item)
+        started = time.perf_counter()
         try:
             outcome = op.do(item)
+            if log.isEnabledFor(logging.DEBUG):
+                elapsed = (time.perf_counter() - started) * 1000
+                what = self._describe(item)
+                log.debug("%s: %s in %.0f ms (attempt %d)", what, outcome.status, elapsed, item.attempts)
         except PacsflowError as exc:
             return self._on_error(op, item, exc)
         except Exception as exc:

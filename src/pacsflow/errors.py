@@ -34,6 +34,10 @@ class ConfigError(PacsflowError):
     fatal = True
 
 
+class NoLedger(ConfigError):
+    """The ledger a command reads does not exist yet: nothing was ever recorded there."""
+
+
 class ParamsError(ConfigError):
     """An operation's parameters are wrong. PARAMS names them as the ledger stores them (`batch_size`,
     `from`), for a form to mark; the message names them as the command line does (`--batch-size`)."""

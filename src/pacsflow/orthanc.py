@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import logging
+import os
 import random
 import re
 import socket
@@ -20,8 +22,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from pacsflow.config import ServerConfig
-from pacsflow.errors import Forbidden, NotFound, PacsflowError, ServerError, Unauthorized, Unreachable
+from pacsflow.errors import (
+    ConfigError,
+    Forbidden,
+    NotFound,
+    PacsflowError,
+    ServerError,
+    Unauthorized,
+    Unreachable,
+)
 from pacsflow.pacing import TokenBucket, limiter_for
+
+log = logging.getLogger("pacsflow")
 
 #: Orthanc before 1.12.2 gzips every answer a client accepts gzip for: 30x slower for DICOM payloads.
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -113,7 +125,7 @@ class Orthanc:
             base_url=config.url,
             auth=auth,
             headers=headers,
-            verify=config.verify_tls,
+            verify=_ssl_context(config),
             timeout=httpx.Timeout(config.timeout, connect=min(10.0, config.timeout)),
             limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
         )
@@ -169,16 +181,28 @@ class Orthanc:
         self, method: str, path: str, retry: bool, send: Callable[[], httpx.Response]
     ) -> httpx.Response:
         attempts = 1 + (self.retries if retry else 0)
+        debug = log.isEnabledFor(logging.DEBUG)  # -v: each request, by route (no IDs), and each retry
         for attempt in range(attempts):
             if self.limiter is not None:
                 self.limiter.acquire()
             try:
+                started = time.perf_counter()
                 response = send()
+                if debug:
+                    elapsed = (time.perf_counter() - started) * 1000
+                    log.debug(
+                        "%s: %s %s -> HTTP %d in %.0f ms",
+                        self.remote,
+                        method,
+                        route(path),
+                        response.status_code,
+                        elapsed,
+                    )
                 self._raise_for_status(response, method, path)
                 return response
             except TimeoutError as exc:
                 error: PacsflowError = self._unreachable(
-                    f"{self.display}: timed out on {method} {path} ({exc})"
+                    f"{self.display}: timed out on {method} {route(path)} ({exc})"
                 )
             except (OSError, http.client.HTTPException) as exc:
                 error = self._unreachable(f"cannot reach {self.display}: {_describe_socket_error(exc)}")
@@ -193,7 +217,9 @@ class Orthanc:
             if not error.transient or attempt == attempts - 1:
                 raise error
             # Short, bounded backoff: long waits belong to the engine, not to a worker thread.
-            time.sleep(min(2.0, 0.25 * 4**attempt) * (0.5 + random.random()))
+            delay = min(2.0, 0.25 * 4**attempt) * (0.5 + random.random())
+            log.debug("%s; try %d of %d in %.1f s", error.reason, attempt + 2, attempts, delay)
+            time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _raise_for_status(self, response: httpx.Response, method: str, path: str) -> None:
@@ -201,7 +227,7 @@ class Orthanc:
         if status < 400:
             return
         if status == 401:
-            raise Unauthorized(f"{self.display}: wrong user or password (HTTP 401)")
+            raise Unauthorized(f"{self.display}: {login_refused(self.config)}")
         if status == 403:
             raise Forbidden(f"{self.display}: not allowed to {method} {route(path)} (HTTP 403)", detail=path)
         if status == 404:
@@ -309,6 +335,9 @@ class Orthanc:
             self.limiter.acquire()
         try:
             with self._http.stream(method, path, headers=IDENTITY) as response:
+                log.debug(
+                    "%s: %s %s -> HTTP %d (streamed)", self.remote, method, route(path), response.status_code
+                )
                 if response.status_code >= 400:
                     response.read()
                     self._raise_for_status(response, method, path)
@@ -342,7 +371,7 @@ class _PayloadChannel:
             password = config.password.get_secret_value() if config.password else ""
             token = base64.b64encode(f"{config.user}:{password}".encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
-        self.context = _ssl_context(config.verify_tls) if self.https else None
+        self.context = _ssl_context(config) if self.https else None
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -395,13 +424,40 @@ class _PayloadChannel:
             self._all.clear()
 
 
-def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+def login_refused(config: ServerConfig) -> str:
+    """Why a server answered 401, from what we sent, and what to set."""
+    if config.name and "://" not in config.name:
+        variable = f"PACSFLOW_SERVERS__{config.name.upper().replace('-', '_')}__"
+        where = f"in [servers.{config.name}] of pacsflow.toml, or {variable}PASSWORD"
+    else:
+        where = "in the URL (http://USER:PASSWORD@host:port), or name the server in pacsflow.toml"
+    if config.token is not None:
+        where = where.replace("PASSWORD", "TOKEN")
+        return f"the server refused our bearer token (HTTP 401): set a valid token {where}"
+    if not config.user:
+        return f"the server needs a login and none was sent (HTTP 401): set user and password {where}"
+    if config.password is None or not config.password.get_secret_value():
+        return f"sent user {config.user!r} with no password (HTTP 401): set its password {where}"
+    return f"the server refused user {config.user!r} with the password given (HTTP 401): check them {where}"
+
+
+def _ssl_context(config: ServerConfig) -> ssl.SSLContext:
+    """The TLS settings of CONFIG; a CA bundle that cannot be read is a ConfigError naming it."""
+    verify = config.verify_tls
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    if not isinstance(verify, str):
+        return ssl.create_default_context()
+    try:
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "not a PEM CA bundle"
+        raise ConfigError(f"{config.display}: cannot use verify_tls = {verify!r}: {reason}") from None
 
 
 def _describe_socket_error(exc: BaseException) -> str:

@@ -92,6 +92,14 @@ def item_name(item: Item) -> str:
     return key
 
 
+def printable(text: str | None) -> str | None:
+    """TEXT with the undecodable bytes of a file name (kept by Python as lone surrogates, which no
+    terminal or JSON encoder takes) written as escapes: `broken-\\udce9.dcm`."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def run_view(ledger: Ledger, run_ref: str, *, failed: bool = False, limit: int = 50) -> dict[str, Any]:
     """One run for `run show` (text or --json): `run_record`'s keys, its parameters (secrets hidden),
     elapsed seconds and error of its last process, and with FAILED up to LIMIT failed items (else
@@ -110,9 +118,9 @@ def run_view(ledger: Ledger, run_ref: str, *, failed: bool = False, limit: int =
                 "number": item.id - first + 1,
                 "kind": item.kind,
                 "label": item_label(item.kind, item.id - first + 1, item.key),
-                "name": item_name(item),
+                "name": printable(item_name(item)),
                 "attempts": item.attempts,
-                "error": item.last_error,
+                "error": printable(item.last_error),
             }
             for item in ledger.items(run.id, status=FAILED, limit=limit)
         ]
@@ -131,7 +139,7 @@ def render_view(view: dict[str, Any]) -> list[str]:
     if view["finished_at"]:
         lines.append(f"finished   {_local(view['finished_at'])}")
     lines += [
-        f"params     {json.dumps(view['params'], ensure_ascii=False)}",
+        f"params     {printable(json.dumps(view['params'], ensure_ascii=False))}",
         f"items      {counts or 'none'}",
         f"bytes      {view['bytes'] / 1e6:.1f} MB",
     ]

@@ -137,10 +137,11 @@ def parse_query(conditions: Iterable[str] | None) -> dict[str, str] | None:
     Raises ConfigError for a condition without `=`, an unknown tag or a bad date.
     """
     query: dict[str, str] = {}
-    for condition in conditions or []:
+    for number, condition in enumerate(conditions or [], 1):
         tag, sep, value = str(condition).partition("=")
         if not sep or not tag.strip():
-            raise ConfigError(f"--query {condition!r}: write {QUERY_EXAMPLE}")
+            # the condition may be all value (`PatientID:PF1`): named by its place, shown only with --log-phi
+            raise ConfigError(f"--query #{number}: write {QUERY_EXAMPLE}", detail=repr(condition))
         query[tag.strip()] = value.strip()
     return check_query(query)
 

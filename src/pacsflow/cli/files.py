@@ -7,11 +7,16 @@ from pathlib import Path
 import typer
 
 from pacsflow.cli.app import (
+    AccessionOption,
     GiveUpOption,
+    PatientOption,
     PlanOnlyOption,
+    QueryOption,
+    StudyOption,
     WorkersOption,
     app,
     errors_to_exit,
+    parse_query,
     start_run,
 )
 from pacsflow.errors import ConfigError
@@ -57,8 +62,12 @@ def upload(
     paths: list[Path] = typer.Argument(None, help="files, folders (recursive) and ZIP/TAR archives"),
     to: str = typer.Option(..., "--to", help="Orthanc server (name or URL)"),
     roster: Path | None = typer.Option(None, "--roster", help="roster CSV whose rows name patient folders"),
-    root: Path | None = typer.Option(None, "--root", help="folder holding the roster's patient folders"),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="roster rows per batch"),
+    root: Path | None = typer.Option(
+        None, "--root", help="folder holding the roster's patient folders (needed with --roster)"
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="roster rows per batch (needed with --roster)"
+    ),
     where: list[str] = typer.Option(None, "--where", help="COLUMN=VALUE a roster row must have (repeatable)"),
     status_column: str = typer.Option("Uploaded", "--status-column", help="roster column set to 1 when done"),
     id_column: str = typer.Option("UHID", "--id-column", help="roster column naming the patient folder"),
@@ -110,7 +119,10 @@ def download(
     ctx: typer.Context,
     source: str = typer.Option(..., "--from", help="Orthanc server"),
     out: Path = typer.Option(..., "--out", help="folder: Patient/Study/Series/instance.dcm"),
-    study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
+    study: list[str] = StudyOption,
+    accession: list[str] = AccessionOption,
+    patient: list[str] = PatientOption,
+    query: list[str] = QueryOption,
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
     give_up_after: str | None = GiveUpOption,
@@ -118,6 +130,15 @@ def download(
     """Download studies into a folder tree.
 
     Example: pacsflow download --from main --out export/
+    Example: pacsflow download --from main --out export/ --patient PF001 --patient PF002
+    Example: pacsflow download --from main --out export/ --query StudyDate=2024-01-01-
     """
-    params = {"from": source, "out": str(out.resolve()), "studies": study or None}
+    params = {
+        "from": source,
+        "out": str(out.resolve()),
+        "studies": study or None,
+        "accessions": accession or None,
+        "patients": patient or None,
+        "query": parse_query(query),
+    }
     start_run(ctx, "download", params, workers, plan_only, give_up_after)

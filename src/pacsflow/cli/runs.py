@@ -19,20 +19,40 @@ from pacsflow.cli.app import (
 )
 
 RunArgument = typer.Argument(..., metavar="RUN", help="run ID, a unique prefix, or 'last'")
+JsonOption = typer.Option(
+    False, "--json", help="print JSON for programs (the same keys every time; never a password)"
+)
+
+
+def _print_json(data: object) -> None:
+    import json
+
+    from pacsflow.runview import printable
+
+    typer.echo(printable(json.dumps(data, indent=2, ensure_ascii=False)))
 
 
 @app.command()
 @errors_to_exit
-def runs(ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1)) -> None:
-    """List recent runs.
+def runs(
+    ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1), as_json: bool = JsonOption
+) -> None:
+    """List recent runs. A run whose process was killed shows as interrupted: resume it.
 
-    Example: pacsflow runs -n 5
+    Example: pacsflow runs -n 5 --json
     """
     from pacsflow.engine import describe_run
 
     found = session(ctx).runs(limit)
+    if as_json:
+        from pacsflow.runview import run_record
+
+        _print_json([run_record(run) for run in found])  # names no file or patient: see runview
+        return
     if not found:
-        typer.echo("no runs yet")
+        from pacsflow.ledger.database import safe_url
+
+        typer.echo(f"no runs yet in the ledger {safe_url(session(ctx).settings.ledger)}")
     for run in found:
         typer.echo(describe_run(run))
 
@@ -44,11 +64,15 @@ def run_show(
     run_ref: str = RunArgument,
     failed: bool = typer.Option(False, "--failed", help="list the failed items with their reasons"),
     limit: int = typer.Option(50, "--limit", "-n", min=1),
+    as_json: bool = JsonOption,
 ) -> None:
     """Show a run: its parameters, counts, and (with --failed) what failed and why.
 
-    Example: pacsflow run show last --failed
+    Example: pacsflow run show last --failed --json
     """
+    if as_json:
+        _print_json(session(ctx).view(run_ref, failed=failed, limit=limit))
+        return
     for line in session(ctx).show(run_ref, failed=failed, limit=limit):
         typer.echo(line)
 
@@ -91,7 +115,9 @@ def retry(
     stop = threading.Event()
 
     def put_back(run_id: str, count: int) -> None:
-        typer.echo(f"run {run_id}: {count} failed items put back")
+        from pacsflow.wording import plural
+
+        typer.echo(f"run {run_id}: {plural(count, 'failed item')} put back")
 
     with stop_on_signals(stop):
         result = pacsflow.retry(

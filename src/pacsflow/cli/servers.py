@@ -9,8 +9,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from pacsflow.cli.app import (
+    AccessionOption,
     GiveUpOption,
+    PatientOption,
     PlanOnlyOption,
+    QueryOption,
+    StudyOption,
     WorkersOption,
     app,
     errors_to_exit,
@@ -20,10 +24,11 @@ from pacsflow.cli.app import (
     start_run,
     stop_on_signals,
 )
+from pacsflow.errors import ConfigError
 from pacsflow.status import EXIT_INTERRUPTED, EXIT_OK
 
 if TYPE_CHECKING:
-    from pacsflow.api import Comparison, Pacsflow
+    from pacsflow.api import Comparison, Followed, Pacsflow
     from pacsflow.engine import RunResult
 
 WindowOption = typer.Option(None, "--window", help="work only then, e.g. 'Mon-Fri 19:00-07:00, Sat-Sun'")
@@ -52,8 +57,10 @@ def transfer(
     ctx: typer.Context,
     source: str = typer.Option(..., "--from", help="source Orthanc server"),
     destination: str = typer.Option(..., "--to", help="destination Orthanc server or DICOM MODALITY"),
-    study: list[str] = typer.Option(None, "--study", help="Orthanc study ID (repeatable; default: all)"),
-    query: list[str] = typer.Option(None, "--query", help="TAG=VALUE the studies match (repeatable; * ok)"),
+    study: list[str] = StudyOption,
+    accession: list[str] = AccessionOption,
+    patient: list[str] = PatientOption,
+    query: list[str] = QueryOption,
     via: str | None = typer.Option(
         None,
         "--via",
@@ -69,12 +76,15 @@ def transfer(
 ) -> None:
     """Copy studies to another server: only what is missing, each study verified afterwards.
 
-    Example: pacsflow transfer --from main --to backup --query StudyDate=20240101-20241231
+    Example: pacsflow transfer --from main --to backup --query StudyDate=2024-01-01-2024-12-31
+    Example: pacsflow transfer --from main --to backup --patient PF001 --accession A123
     """
     params = {
         "from": source,
         "to": destination,
         "studies": study or None,
+        "accessions": accession or None,
+        "patients": patient or None,
         "query": parse_query(query),
         "via": via,
         "peer": peer,
@@ -125,8 +135,22 @@ def clone(
         )
     if not followed.following:
         raise typer.Exit(codes[0])
-    typer.echo(f"stopped following; continue with the same `pacsflow clone --follow` (run {followed.run_id})")
+    typer.echo(
+        f"stopped following (run {followed.run_id}): {_copied(followed)} since this command started; "
+        "continue with the same `pacsflow clone --follow`"
+    )
     raise typer.Exit(EXIT_INTERRUPTED if followed.stopped else EXIT_OK)
+
+
+def _copied(followed: Followed) -> str:
+    """What a clone copied, from its instance items: '12 instances copied (3.4 MB), 2 already there'."""
+    from pacsflow.ops.transfer import INSTANCE
+    from pacsflow.wording import plural
+
+    text = f"{plural(followed.count(INSTANCE, 'done'), 'instance')} copied ({followed.nbytes / 1e6:.1f} MB)"
+    already = followed.count(INSTANCE, "skipped")
+    failed = sum(n for (_, status), n in followed.items.items() if status == "failed")
+    return text + (f", {already} already there" if already else "") + (f", {failed} failed" if failed else "")
 
 
 @app.command()
@@ -154,8 +178,9 @@ def forward(
 
     def announce(_result: RunResult) -> None:
         shown = [pacsflow.settings.public_spec(spec) for spec in destinations]
+        what = "each new instance" if trigger == "new-instance" else "stable studies"
         typer.echo(
-            f"forwarding stable studies of {pacsflow.settings.public_spec(source)} to {', '.join(shown)} "
+            f"forwarding {what} of {pacsflow.settings.public_spec(source)} to {', '.join(shown)} "
             "(Ctrl-C to stop)"
         )
 
@@ -173,8 +198,26 @@ def forward(
         )
     if followed.first.error is not None:
         raise typer.Exit(report(followed.first))
-    typer.echo(f"stopped forwarding (run {followed.run_id}); the same command continues it")
+    typer.echo(
+        f"stopped forwarding (run {followed.run_id}): {_forwarded(followed, trigger)} since this "
+        "command started; the same command continues it"
+    )
     raise typer.Exit(EXIT_INTERRUPTED if followed.stopped else EXIT_OK)
+
+
+def _forwarded(followed: Followed, trigger: str) -> str:
+    """What a forward did, from its items: '3 studies forwarded and deleted from the source (6 copies
+    sent, 0 failed)'; a delete item ends done once every destination held the study and it was deleted."""
+    from pacsflow.ops.transfer import DELETE, FORWARD
+    from pacsflow.wording import plural
+
+    what = "instance" if trigger == "new-instance" else "study"
+    deleted, sent = followed.count(DELETE, "done"), followed.count(FORWARD, "done")
+    failed = sum(n for (_, status), n in followed.items.items() if status == "failed")
+    return (
+        f"{plural(deleted, what)} forwarded and deleted from the source "
+        f"({plural(sent, 'copy')} sent, {failed} failed)"
+    )
 
 
 @app.command()
@@ -185,17 +228,23 @@ def compare(
     b: str = typer.Argument(..., metavar="B", help="Orthanc server, or DICOM node (name or AET@host:port)"),
     level: str = typer.Option("study", "--level", help="study, series or instance"),
     query: list[str] = typer.Option(None, "--query", help="TAG=VALUE to compare only part (repeatable)"),
-    from_date: str | None = typer.Option(None, "--from-date", help="StudyDate from (YYYYMMDD)"),
-    to_date: str | None = typer.Option(None, "--to-date", help="StudyDate to (YYYYMMDD)"),
-    out: Path | None = typer.Option(None, "--out", help="write the differences to this CSV"),
+    from_date: str | None = typer.Option(None, "--from-date", help="StudyDate from (YYYYMMDD or YYYY-MM-DD)"),
+    to_date: str | None = typer.Option(None, "--to-date", help="StudyDate to (YYYYMMDD or YYYY-MM-DD)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="write the differences to this CSV (mode 0600: it names patients)"
+    ),
     transfer_missing: bool = typer.Option(False, "--transfer-missing", help="copy what B lacks from A"),
     workers: int | None = WorkersOption,
     give_up_after: str | None = GiveUpOption,
 ) -> None:
-    """What A and B hold, side by side; exit 0 when they match, 1 when they differ.
+    """What A and B hold, side by side; exit 0 when they match, 1 when they differ or neither holds
+    anything that matches (nothing was compared, so nothing is vouched for).
 
     Example: pacsflow compare main backup --level series --out diff.csv --transfer-missing
+    Example: pacsflow compare main PACS@10.0.0.5:104 --from-date 2024-01-01 --to-date 2024-01-31
     """
+    if out is not None and not out.resolve().parent.is_dir():  # before the servers are asked anything
+        raise ConfigError(f"--out {out}: there is no folder {out.resolve().parent}")
     pacsflow = session(ctx)
     stop = threading.Event()
     with stop_on_signals(stop):
@@ -212,6 +261,8 @@ def compare(
             stop=stop,
             on_compared=lambda comparison: _print_comparison(pacsflow, comparison, out),
         )
+    if found.empty:  # a script's "compare A B && retire A" must not pass on a comparison of nothing
+        raise typer.Exit(1)
     if found.equal:
         raise typer.Exit(EXIT_OK)
     if found.transfer is not None:

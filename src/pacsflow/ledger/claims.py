@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from pacsflow.ledger.model import Item, PlannedItem, Record, item_from_row, storable
 from pacsflow.ledger.schema import DONE, FAILED, PENDING, RUNNING, items
+from pacsflow.wording import plural
 
 
 class _Statements:
@@ -90,7 +91,7 @@ class _Statements:
 
 def exhausted_note(attempts: int) -> str:
     return (
-        f"gave up after {attempts} attempts that never reported back "
+        f"gave up after {plural(attempts, 'attempt')} that never reported back "
         "(the process working on it died: killed, out of memory?)"
     )
 

@@ -21,9 +21,10 @@ from pacsflow.ledger.schema import items
 class Ledger(Claims, Queries):
     """Runs and items in a database given by URL (`sqlite:///path` or `postgresql+psycopg://...`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open (with CREATE, also create) the ledger at URL and bring its schema up to date."""
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, create=create)
         for attempt in range(100):
             try:
                 upgrade(self.engine, safe_url(url))

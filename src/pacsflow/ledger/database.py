@@ -11,16 +11,18 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from pacsflow.errors import ConfigError
+from pacsflow.errors import ConfigError, NoLedger
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for URL; with CREATE false a SQLite ledger that does not exist yet raises NoLedger
+    (a command that only reads must leave no trace)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(f"ledger URL is not a database URL: {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, parsed.database)
+        return _sqlite_engine(url, parsed.database, create)
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
@@ -73,9 +75,11 @@ def _switch_to_wal(cursor: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
 
 
-def _sqlite_engine(url: str, database: str | None) -> Engine:
+def _sqlite_engine(url: str, database: str | None, create: bool) -> Engine:
     if database and database != ":memory:":
         path = Path(database)
+        if not create and not path.exists():
+            raise NoLedger(f"there is no ledger at {path.resolve()} yet: no run was recorded there")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():

@@ -17,6 +17,7 @@ from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.params import DownloadParams
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.selection import Selection, first_look, resolve
+from pacsflow.wording import plural
 
 log = logging.getLogger("pacsflow")
 STUDY, INSTANCE = "study", "instance"
@@ -137,7 +138,9 @@ class Download(Operation):
 
     def finish(self, run: RunInfo) -> list[str]:
         files = sum(1 for _ in self.out.rglob("*.dcm"))
-        return [f"{files} DICOM files under {self.out}; {run.bytes / 1e6:.1f} MB downloaded in this run"]
+        return [
+            f"{plural(files, 'DICOM file')} under {self.out}; {run.bytes / 1e6:.1f} MB downloaded in this run"
+        ]
 
     def close(self) -> None:
         self.source.close()

@@ -14,6 +14,7 @@ from pacsflow.ops.params import PopulateParams
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.stored import check_stored
 from pacsflow.synthetic import Shape, instance_bytes, instance_keys, instance_path, write_bad_files
+from pacsflow.wording import plural
 
 
 @register
@@ -65,7 +66,10 @@ class Populate(Operation):
 
     def finish(self, run: RunInfo) -> list[str]:
         where = str(self.out) if self.out else self.server.display if self.server else "?"
-        return [f"generated {self.shape.total} instances ({self.shape.patients} patients) into {where}"]
+        shape = self.shape
+        return [
+            f"generated {plural(shape.total, 'instance')} ({plural(shape.patients, 'patient')}) into {where}"
+        ]
 
     def close(self) -> None:
         if self.server is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsflow.errors import BadInput, ConfigError, TransientError
-from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ledger import DONE, FAILED, FINISHED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.params import DEFAULT_ERRORS, RosterUploadParams
 from pacsflow.ops.upload import (
@@ -21,7 +21,9 @@ from pacsflow.ops.upload import (
     open_sender,
     upload_summary,
 )
+from pacsflow.progress import Units
 from pacsflow.roster import Roster, roster_lock, same_value, update_errors
+from pacsflow.wording import plural
 
 ROW, VERIFY, COMMIT = "row", "verify", "commit"
 # Each batch takes five phases: scan rows, files, archive members, verify rows, rewrite the roster.
@@ -35,6 +37,8 @@ class RosterUpload(Operation):
 
     name = "roster-upload"
     unit = "items"
+    # people count rows: a row is finished by its verify item, or fails itself (no folder to verify)
+    units = Units("rows", {ROW}, finished_by={VERIFY: FINISHED, ROW: {FAILED}})
     Params = RosterUploadParams
     p: RosterUploadParams
 
@@ -147,7 +151,7 @@ class RosterUpload(Operation):
         failed = [one for one in found if one.status == FAILED]
         if failed:
             raise BadInput(
-                f"{len(failed)} of {len(found)} files failed",
+                f"{len(failed)} of {plural(len(found), 'file')} failed",
                 where=folder,
                 detail=first_failures([one.last_error or "failed" for one in failed]),
             )
@@ -165,7 +169,8 @@ class RosterUpload(Operation):
         missing = wanted - present
         if missing:
             raise BadInput(
-                f"server lacks {len(missing)} of {len(wanted)} instances of this folder", where=folder
+                f"server lacks {len(missing)} of {plural(len(wanted), 'instance')} of this folder",
+                where=folder,
             )
         return Outcome(result={"instances": len(wanted)})
 
@@ -238,7 +243,9 @@ class RosterUpload(Operation):
         batches = sum(n for (kind, _, _), n in tally.items() if kind == COMMIT)
         rows = sum(n for (kind, _, _), n in tally.items() if kind == ROW)
         where = f" (see {self.errors_path})" if errors else ""
-        lines = [f"rows {rows} in {batches} batches: marked uploaded {marked}, errors {errors}{where}"]
+        lines = [
+            f"rows {rows} in {plural(batches, 'batch')}: marked uploaded {marked}, errors {errors}{where}"
+        ]
         return lines + upload_summary(run, self.ledger)
 
     def close(self) -> None:

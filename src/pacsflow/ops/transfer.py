@@ -26,6 +26,7 @@ from pacsflow.orthanc import Orthanc
 from pacsflow.pacing import limiter_for, take
 from pacsflow.selection import Selection, first_look, resolve
 from pacsflow.stored import check_stored
+from pacsflow.wording import plural, was_were
 
 log = logging.getLogger("pacsflow")
 
@@ -314,7 +315,7 @@ class Transfer(Operation):
             lacking = [uid for uid in sop.values() if uid not in held]
             if lacking:
                 raise BadInput(
-                    f"{self.node.display} holds {len(sop) - len(lacking)} of {len(sop)} instances",
+                    f"{self.node.display} holds {len(sop) - len(lacking)} of {plural(len(sop), 'instance')}",
                     where=f"study {study}",
                 )
             return Outcome(result={"instances": len(sop)})
@@ -323,7 +324,7 @@ class Transfer(Operation):
         missing = wanted - present
         if missing:
             raise BadInput(
-                f"the destination has {len(wanted) - len(missing)} of {len(wanted)} instances",
+                f"the destination has {len(wanted) - len(missing)} of {plural(len(wanted), 'instance')}",
                 where=f"study {study}",
             )
         return Outcome(result={"instances": len(wanted)})
@@ -346,7 +347,7 @@ class Transfer(Operation):
             f"studies {count(STUDY, DONE, FAILED)}: verified {count(VERIFY, DONE) + complete}, "
             f"failed {count(VERIFY, FAILED) + count(STUDY, FAILED)}; instances copied {copied}, "
             f"failed {count(INSTANCE, FAILED) + count(PEER_STORE, FAILED)}; {run.bytes / 1e6:.1f} MB; "
-            f"{complete} studies were complete already"
+            f"{plural(complete, 'study')} {was_were(complete)} complete already"
         ]
 
     def close(self) -> None:
@@ -390,6 +391,10 @@ class _ServerDestination:
         self.server, self.source, self.display = server, source, server.display
         self.target: Orthanc | ModalityConfig = server  # what the source must not be
         self.remote = server.remote
+        #: this destination stored as new an instance the source held: it has a database of its own.
+        #: Proof that a change record both logs share cannot give: two fresh servers, one fed from the
+        #: other within the same second, hold records alike field for field.
+        self.proven_apart = False
 
     def holds(self, members: _Members) -> set[str]:
         return set(self.server.instance_ids_of("studies", members.study_id)) & members.sop.keys()
@@ -398,7 +403,8 @@ class _ServerDestination:
         for instance in instances:
             answer = self.server.upload(self.source.instance_file(instance))
             try:
-                check_stored(answer, where=f"instance {instance}", expected_id=instance)
+                if check_stored(answer, where=f"instance {instance}", expected_id=instance):
+                    self.proven_apart = True  # one database would have answered AlreadyStored
             except BadInput as exc:  # which destination refused it matters with several
                 raise BadInput(f"{self.display}: {exc.reason}", where=exc.where, detail=exc.detail) from None
 
@@ -525,7 +531,7 @@ class Forward(Operation):
         lacking = members.sop.keys() - destination.holds(members)
         if lacking:
             raise TransientError(
-                f"{destination.display} lacks {len(lacking)} of {len(members.sop)} instances"
+                f"{destination.display} lacks {len(lacking)} of {plural(len(members.sop), 'instance')}"
             )
         return Outcome(result={"instances": len(members.sop), "copied": len(missing)})
 
@@ -533,6 +539,8 @@ class Forward(Operation):
         """Delete the instances every destination holds, checked right now: what arrived since the forward
         items verified the study is not deleted with it."""
         for destination in self.destinations.values():
+            if getattr(destination, "proven_apart", False):
+                continue
             # Two empty servers configured alike could not be told apart at the start; now the source
             # holds this change, whose record only its own database has.
             verdict = check_not_source(self.source, destination.target, seq=payload.get("seq"))
@@ -561,7 +569,8 @@ class Forward(Operation):
                 note=f"{kept} kept: they arrived after the change; its next change forwards them",
             )
         raise TransientError(
-            f"{kept} of {len(members.sop)} instances are not on {', '.join(short)}; they stay on the source"
+            f"{kept} of {plural(len(members.sop), 'instance')} {'is' if kept == 1 else 'are'} not on "
+            f"{', '.join(short)}; {'it stays' if kept == 1 else 'they stay'} on the source"
         )
 
     def _delete_instances(self, instances: list[str]) -> None:
@@ -574,8 +583,10 @@ class Forward(Operation):
         sent = sum(n for (kind, status, _), n in tally.items() if kind == FORWARD and status == DONE)
         deleted = sum(n for (kind, status, _), n in tally.items() if kind == DELETE and status == DONE)
         failed = sum(n for (_, status, _), n in tally.items() if status == FAILED)
-        what = "studies" if self.level == "studies" else "instances"
-        return [f"{what} sent {sent} times, {what} deleted from the source {deleted}, failed {failed}"]
+        what = "study" if self.level == "studies" else "instance"
+        return [
+            f"{plural(sent, 'copy')} sent, {plural(deleted, what)} deleted from the source, {failed} failed"
+        ]
 
     def close(self) -> None:
         self.source.close()

@@ -42,13 +42,16 @@ from pacsflow.ops.base import Operation, Outcome, log, register
 from pacsflow.ops.params import RosterUploadParams, UploadParams
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.orthanc import Orthanc
+from pacsflow.progress import Units
 from pacsflow.stored import check_stored
+from pacsflow.wording import plural
 
 NOT_DICOM = "not DICOM"
 #: the note of a FIFO, socket or device found among the inputs: "not a regular file (FIFO)"
 NOT_REGULAR = "not a regular file"
 ALREADY = "already on server"
-ARCHIVE = "archive"
+ARCHIVE = "archive"  # an archive opened into member items
+READ_INSIDE = "archive read"  # an archive read to its end inside its own item (compressed TAR, nested)
 FILE, MEMBER, FOLDER = "file", "member", "folder"
 #: above this many instances on the server, asking for the full ID list costs more than it saves
 KNOWN_IDS_LIMIT = 200_000
@@ -170,7 +173,7 @@ class _Tally:
         """The item's Outcome; raises BadInput if any member failed (what was sent stays sent)."""
         if self.failures:
             raise BadInput(
-                f"{len(self.failures)} of {self.members} members failed",
+                f"{len(self.failures)} of {plural(self.members, 'member')} failed",
                 where=where,
                 detail=first_failures(self.failures),
             )
@@ -182,7 +185,7 @@ class _Tally:
             "archives": self.archives,
         }
         result = {**counts, "ids": self.ids, "studies": sorted(self.studies)}
-        return Outcome(note=ARCHIVE, nbytes=self.nbytes, result=result)
+        return Outcome(note=READ_INSIDE, nbytes=self.nbytes, result=result)
 
 
 def _is_dicomdir(name: str) -> bool:
@@ -426,6 +429,7 @@ class Upload(Operation):
 
     name = "upload"
     unit = "files"
+    units = Units("files", {FILE, MEMBER}, opened=ARCHIVE)  # an opened archive counts as its members
     Params = UploadParams
     p: UploadParams
 
@@ -483,8 +487,15 @@ def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
     not_dicom = sum(n for (kind, _, note), n in tally.items() if kind in (FILE, MEMBER) and note == NOT_DICOM)
     failed = sum(n for (kind, status, _), n in tally.items() if kind in (FILE, MEMBER) and status == FAILED)
     # an archive file of the inputs counts here; an archive member counts itself in its result below
-    archives = sum(n for (kind, _, note), n in tally.items() if kind == FILE and note == ARCHIVE)
-    for item in ledger.items(run.id, status=DONE, note=ARCHIVE):
+    archives = sum(
+        n for (kind, _, note), n in tally.items() if kind == FILE and note in (ARCHIVE, READ_INSIDE)
+    )
+    # runs recorded before READ_INSIDE existed noted such archives ARCHIVE: their counts tell them apart
+    read_inside = [
+        *ledger.items(run.id, status=DONE, note=READ_INSIDE),
+        *ledger.items(run.id, status=DONE, note=ARCHIVE),
+    ]
+    for item in read_inside:
         counts = item.result or {}
         if item.kind in (FILE, MEMBER) and "sent" in counts:
             # a compressed TAR or an archive inside an archive, done member by member inside its item
@@ -493,7 +504,7 @@ def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
             not_dicom += counts["not_dicom"]
             archives += counts.get("archives", 0)
     seen = sent + already + not_dicom + failed
-    opened = f" (with {archives} archives opened)" if archives else ""
+    opened = f" (with {plural(archives, 'archive')} opened)" if archives else ""
     lines = [
         f"files seen {seen}{opened}: DICOM {sent + already}, sent {sent}, already there {already}, "
         f"not DICOM {not_dicom}, failed {failed}; {run.bytes / 1e6:.1f} MB sent"

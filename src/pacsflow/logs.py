@@ -1,0 +1,46 @@
+"""Logging of a command: our lines at the chosen level; libraries' own lines below ours."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+#: libraries whose log lines repeat, less clearly, what pacsflow says itself (pynetdicom's
+#: `Association request failed` before our `cannot reach PACS@host:104: ...`), with the level each
+#: shows with -v, and with -v --log-phi: pynetdicom's DEBUG dumps C-FIND identifiers, httpx's INFO
+#: names instance IDs, sqlalchemy's INFO prints every statement with its values
+LIBRARIES = {
+    "pynetdicom": (logging.INFO, logging.DEBUG),
+    "httpx": (logging.WARNING, logging.INFO),
+    "httpcore": (logging.WARNING, logging.WARNING),
+    "alembic": (logging.INFO, logging.INFO),
+    "sqlalchemy": (logging.WARNING, logging.WARNING),
+}
+
+
+class _Demoted(logging.Filter):
+    """On a handler: a library's records become DEBUG ones, shown only with -v. (A filter on the
+    library's logger would miss its child loggers' records, such as pynetdicom.assoc's.)"""
+
+    def __init__(self, shown: bool) -> None:
+        super().__init__()
+        self.shown = shown
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in LIBRARIES:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.shown
+
+
+def configure_logging(*, verbose: bool = False, quiet: bool = False, log_phi: bool = False) -> None:
+    """Log lines on stderr: DEBUG with VERBOSE, WARNING with QUIET, else INFO; every line of the
+    libraries in LIBRARIES counts as DEBUG, and those that carry patient data need LOG_PHI too."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for name, (shown, with_phi) in LIBRARIES.items():
+        logging.getLogger(name).setLevel((with_phi if log_phi else shown) if verbose else logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _Demoted)]:
+            handler.removeFilter(old)
+        handler.addFilter(_Demoted(shown=verbose))
