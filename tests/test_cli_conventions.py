@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from pacsflow.cli.conventions import hoist_global_options
-from pacsflow.config import ServerConfig, Settings
+from pacsflow.config import ModalityConfig, ServerConfig, Settings
 from pacsflow.errors import ConfigError
 from pacsflow.sandbox import LocalOrthanc
 from tests.conftest import cli, run_cli
 
 COMMANDS = [
-    ["populate"], ["upload"], ["download"], ["runs"], ["run", "show"], ["resume"], ["retry"],
+    ["populate"], ["upload"], ["download"], ["runs"], ["run"], ["run", "show"], ["resume"], ["retry"],
     ["check"], ["transfer"], ["clone"], ["forward"], ["compare"], ["worker"], ["demo"],
 ]  # fmt: skip
 
@@ -26,6 +26,7 @@ def test_global_options_move_before_the_command() -> None:
         "-q", "--config=x.toml", "--ledger", "sqlite:///l.db", "upload", "data", "--to", "main",
     ]  # fmt: skip
     assert hoist_global_options(["upload", "--", "-q"]) == ["upload", "--", "-q"]  # a file named -q
+    assert hoist_global_options(["runs", "-qv", "-c/etc/p.toml"]) == ["-qv", "-c/etc/p.toml", "runs"]
 
 
 def test_global_options_work_after_the_command(workdir: Path) -> None:
@@ -85,11 +86,15 @@ def test_names_get_a_did_you_mean() -> None:
         settings.server("my-pcas")
     with pytest.raises(ConfigError, match=r"unknown server 'elsewhere' \(known: my-pacs\)"):
         settings.server("elsewhere")
+    settings = Settings(modalities={"orthanc-b": ModalityConfig(aet="B", host="h")})
+    with pytest.raises(ConfigError, match=r"'orthanc-bx' \(did you mean the modality 'orthanc-b'\?\)"):
+        settings.server("orthanc-bx")  # where a server or a node may go (transfer --to)
 
 
 def bad_inputs(workdir: Path) -> list[list[str]]:
     """Every command with inputs a user may get wrong; each needs a clear line, never a traceback."""
     (workdir / "notdicom.txt").write_text("hello")
+    (workdir / "notdicom.bin").write_bytes(bytes(range(256)))
     return [
         ["populate", "--to", "nosuch"],
         ["populate", "--out", "/proc/nope/data"],
@@ -97,6 +102,9 @@ def bad_inputs(workdir: Path) -> list[list[str]]:
         ["upload", "/no/such/folder", "--to", "b"],
         ["upload", "--roster", "/no/such.csv", "--root", ".", "--to", "b", "--batch-size", "2"],
         ["upload", "--roster", "notdicom.txt", "--to", "b"],
+        ["upload", "--to", "b"],
+        ["-c", "notdicom.bin", "runs"],
+        ["populate", "--to", "http://[::1"],
         ["download", "--from", "b", "--out", "/proc/nope"],
         ["download", "--from", "nosuch", "--out", "d"],
         ["transfer", "--from", "a", "--to", "a"],
@@ -125,7 +133,7 @@ def test_no_command_shows_a_traceback_on_bad_input(workdir: Path, config_file: P
         output = result.stdout + result.stderr
         last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
         if (
-            result.returncode not in (1, 2)
+            result.returncode != 2
             or "Traceback" in output
             or "unexpected" in output
             or not last.startswith("pacsflow: error: ")
@@ -145,12 +153,12 @@ def test_a_bad_ca_bundle_is_one_line(workdir: Path, orthanc_b: LocalOrthanc) -> 
     )
     (workdir / "ca.pem").write_text("not a certificate")
     (workdir / "pacsflow.toml").write_text(f'[servers.s]\nurl = "{https}"\nverify_tls = "ca.pem"\n')
-    result = cli("check", cwd=workdir)
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()  # a relative CA path means the config file's folder, not the working one
+    result = cli("-c", str(workdir / "pacsflow.toml"), "check", cwd=elsewhere)
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
-    assert (
-        "FAILED: s (https://127.0.0.1:" in result.stdout
-        and "cannot use verify_tls = 'ca.pem'" in result.stdout
-    )
+    assert "FAILED: s (https://127.0.0.1:" in result.stdout
+    assert f"cannot use verify_tls = '{workdir / 'ca.pem'}'" in result.stdout
 
 
 def test_an_unforeseen_error_is_one_line_without_patient_data(
@@ -213,6 +221,8 @@ def test_a_query_without_equals_is_not_echoed(workdir: Path, config_file: Path) 
         ('give_up_after = "soon"', "give_up_after: ", 2),
         # a ledger is one line among the others: check goes on to the servers, then exits 1
         ('ledger = "mysql://h/db"', "unsupported ledger database 'mysql'", 1),
+        ('ledger = "sqlite:////proc/nope/l.db"', "cannot create", 1),
+        ('heartbeat_url = "notaurl"', "heartbeat_url: not an http(s) URL", 2),
     ],
 )
 def test_check_refuses_what_a_run_would_refuse(

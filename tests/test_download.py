@@ -170,6 +170,13 @@ def test_download_chooses_studies_by_uid_patient_accession_or_query(
     assert fetched("--query", f"StudyDate={day[:4]}-{day[4:6]}-{day[6:]}") == {
         study for study, tags in studies.items() if tags["StudyDate"] == day
     }
+    # a series tag asked of studies: the studies that have such a series (ModalitiesInStudy)
+    modality = studies[first]["StudyDescription"].split()[0]
+    assert (
+        fetched("--query", f"Modality={modality}")
+        == {study for study, tags in studies.items() if tags["StudyDescription"].startswith(f"{modality} ")}
+        != set()
+    )
     nothing = cli("download", "--from", "a", "--out", "none", "--accession", "A-NONE", cwd=workdir)
     assert nothing.returncode == 2 and "--accession matches no study on a" in nothing.stderr
     assert not (workdir / "none").exists()  # refused before the folder was made

@@ -83,6 +83,7 @@ def test_library_lines_only_with_verbose(workdir: Path) -> None:
     assert plain.stderr == ""  # before: pynetdicom's "ERROR Association request failed" and more
     verbose = run_cli("check", dead, "-v", cwd=workdir)
     assert "DEBUG Association request failed" in verbose.stderr
+    assert "DEBUG Requesting Association" in verbose.stderr  # pynetdicom's INFO lines too, as DEBUG
     assert " ERROR " not in verbose.stderr
 
 

@@ -22,21 +22,14 @@ import pytest
 from pacsflow import Pacsflow
 from pacsflow.cli.app import report
 from pacsflow.events import ITEM_DONE, RUN_STARTED, Event
-from pacsflow.ledger import DONE, FAILED, FINISHED, Ledger, new_worker_id
-from pacsflow.ops.roster import ROW, VERIFY, RosterUpload
-from pacsflow.ops.upload import ARCHIVE, FILE, MEMBER, Upload
+from pacsflow.ledger import DONE, FAILED, Ledger, new_worker_id
 from pacsflow.orthanc import Orthanc
-from pacsflow.progress import BarProgress, LogProgress, Units
+from pacsflow.progress import BarProgress, LogProgress
 from pacsflow.sandbox import LocalOrthanc
 from pacsflow.synthetic import Shape, instance_bytes
 from pacsflow.wording import plural, singular_of
 from tests.conftest import PASSWORD, USER, cli, latest_run, run_cli, start_cli, wait_for
 from tests.test_roster import make_folders
-
-#: the declarations proposed for ops/roster.py and ops/upload.py (their owners add them); the tests
-#: use the class's own when it has one
-ROSTER_UNITS = Units("rows", {ROW}, finished_by={VERIFY: FINISHED, ROW: {FAILED}})
-UPLOAD_UNITS = Units("files", {FILE, MEMBER}, opened=ARCHIVE)
 
 
 def ledger_of(workdir: Path) -> Ledger:
@@ -140,7 +133,6 @@ def test_roster_progress_counts_rows_from_the_start(
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(RosterUpload, "units", getattr(RosterUpload, "units", ROSTER_UNITS), raising=False)
     roster, _ = roster_files(workdir, 3)
     started: list[Event] = []
     params = {"roster": str(roster), "root": str(workdir / "root"), "to": "a", "batch_size": 1}
@@ -169,7 +161,6 @@ def test_a_zip_is_counted_as_its_files_from_plan_to_summary(
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(Upload, "units", getattr(Upload, "units", UPLOAD_UNITS), raising=False)
     shape = Shape(patients=1, series=1, instances=4, pixels=16, seed=92)
     with zipfile.ZipFile(workdir / "scans.zip", "w") as archive:
         for n in range(4):

@@ -3,6 +3,10 @@ reachable, version, login, or the exact reason not."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 from pacsflow.config import Settings
 from pacsflow.dimse import echo
 from pacsflow.errors import NoLedger, PacsflowError
@@ -57,6 +61,9 @@ def check_ledger(settings: Settings) -> tuple[str, bool]:
     try:
         ledger = Ledger(settings.ledger, create=False)
     except NoLedger:
+        problem = _cannot_create(settings.ledger)
+        if problem:
+            return f"ledger   {shown}: FAILED: cannot create it: {problem}", False
         return f"ledger   {shown}: OK, not created yet (the first run creates it)", True
     except PacsflowError as exc:
         return f"ledger   {shown}: FAILED: {exc}", False
@@ -65,6 +72,21 @@ def check_ledger(settings: Settings) -> tuple[str, bool]:
     finally:
         ledger.close()
     return f"ledger   {shown}: OK, {count} run{'' if count == 1 else 's'}", True
+
+
+def _cannot_create(url: str) -> str | None:
+    """Why the first run could not create the SQLite ledger at URL, or None: its nearest existing
+    folder must be a folder this process can write in."""
+    path = Path(url.removeprefix("sqlite:///")).parent
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is not a folder"
+    try:  # a folder made and removed at once: permissions alone do not tell (root, /proc, read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=".pacsflow-check-", dir=path))
+    except OSError as exc:
+        return f"cannot write in {path}: {exc.strerror}"
+    return None
 
 
 def check_targets(settings: Settings, targets: list[str]) -> tuple[list[str], bool]:

@@ -194,6 +194,16 @@ class Settings(BaseSettings):
             _reported(TimeWindow, value)
         return value
 
+    @field_validator("heartbeat_url")
+    @classmethod
+    def _heartbeat(cls, value: str | None) -> str | None:
+        # never quoted back: a heartbeat URL carries its check's secret token
+        if value is not None and (
+            urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc
+        ):
+            raise ValueError("not an http(s) URL (like https://hc-ping.com/<uuid>)")
+        return value
+
     @field_validator("give_up_after", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
@@ -215,8 +225,11 @@ class Settings(BaseSettings):
             return self._url_server(spec)
         key = find_name(spec, self.servers)
         if key is None:
+            hint = did_you_mean(spec, self.servers) or did_you_mean(spec, self.modalities).replace(
+                "did you mean ", "did you mean the modality "
+            )
             raise ConfigError(
-                f"unknown server {spec!r}{did_you_mean(spec, self.servers)} "
+                f"unknown server {spec!r}{hint} "
                 f"(known: {_known(self.servers)}); give a name from the config or a URL"
             )
         return self.servers[key]
@@ -327,8 +340,11 @@ def _credentials(url: str) -> tuple[str | None, SecretStr | None]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by `***` (safe to print)."""
-    parts = urlsplit(url)
+    """The URL with any password replaced by `***` (safe to print), even when it is malformed."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", url)
     userinfo, at, host = parts.netloc.rpartition("@")
     if not at:
         return url
@@ -338,8 +354,11 @@ def redact_url(url: str) -> str:
 
 
 def server_from_url(spec: str) -> ServerConfig:
-    """A ServerConfig from a URL, taking credentials out of it."""
-    parts = urlsplit(spec)
+    """A ServerConfig from a URL, taking credentials out of it. Raises ConfigError for a malformed one."""
+    try:
+        parts = urlsplit(spec)
+    except ValueError as exc:  # `http://[::1` and the like
+        raise ConfigError(f"bad server URL {redact_url(spec)!r}: {exc}") from None
     # the host is case-insensitive; lower case as before, and IPv6 brackets and the port stay as written
     clean = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2].lower(), parts.path, "", ""))
     user, password = _credentials(spec)
@@ -391,6 +410,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     problems = _file_problems(data)
     if problems:
         raise ConfigError(f"{where}: {problems[0]}{_more(len(problems))}")
+    if config_path is not None:
+        _paths_from_the_file_folder(data, config_path.resolve().parent)
     origins = _merge_environment(data, os.environ)
     for key, value in overrides.items():
         if value is not None:
@@ -418,13 +439,22 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         raise ConfigError(text + _more(len(errors))) from None
 
 
+def _paths_from_the_file_folder(data: dict[str, Any], folder: Path) -> None:
+    """A relative CA bundle path in the file means the file's folder, as a relative ledger path does."""
+    for entry in _table(data, "servers").values():
+        verify = entry.get("verify_tls") if isinstance(entry, dict) else None
+        if isinstance(verify, str) and verify.strip().lower() not in _BOOL_TEXT:
+            path = Path(verify).expanduser()
+            entry["verify_tls"] = str(path if path.is_absolute() else folder / path)
+
+
 def _read_toml(config_path: Path) -> dict[str, Any]:
     try:
         with open(config_path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {config_path}") from None
-    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file not found: {config_path.resolve()}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # a binary file is not TOML either
         raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{config_path}: cannot read: {exc.strerror}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +14,6 @@ from pynetdicom.sop_class import Verification
 from pacsflow.config import ModalityConfig
 from pacsflow.errors import ConfigError, PreflightError, RemoteError, Unreachable
 from pacsflow.pacing import limiter_for
-
-logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 #: A-ASSOCIATE-RJ result 2: "rejected-transient" (busy, too many associations): try again later
 _REJECTED_TRANSIENT = 0x02

@@ -636,7 +636,7 @@ class Engine:
             )
             return Record(item, status=PENDING, note=str(exc), retry_at=time.time() + delay)
         log.error("%s failed: %s", where, self._loggable(exc))
-        return Record(item, status=FAILED, note=str(exc))
+        return Record(item, status=FAILED, note=str(exc), result=exc.result, nbytes=exc.nbytes)
 
     def _loggable(self, exc: PacsflowError) -> str:
         """The error for a log line: without file names or IDs unless PHI may be logged."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 
 class PacsflowError(Exception):
@@ -16,6 +17,10 @@ class PacsflowError(Exception):
     transient: bool = False
     #: the whole run must stop: retrying other items cannot help (bad password, bad config)
     fatal: bool = False
+    #: what an item did before it failed (an archive's members sent before one of them failed): the
+    #: ledger keeps it with the failure, so that counts and bytes are not lost
+    result: dict[str, Any] | None = None
+    nbytes: int = 0
 
     def __init__(self, message: str = "", *, where: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)

@@ -17,6 +17,7 @@ from pacsflow.config import redact_url
 from pacsflow.events import item_label
 from pacsflow.ledger import DONE, FAILED, PENDING, RUNNING, SKIPPED, Item, Ledger, RunInfo
 from pacsflow.ledger.queries import INTERRUPTED
+from pacsflow.wording import plural
 
 _SECRET_KEYS = ("password", "token", "secret")
 #: the item statuses, in the order people read them; every one is a key of a view's counts
@@ -82,7 +83,7 @@ def item_name(item: Item) -> str:
         return f"study {payload['study']}"
     if kind in ("peer-store", "dicom-store") and "ids" in payload:
         study = key.split("/")[1] if key.count("/") >= 2 else "?"
-        return f"{len(payload['ids'])} instances of study {study}"
+        return f"{plural(len(payload['ids']), 'instance')} of study {study}"
     if kind == "instance" and "id" in payload:
         return str(payload.get("path") or f"instance {payload['id']}")
     if kind == "forward" and "id" in payload:

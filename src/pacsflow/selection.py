@@ -198,6 +198,15 @@ def _numbered(flag: str, n: int, total: int) -> str:
     return f"{flag} #{n + 1}" if total > 1 else flag
 
 
+def study_level(query: Mapping[str, str]) -> dict[str, str]:
+    """QUERY as a study-level find understands it: `Modality=CT` means studies with a CT series, which
+    Orthanc matches as ModalitiesInStudy (asked at study level, a series tag alone matches nothing)."""
+    found = dict(query)
+    if "Modality" in found and "ModalitiesInStudy" not in found:
+        found["ModalitiesInStudy"] = found.pop("Modality")
+    return found
+
+
 def resolve(server: Orthanc, selection: Selection, *, require_match: bool = True) -> list[str]:
     """The Orthanc study IDs SELECTION names on SERVER, in the order asked, each once: every study with
     a query or no selectors at all; otherwise the union of what each selector matches (`*` and `?` are
@@ -209,7 +218,7 @@ def resolve(server: Orthanc, selection: Selection, *, require_match: bool = True
     """
     if not selection.named:
         if selection.query:
-            return list(server.find("Study", dict(selection.query)))
+            return list(server.find("Study", study_level(selection.query)))
         return list(server.ids("studies"))
     found: dict[str, None] = {}  # an ordered set
     unmatched: list[tuple[str, str]] = []  # (which selector, its value)

@@ -38,7 +38,11 @@ app = typer.Typer(
     "\n\nExample: pacsflow check\nExample: pacsflow upload scans/ --to main -q"
     "\n\nGlobal options (-c, --ledger, -v, -q, --log-phi) may also follow the command.",
 )
-run_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect one run.")
+run_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Inspect one run.\n\nExample: pacsflow run show last --failed",
+)
 app.add_typer(run_app, name="run")
 log = logging.getLogger("pacsflow")
 F = TypeVar("F", bound=Callable[..., Any])

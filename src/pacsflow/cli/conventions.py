@@ -70,6 +70,8 @@ METAVARS = {
     "--to-date": "DATE",
 }
 _BY_TYPE = {int: "N", float: "NUMBER", str: "TEXT"}
+_SHORT_FLAGS = re.compile(r"-[qv]{2,}")
+_SHORT_WITH_VALUE = re.compile(r"-c.+")
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -86,7 +88,12 @@ def hoist_global_options(args: Sequence[str]) -> list[str]:
         if arg == "--":
             rest.extend(args[index:])
             break
-        if arg in GLOBAL_FLAGS or (name in GLOBAL_WITH_VALUE and "=" in arg):
+        if (
+            arg in GLOBAL_FLAGS
+            or (name in GLOBAL_WITH_VALUE and "=" in arg)
+            or _SHORT_FLAGS.fullmatch(arg)  # -qv
+            or _SHORT_WITH_VALUE.fullmatch(arg)  # -c/path/pacsflow.toml
+        ):
             hoisted.append(arg)
         elif arg in GLOBAL_WITH_VALUE and index + 1 < len(args):
             hoisted.extend(args[index : index + 2])

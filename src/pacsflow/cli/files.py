@@ -28,7 +28,7 @@ def populate(
     ctx: typer.Context,
     to: str | None = typer.Option(None, "--to", help="Orthanc server (name or URL) to load into"),
     out: Path | None = typer.Option(None, "--out", help="folder to write files into"),
-    patients: int = typer.Option(1, "--patients", min=1),
+    patients: int = typer.Option(1, "--patients", min=1, help="patients to make"),
     studies: int = typer.Option(1, "--studies", min=1, help="studies per patient"),
     series: int = typer.Option(1, "--series", min=1, help="series per study"),
     instances: int = typer.Option(1, "--instances", min=1, help="instances per series"),
@@ -95,6 +95,8 @@ def upload(
     if roster is None:
         if root or batch_size or where or errors:
             raise ConfigError("--root, --batch-size, --where and --errors go with --roster")
+        if not paths:
+            raise ConfigError("name the files, folders or archives to upload, or give --roster")
         params = {**common, "paths": [str(p.resolve()) for p in paths]}
         start_run(ctx, "upload", params, workers, plan_only, give_up_after)
         return

@@ -35,7 +35,9 @@ def _print_json(data: object) -> None:
 @app.command()
 @errors_to_exit
 def runs(
-    ctx: typer.Context, limit: int = typer.Option(20, "--limit", "-n", min=1), as_json: bool = JsonOption
+    ctx: typer.Context,
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="how many runs, newest first"),
+    as_json: bool = JsonOption,
 ) -> None:
     """List recent runs. A run whose process was killed shows as interrupted: resume it.
 
@@ -63,7 +65,7 @@ def run_show(
     ctx: typer.Context,
     run_ref: str = RunArgument,
     failed: bool = typer.Option(False, "--failed", help="list the failed items with their reasons"),
-    limit: int = typer.Option(50, "--limit", "-n", min=1),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="how many failed items to list"),
     as_json: bool = JsonOption,
 ) -> None:
     """Show a run: its parameters, counts, and (with --failed) what failed and why.

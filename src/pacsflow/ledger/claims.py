@@ -308,12 +308,9 @@ class Claims:
                 params["q_at"] = now + max(0.0, (record.retry_at or local_now) - local_now)
                 (given_back if record.unstarted else retried).append(params)
             else:
-                keep = record.status != FAILED
+                # a failed item keeps what it did before failing (an archive's members sent)
                 params.update(
-                    q_status=record.status,
-                    q_now=now,
-                    q_bytes=record.nbytes if keep else 0,
-                    q_result=record.result if keep else None,
+                    q_status=record.status, q_now=now, q_bytes=record.nbytes, q_result=record.result
                 )
                 finished.append((record, params))
         changed = 0

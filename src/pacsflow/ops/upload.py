@@ -170,21 +170,25 @@ class _Tally:
             self.studies.add(outcome.result["study"])
 
     def outcome(self, where: str) -> Outcome:
-        """The item's Outcome; raises BadInput if any member failed (what was sent stays sent)."""
-        if self.failures:
-            raise BadInput(
-                f"{len(self.failures)} of {plural(self.members, 'member')} failed",
-                where=where,
-                detail=first_failures(self.failures),
-            )
+        """The item's Outcome; raises BadInput if any member failed, carrying what was sent (it stays
+        sent, and the summary counts it)."""
         counts = {
             "members": self.members,
             "sent": self.sent,
             "already": self.already,
             "not_dicom": self.not_dicom,
             "archives": self.archives,
+            "failed": len(self.failures),
         }
         result = {**counts, "ids": self.ids, "studies": sorted(self.studies)}
+        if self.failures:
+            error = BadInput(
+                f"{len(self.failures)} of {plural(self.members, 'member')} failed",
+                where=where,
+                detail=first_failures(self.failures),
+            )
+            error.result, error.nbytes = result, self.nbytes
+            raise error
         return Outcome(note=READ_INSIDE, nbytes=self.nbytes, result=result)
 
 
@@ -494,6 +498,7 @@ def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
     read_inside = [
         *ledger.items(run.id, status=DONE, note=READ_INSIDE),
         *ledger.items(run.id, status=DONE, note=ARCHIVE),
+        *ledger.items(run.id, status=FAILED),  # what an archive sent before one of its members failed
     ]
     for item in read_inside:
         counts = item.result or {}
@@ -503,6 +508,9 @@ def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
             already += counts["already"]
             not_dicom += counts["not_dicom"]
             archives += counts.get("archives", 0)
+            if item.status == FAILED:  # its failed members in place of the archive itself
+                failed += counts.get("failed", 1) - 1
+                archives += 1 if item.kind == FILE else 0
     seen = sent + already + not_dicom + failed
     opened = f" (with {plural(archives, 'archive')} opened)" if archives else ""
     lines = [
