@@ -122,6 +122,20 @@ STORED: list[tuple[str, dict[str, Any]]] = [
     ),
     ("download", {"from": "main", "out": "/export", "studies": None, "workers": 4}),
     ("download", {"from": "main", "out": "/export", "studies": ["6b9e-1"], "workers": 2}),
+    (
+        "anonymize",
+        {
+            "paths": ["/scans", "/x.zip"],
+            "out": "/clean",
+            "options": ["retain-long-modified-dates", "clean-descriptors"],
+            "allow_burned_in": False,
+            "pseudonym": "ANON-{n:06d}",
+            "uid_root": "2.25",
+            "max_date_shift": 3650,
+            "secret_check": "0a1b2c3d4e5f",
+            "workers": 4,
+        },
+    ),
 ]
 
 

@@ -325,6 +325,58 @@ class Pacsflow:
 
         return check_targets(self.settings, list(targets))
 
+    # -- de-identification ----------------------------------------------------------------------
+
+    def mapping_export(self, path: str | Path, kind: str = "mapping") -> int:
+        """Write the mapping (mode 0600) as the seed's mapping.csv, or `uid-pairs`/`patient-pairs` CSVs of
+        old,new values. Returns the rows written. Raises NoLedger, ConfigError for an unknown format."""
+        from pacsflow.anonymize.mapping import export
+
+        return export(self.ledger, Path(path), kind)
+
+    def mapping_check(self) -> list[Any]:
+        """Conflicts in the mapping (pacsflow.anonymize.mapping.Conflict): none when it is consistent."""
+        from pacsflow.anonymize.mapping import check
+
+        return check(self.ledger)
+
+    def mapping_lookup(self, value: str) -> list[dict[str, Any]]:
+        """Re-identify: the originals behind a pseudonym, a new UID or a new accession number."""
+        from pacsflow.anonymize.mapping import lookup
+
+        return lookup(self.ledger, value)
+
+    def verify_files(self, paths: Sequence[str | Path]) -> Any:
+        """Check de-identified files under PATHS (folders recursively) with the verifier, against the
+        mapping when the ledger exists. Returns a pacsflow.anonymize.verify.Report."""
+        from pacsflow.anonymize.verify import Verifier
+        from pacsflow.dicomfiles import iter_files, open_regular
+
+        try:
+            ledger: Ledger | None = self.ledger
+        except NoLedger:
+            ledger = None
+        verifier = Verifier(ledger)
+
+        def files() -> Iterator[tuple[str, bytes]]:
+            for found in iter_files([Path(path) for path in paths]):
+                if not isinstance(found, Path):
+                    continue
+                try:
+                    with open_regular(found) as fh:
+                        yield found.name, fh.read()
+                except OSError:
+                    continue
+
+        return verifier.report(files())
+
+    @staticmethod
+    def new_secret() -> str:
+        """A fresh secret for `[anonymize] secret` (never stored by pacsflow itself)."""
+        from pacsflow.anonymize.keys import new_secret
+
+        return new_secret()
+
     # -- followers ------------------------------------------------------------------------------
 
     def clone(

@@ -37,6 +37,8 @@ NOT_SETTINGS = frozenset({"config", "orthanc_binary"})
 #: fields pacsflow fills in itself: a config file or an environment variable setting them is a mistake
 _INTERNAL_FIELDS = frozenset({"config_path", "name"})
 _TABLES = {"servers": "server", "modalities": "modality"}
+#: tables of settings that are one entry, not named entries: `[anonymize]`
+_SECTIONS = ("anonymize",)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@")
 _BOOL_TEXT = dict.fromkeys(("true", "yes", "on", "1"), True) | dict.fromkeys(
@@ -148,6 +150,58 @@ class ModalityConfig(BaseModel):
         return address if self.name in ("", address) else f"{self.name} ({address})"
 
 
+class AnonymizeConfig(BaseModel):
+    """`[anonymize]`: the project secret and how pseudonyms and UIDs look (see pacsflow.anonymize)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # keys every pseudonym, UID and date shift: never printed, logged or stored in the ledger
+    secret: SecretStr | None = None
+    uid_root: str = "2.25"
+    pseudonym: str = "ANON-{hash}"
+    options: list[str] = Field(default_factory=lambda: ["retain-long-modified-dates"])
+    max_date_shift: int = Field(default=3650, ge=1, le=36500)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _option_list(cls, value: Any) -> Any:
+        # an environment twin is text: "clean-descriptors, retain-uids"
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: list[str]) -> list[str]:
+        from pacsflow.anonymize.profile import check_options
+
+        try:
+            check_options(value)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
+        return value
+
+    @field_validator("uid_root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        from pacsflow.anonymize.keys import check_uid_root
+
+        try:
+            return check_uid_root(value)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
+
+    @field_validator("pseudonym")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        from pacsflow.anonymize.keys import check_format
+
+        try:
+            return check_format(value)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
+
+
 class Settings(BaseSettings):
     """Everything pacsflow reads from `pacsflow.toml`; each value has a PACSFLOW_* environment twin.
 
@@ -170,6 +224,7 @@ class Settings(BaseSettings):
     give_up_after: float = Field(default=3600.0, gt=0)
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     modalities: dict[str, ModalityConfig] = Field(default_factory=dict)
+    anonymize: AnonymizeConfig = Field(default_factory=AnonymizeConfig)
     config_path: str | None = None
     #: credentials taken out of URL specs by public_spec: normalized URL -> (user, password), memory only
     _remembered: dict[str, tuple[str | None, SecretStr | None]] = PrivateAttr(default_factory=dict)
@@ -493,10 +548,18 @@ def _file_problems(data: Mapping[str, Any]) -> list[str]:
                 problems += [
                     _unknown(f"{table}.{name}.{key}", key, fields) for key in entry if key not in fields
                 ]
+    for section in _SECTIONS:
+        fields = _settable(_SECTION_MODELS[section])
+        problems += [
+            _unknown(f"{section}.{key}", key, fields) for key in _table(data, section) if key not in fields
+        ]
     for key in _table(data, "rate_limits"):
         if _remote(data, key) is None:
             problems.append(f"rate_limits.{key}: {_no_remote(data)}")
     return problems
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {"anonymize": AnonymizeConfig}
 
 
 def _model(table: str) -> type[BaseModel]:
@@ -536,6 +599,8 @@ def _merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict
             loc = _entry_loc(data, parts, origin)
         elif parts[0] == "rate_limits":
             loc = _rate_limit_loc(data, parts, origin)
+        elif parts[0] in _SECTIONS:
+            loc = _section_loc(parts, origin)
         elif len(parts) == 1:
             loc = (parts[0],)
         else:
@@ -566,6 +631,16 @@ def _entry_loc(data: dict[str, Any], parts: list[str], origin: str) -> tuple[str
     if parts[2] not in fields:
         raise ConfigError(f"{origin}: {_unknown(f'{table}.{name}.{parts[2]}', parts[2], fields)}")
     return table, name, parts[2]
+
+
+def _section_loc(parts: list[str], origin: str) -> tuple[str, str]:
+    """Where PACSFLOW_ANONYMIZE__<KEY> goes."""
+    fields = _settable(_SECTION_MODELS[parts[0]])
+    if len(parts) != 2:
+        raise ConfigError(f"{origin}: write one value per variable, like {ENV_PREFIX}ANONYMIZE__SECRET")
+    if parts[1] not in fields:
+        raise ConfigError(f"{origin}: {_unknown(f'{parts[0]}.{parts[1]}', parts[1], fields)}")
+    return parts[0], parts[1]
 
 
 def _rate_limit_loc(data: dict[str, Any], parts: list[str], origin: str) -> tuple[str, str]:

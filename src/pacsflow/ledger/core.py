@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -48,6 +48,10 @@ class Ledger(Claims, Queries):
         if writer is not None:
             writer.close()
         self.engine.dispose()
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction for tables beside the runs (the de-identification mapping)."""
+        return self._write()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

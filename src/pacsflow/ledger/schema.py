@@ -22,7 +22,7 @@ FINISHED = (DONE, SKIPPED, FAILED)
 
 #: The migration (migrations/versions/) that makes these tables. A change to them is a new revision that
 #: names this one as its down_revision, and this constant moves to it (tests/test_migrations.py checks both).
-REVISION = "0001"
+REVISION = "0002"
 
 metadata = MetaData()
 
@@ -70,4 +70,49 @@ checkpoints = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+#: de-identification: one row per patient, the pseudonym and date shift every run gives them
+pseudonyms = Table(
+    "pseudonyms",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", Text, nullable=False),
+    Column("patient_name", Text),
+    Column("pseudonym", String(64), nullable=False),
+    Column("n", Integer),
+    Column("date_shift", Integer, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("run_id", String(40)),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("patient_id", name="uq_pseudonyms_patient"),
+    UniqueConstraint("pseudonym", name="uq_pseudonyms_pseudonym"),
+)
+
+#: de-identification: one row per instance and place its de-identified copy went (a folder, a server)
+mapping = Table(
+    "mapping",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40)),
+    Column("target", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("patient_name", Text),
+    Column("pseudonym", String(64), nullable=False),
+    Column("accession", Text),
+    Column("new_accession", Text),
+    Column("study_uid", String(64), nullable=False),
+    Column("new_study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("new_series_uid", String(64), nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("new_sop_uid", String(64), nullable=False),
+    Column("study_date", String(32)),
+    Column("date_shift", Integer),
+    Column("orthanc_before", String(44)),
+    Column("orthanc_after", String(44)),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("sop_uid", "new_sop_uid", "target", name="uq_mapping_instance"),
+    Index("ix_mapping_pseudonym", "pseudonym"),
+    Index("ix_mapping_new_sop", "new_sop_uid"),
 )

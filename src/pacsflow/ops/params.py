@@ -29,7 +29,7 @@ from pacsflow.selection import QUERY_EXAMPLE, SELECTORS, check_query, clean_sele
 DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
 #: parameters named by another flag than `--` + their name, or by none at all
 _FLAGS = {"studies": "--study", "accessions": "--accession", "patients": "--patient", "paths": "PATHS"}
-_NOT_FLAGS = frozenset({"shape", "modality_names", "start_change", "matched"})
+_NOT_FLAGS = frozenset({"shape", "modality_names", "start_change", "matched", "secret_check"})
 #: errors whose input is a number or one word: safe to quote (others may be paths, URLs or patient IDs)
 _QUOTED = frozenset({"literal_error", "int_parsing", "int_from_float", "bool_parsing", "float_parsing"})
 _MAX_SHOWN = 3
@@ -372,6 +372,53 @@ class DownloadParams(SelectParams):
     out: PathText = Field(description="folder: Patient/Study/Series/instance.dcm")
 
 
+class _Deidentify(BaseModel):
+    """How instances are de-identified: the profile's options and pseudonym settings, taken from
+    `[anonymize]` when the run starts and stored with it (a resume applies the same profile)."""
+
+    options: list[str] | None = Field(
+        None, description="PS3.15 options (e.g. retain-long-modified-dates); default: [anonymize] options"
+    )
+    allow_burned_in: bool = Field(
+        False, description="also de-identify files that may show burned-in text (check their pixels!)"
+    )
+    pseudonym: str | None = Field(None, description="pseudonym format, e.g. ANON-{n:06d} or ANON-{hash}")
+    uid_root: str | None = Field(None, description="root of new UIDs (default 2.25)")
+    max_date_shift: int | None = Field(None, ge=1, le=36500, description="dates move back 1..N days")
+    secret_check: str | None = Field(
+        None, description="found at the start: a keyed fingerprint of the secret (a resume must use the same)"
+    )
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from pacsflow.anonymize.profile import check_options
+
+        names = [value] if isinstance(value, str) else list(value)
+        try:
+            return [name.replace("_", "-") for name in check_options(names)]
+        except ConfigError as exc:
+            raise _Invalid(exc.reason, "options") from None
+
+
+class AnonymizeParams(_Deidentify, OpParams):
+    """anonymize: de-identify files, folders and archives into a clean tree (PS3.15 Basic Profile)."""
+
+    operation = "anonymize"
+
+    paths: list[PathText] = Field(description="files, folders (recursive) and ZIP/TAR archives")
+    out: PathText = Field(description="folder for the de-identified tree Pseudonym/Study/Series/SOP.dcm")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _some_paths(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not data.get("paths"):
+            raise _Invalid("give files or folders to de-identify", "paths")
+        return data
+
+
 #: the model of each operation, by the name its runs are stored under
 MODELS: dict[str, type[OpParams]] = {
     "populate": PopulateParams,
@@ -381,6 +428,7 @@ MODELS: dict[str, type[OpParams]] = {
     "clone": CloneParams,
     "forward": ForwardParams,
     "download": DownloadParams,
+    "anonymize": AnonymizeParams,
 }
 
 

@@ -153,6 +153,7 @@ class _Tally:
     nbytes: int = 0
     ids: list[str] = field(default_factory=list)
     studies: set[str] = field(default_factory=set)
+    anon: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     expansion: Expansion = field(default_factory=Expansion)
 
@@ -167,7 +168,10 @@ class _Tally:
         self.nbytes += outcome.nbytes
         if outcome.result:
             self.ids.append(outcome.result["id"])
-            self.studies.add(outcome.result["study"])
+            if outcome.result.get("study"):
+                self.studies.add(outcome.result["study"])
+            if "anon" in outcome.result:  # de-identified on the way: the mapping needs each record
+                self.anon.append(outcome.result["anon"])
 
     def outcome(self, where: str) -> Outcome:
         """The item's Outcome; raises BadInput if any member failed, carrying what was sent (it stays
@@ -181,6 +185,8 @@ class _Tally:
             "failed": len(self.failures),
         }
         result = {**counts, "ids": self.ids, "studies": sorted(self.studies)}
+        if self.anon:
+            result["anon"] = self.anon
         if self.failures:
             error = BadInput(
                 f"{len(self.failures)} of {plural(self.members, 'member')} failed",
@@ -356,6 +362,14 @@ class PriorUploads:
                 continue
             path = payload.get("path", item.key)
             self.files[path] = (payload["size"], payload["mtime"], result["id"], result.get("study"))
+
+    @classmethod
+    def none(cls) -> PriorUploads:
+        """No earlier runs to consult: every file is planned to be read (anonymize, whose outputs are
+        checked when each file is done)."""
+        prior = cls.__new__(cls)
+        prior.files = {}
+        return prior
 
     def file_item(
         self, path: Path, key: str, payload: dict[str, Any], phase: int, known: set[str]

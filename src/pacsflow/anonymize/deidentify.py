@@ -1,0 +1,602 @@
+"""De-identifying one DICOM instance: the profile's action on every element at any depth, keyed pseudonyms,
+shifted dates, remapped UIDs, and a check of the result before it is handed back."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pacsflow.anonymize.dates import shift_values
+from pacsflow.anonymize.keys import Keys
+from pacsflow.anonymize.profile import Profile
+from pacsflow.errors import BadInput
+from pacsflow.orthanc import orthanc_id
+
+#: what DeidentificationMethod says: a re-run knows its own output by it and leaves it alone
+METHOD = "pacsflow"
+_CODING_SCHEME = "DCM"
+# Compound actions of Table E.1-1, resolved towards what keeps the IOD valid: an empty Type 2 value is
+# always allowed where removal is, and the verifier checks that no value survives either way.
+_COMPOUND = {"Z/D": "Z", "X/Z": "Z", "X/D": "D", "X/Z/D": "Z", "X/Z/U*": "U"}
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
+)
+_FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+_DESCRIBING_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC"})
+_DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "IS": "0", "DS": "0"}
+_DUMMY_TEXT = "ANONYMIZED"
+_MAX_LENGTH = {"SH": 16, "CS": 16, "AE": 16, "LO": 64, "PN": 64}
+#: SOP classes whose pixels are likely to carry burned-in text (screens, ultrasound, video, photographs)
+_BURNED_IN_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture and its multi-frame kinds (.7.1 - .7.4)
+    "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound Image / Enhanced US Volume
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+    "1.2.840.10008.5.1.4.1.1.77.1.",  # Visible Light (endoscopy, photography, video)
+)
+_BURNED_IN_MODALITIES = frozenset({"US", "SC", "XC", "ES", "GM", "SM", "OT", "DOC"})
+#: tags that are never pseudonymised even though their VR is UI: classes and syntaxes are not identities
+_KEYWORD_KEEPS_UID = re.compile(r"(ClassUID|TransferSyntaxUID|SchemeUID|ClassesInStudy|Protocol.*UID)$")
+#: file meta that names the sender or carries application data (PHI has been seen in both)
+_META_REMOVED = (
+    "SourceApplicationEntityTitle",
+    "SendingApplicationEntityTitle",
+    "ReceivingApplicationEntityTitle",
+    "SourcePresentationAddress",
+    "SendingPresentationAddress",
+    "ReceivingPresentationAddress",
+    "PrivateInformationCreatorUID",
+    "PrivateInformation",
+)
+PATIENT_ID, PATIENT_NAME, ACCESSION = 0x00100020, 0x00100010, 0x00080050
+PIXEL_DATA = 0x7FE00010
+_MIN_LEAK = 4  # shorter values ("M", "YES", "1") stand in any file; longer ones are checked for leaks
+
+
+@dataclass(frozen=True)
+class Patient:
+    """What the mapping gives a patient: their pseudonym and how far their dates move."""
+
+    pseudonym: str
+    date_shift: int
+
+
+class Pseudonyms(Protocol):
+    """Where a patient's pseudonym comes from (the mapping, a CSV, the keyed format)."""
+
+    def patient(self, patient_id: str, patient_name: str) -> Patient: ...
+
+
+class KeyedPseudonyms:
+    """Pseudonyms from the keyed hash alone ({hash} formats): no mapping needed to stay consistent."""
+
+    def __init__(self, keys: Keys, pattern: str = "ANON-{hash}") -> None:
+        self.keys = keys
+        self.pattern = pattern
+
+    def patient(self, patient_id: str, patient_name: str) -> Patient:
+        return Patient(
+            self.pattern.format(n=0, hash=self.keys.patient_hash(patient_id)),
+            self.keys.date_shift(patient_id),
+        )
+
+
+@dataclass
+class Record:
+    """One instance de-identified: its original and new identities, for the mapping and the summary."""
+
+    patient_id: str
+    patient_name: str
+    pseudonym: str
+    accession: str
+    new_accession: str
+    study_uid: str
+    new_study_uid: str
+    series_uid: str
+    new_series_uid: str
+    sop_uid: str
+    new_sop_uid: str
+    study_date: str
+    date_shift: int
+    #: True when the input was already our own output: it is passed on unchanged
+    already: bool = False
+
+    @property
+    def orthanc_before(self) -> str:
+        return orthanc_id(self.patient_id, self.study_uid, self.series_uid, self.sop_uid)
+
+    @property
+    def orthanc_after(self) -> str:
+        return orthanc_id(self.pseudonym, self.new_study_uid, self.new_series_uid, self.new_sop_uid)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass
+class Deidentified:
+    """The new file's bytes and what became of the instance."""
+
+    data: bytes
+    record: Record
+
+
+@dataclass
+class _Context:
+    """State of one instance's walk: the patient, and the values removed and kept (for the leak check)."""
+
+    patient: Patient
+    shift: int
+    removed: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)
+    #: the patient's own identifiers, cut out of descriptions the profile cleans (action C)
+    identifiers: list[str] = field(default_factory=list)
+
+
+def burned_in_reason(ds: Any) -> str | None:
+    """Why an instance may show identifying text in its pixels, or None."""
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        return "BurnedInAnnotation is YES"
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if any(sop_class == prefix.rstrip(".") or sop_class.startswith(prefix) for prefix in _BURNED_IN_CLASSES):
+        return f"its SOP class ({_class_name(sop_class)}) often shows text in the image"
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality in _BURNED_IN_MODALITIES:
+        return f"modality {modality} often shows text in the image"
+    return None
+
+
+def _class_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name or uid
+
+
+def _values(value: Any) -> list[str]:
+    """The text values of an element (one or several), as strings."""
+    if value is None:
+        return []
+    if isinstance(value, bytes | bytearray):
+        return []
+    if isinstance(value, str):
+        return [value]
+    if hasattr(value, "components"):  # PersonName: the whole name and each group
+        text = str(value)
+        return [text, *value.components]
+    if isinstance(value, Iterable):
+        out: list[str] = []
+        for item in value:
+            out.extend(_values(item))
+        return out
+    return [str(value)]
+
+
+def _name_parts(text: str) -> list[str]:
+    """A person name's groups, components and their run-together forms (山田太郎, Tarou Yamada): any of
+    them may appear alone in a description."""
+    parts = [text]
+    for group in text.split("="):
+        components = [part.strip() for part in group.split("^") if part.strip()]
+        parts += [group, *components]
+        if len(components) > 1:
+            parts += ["".join(components), " ".join(components), " ".join(reversed(components[:2]))]
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _long_enough(value: str) -> bool:
+    """Worth searching for: 4 bytes or more in UTF-8 (two CJK characters are; 'M' or '12' is not)."""
+    return len(value.encode("utf-8")) >= _MIN_LEAK
+
+
+class Deidentifier:
+    """Applies PROFILE to instances with KEYS, patients' pseudonyms from PSEUDONYMS.
+
+    Thread-safe: workers share one. Instances that may show burned-in text are refused unless
+    ALLOW_BURNED_IN. EXTRA, when given, is called with each dataset after de-identification (the CSV join).
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        keys: Keys,
+        pseudonyms: Pseudonyms,
+        *,
+        allow_burned_in: bool = False,
+        extra: Callable[[Any, Record], None] | None = None,
+        version: str = "",
+    ) -> None:
+        self.profile = profile
+        self.keys = keys
+        self.pseudonyms = pseudonyms
+        self.allow_burned_in = allow_burned_in
+        self.extra = extra
+        self.method = [f"{METHOD} {version}".strip(), f"PS3.15 {profile.edition} E.1-1 Basic Profile"]
+        self.method += [name.replace("_", " ") for name in profile.options]
+        self._uids: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # -- bytes in, bytes out --------------------------------------------------------------------
+
+    def apply(self, data: bytes, where: str) -> Deidentified:
+        """DATA (a DICOM file) de-identified. Raises BadInput: not readable as DICOM, burned-in text
+        possible (unless allowed), or an identifying value found in the result (never written)."""
+        from pydicom import dcmread
+        from pydicom.errors import InvalidDicomError
+
+        stream = io.BytesIO(data)
+        try:
+            ds = dcmread(stream, stop_before_pixels=True, force=True)
+        except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+            raise BadInput(f"not readable as DICOM ({type(exc).__name__}: {exc})", where=where) from None
+        pixels_at = stream.tell()
+        tail = self._pixel_tail(ds, data, pixels_at)
+        if tail is None:  # something after the pixels, or an encoding we cannot splice: the whole file
+            try:
+                ds = dcmread(io.BytesIO(data), force=True)
+            except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+                raise BadInput(f"not readable as DICOM ({type(exc).__name__}: {exc})", where=where) from None
+        if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+            raise BadInput("not a DICOM instance (no SOPInstanceUID or StudyInstanceUID)", where=where)
+        record, context = self.dataset(ds, where)
+        if record.already:
+            return Deidentified(data, record)
+        out = io.BytesIO()
+        try:
+            ds.save_as(out, enforce_file_format=True)
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise BadInput(f"cannot be written after de-identification ({exc})", where=where) from None
+        header = out.getvalue()
+        self._check_leaks(header, ds, context, where)
+        return Deidentified(header + tail if tail is not None else header, record)
+
+    @staticmethod
+    def _pixel_tail(ds: Any, data: bytes, at: int) -> bytes | None:
+        """The pixel data element as the file holds it, if it ends the file and the header can be
+        written apart from it (little endian, not deflated); None otherwise."""
+        if at >= len(data):
+            return b""  # no pixel data at all: the header is the whole file
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):  # big endian, deflated
+            return None
+        if int.from_bytes(data[at : at + 2], "little") != 0x7FE0 or data[at + 2 : at + 4] != b"\x10\x00":
+            return None
+        implicit = syntax == "1.2.840.10008.1.2" or (not syntax and ds.original_encoding[0])
+        if implicit:
+            length, start = int.from_bytes(data[at + 4 : at + 8], "little"), at + 8
+        else:
+            length, start = int.from_bytes(data[at + 8 : at + 12], "little"), at + 12
+        if length == 0xFFFFFFFF:  # encapsulated: the pixels end with a sequence delimiter, and the file too
+            return data[at:] if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else None
+        return data[at:] if start + length == len(data) else None
+
+    # -- one dataset ----------------------------------------------------------------------------
+
+    def dataset(self, ds: Any, where: str = "file") -> tuple[Record, _Context]:
+        """De-identify DS in place; returns what became of it. Raises BadInput for burned-in text."""
+        patient_id = str(ds.get("PatientID", "") or "").strip()
+        patient_name = str(ds.get("PatientName", "") or "")
+        ours = self._already_ours(ds)
+        if not ours and not self.allow_burned_in:
+            reason = burned_in_reason(ds)
+            if reason is not None:
+                raise BadInput(
+                    f"refused: may show burned-in text ({reason}); not de-identified "
+                    "(--allow-burned-in takes it after you have checked its pixels)",
+                    where=where,
+                )
+        if ours:
+            record = self._record(ds, ds, Patient(patient_id, 0), already=True)
+            return record, _Context(Patient(patient_id, 0), 0)
+        original = {
+            "StudyInstanceUID": str(ds.get("StudyInstanceUID", "")),
+            "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "")),
+            "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
+            "AccessionNumber": str(ds.get("AccessionNumber", "") or ""),
+            "StudyDate": str(ds.get("StudyDate", "") or ""),
+            "PatientID": patient_id,
+            "PatientName": patient_name,
+        }
+        patient = self.pseudonyms.patient(patient_id, patient_name)
+        # a file another de-identifier already moved in time keeps its dates: shifting twice loses them
+        shift = (
+            0
+            if str(ds.get("LongitudinalTemporalInformationModified", "")).upper() == "MODIFIED"
+            else (patient.date_shift)
+        )
+        context = _Context(patient, shift)
+        context.identifiers = sorted(
+            {part for part in _name_parts(patient_name) if _long_enough(part)}
+            | {value for value in (patient_id, original["AccessionNumber"]) if _long_enough(value)},
+            key=len,
+            reverse=True,
+        )
+        self._walk(ds, context)
+        self._meta(ds)
+        self._mark(ds)
+        if self.extra is not None:
+            record = self._record(original, ds, patient)
+            self.extra(ds, record)
+        return self._record(original, ds, patient, shift=shift), context
+
+    def _already_ours(self, ds: Any) -> bool:
+        if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+            return False
+        method = ds.get("DeidentificationMethod", "")
+        values = [method] if isinstance(method, str) else list(method or [])
+        return any(str(value).startswith(METHOD) for value in values)
+
+    def _record(
+        self, original: Any, ds: Any, patient: Patient, *, already: bool = False, shift: int | None = None
+    ) -> Record:
+        def get(source: Any, name: str) -> str:
+            return str(source.get(name, "") or "").strip()
+
+        return Record(
+            patient_id=get(original, "PatientID"),
+            patient_name=str(original.get("PatientName", "") or ""),
+            pseudonym=get(ds, "PatientID") if not already else patient.pseudonym,
+            accession=get(original, "AccessionNumber"),
+            new_accession=get(ds, "AccessionNumber"),
+            study_uid=get(original, "StudyInstanceUID"),
+            new_study_uid=get(ds, "StudyInstanceUID"),
+            series_uid=get(original, "SeriesInstanceUID"),
+            new_series_uid=get(ds, "SeriesInstanceUID"),
+            sop_uid=get(original, "SOPInstanceUID"),
+            new_sop_uid=get(ds, "SOPInstanceUID"),
+            study_date=get(original, "StudyDate"),
+            date_shift=patient.date_shift if shift is None else shift,
+            already=already,
+        )
+
+    def uid(self, original: str) -> str:
+        """ORIGINAL's replacement (cached: a series' UIDs recur in every one of its instances)."""
+        found = self._uids.get(original)
+        if found is None:
+            found = self.keys.uid(original)
+            with self._lock:
+                if len(self._uids) > 100_000:
+                    self._uids.clear()
+                self._uids[original] = found
+        return found
+
+    # -- the walk -------------------------------------------------------------------------------
+
+    def _walk(self, ds: Any, context: _Context) -> None:
+        private_kept: set[tuple[int, int]] = set()  # (group, block) of private elements kept
+        creators: list[Any] = []
+        for elem in list(ds):
+            tag = int(elem.tag)
+            group, element = tag >> 16, tag & 0xFFFF
+            if element == 0 and group != 0x0002:  # group lengths: retired, and wrong after any change
+                del ds[elem.tag]
+                continue
+            if group % 2 == 1:
+                if 0x0010 <= element <= 0x00FF:
+                    creators.append(elem)
+                    continue
+                if element >= 0x1000 and self._keep_private(ds, group, element):
+                    private_kept.add((group, element >> 8))
+                    if elem.VR == "SQ":
+                        for item in elem.value:
+                            self._walk(item, context)
+                    continue
+                self._note_removed(elem, context)
+                del ds[elem.tag]
+                continue
+            action = self._action(tag, elem.VR)
+            self._apply(ds, elem, action, context)
+        for creator in creators:
+            if (int(creator.tag) >> 16, int(creator.tag) & 0xFF) not in private_kept:
+                del ds[creator.tag]
+
+    def _keep_private(self, ds: Any, group: int, element: int) -> bool:
+        if self.profile.private == "K":
+            return True
+        creator = ds.get((group, element >> 8))
+        return creator is not None and self.profile.is_safe_private(str(creator.value), group, element)
+
+    def _action(self, tag: int, vr: str) -> str:
+        """The action for an element: the table's, or for attributes it does not list, ours by VR."""
+        if tag in (PATIENT_ID, PATIENT_NAME):
+            return "P"  # the pseudonym
+        if tag == ACCESSION:
+            return "A"
+        action = self.profile.action(tag)
+        if action is not None:
+            return _COMPOUND.get(action, action)
+        if vr == "PN":
+            return "Z"  # a person's name the table does not list is still a name
+        if vr in ("DA", "DT"):
+            return "C" if self.profile.shifts_dates else "K" if self.profile.keeps_dates else "Z"
+        if vr in _FREE_TEXT_VRS or ((tag >> 16) & 0xFF00 in (0x5000, 0x6000) and vr in _TEXT_VRS):
+            return "X"  # free text the table does not list, or text of an overlay or curve
+        if vr == "UI":
+            return "U?"  # remapped unless it is a class, a syntax or a standard UID
+        return "K"
+
+    def _apply(self, ds: Any, elem: Any, action: str, context: _Context) -> None:
+        vr = elem.VR
+        if vr == "SQ":
+            if action == "X":
+                self._note_removed_sequence(elem, context)
+                del ds[elem.tag]
+            elif action == "Z":
+                self._note_removed_sequence(elem, context)
+                elem.value = []
+            else:  # K, C, D, U (U* in the table): the items stay, each de-identified in turn
+                for item in elem.value:
+                    self._walk(item, context)
+            return
+        if action == "K":
+            if int(elem.tag) == 0x00101010:  # PatientAge kept (patient characteristics): 90 and over as 90
+                elem.value = _cap_age(str(elem.value or ""))
+            elif vr in _DESCRIBING_VRS and context.identifiers and elem.value:
+                # text the table keeps (a layer's description...) may still name the patient: cut it out
+                cleaned = _cut(elem.value, context.identifiers)
+                if cleaned != elem.value:
+                    self._note_removed(elem, context)
+                    elem.value = cleaned
+            context.kept.update(_values(elem.value))
+            return
+        if action == "X":
+            self._note_removed(elem, context)
+            del ds[elem.tag]
+            return
+        old = elem.value
+        if action == "P":
+            new: Any = context.patient.pseudonym
+        elif action == "A":
+            new = self.keys.accession(str(old)) if str(old or "").strip() else old
+        elif action == "Z":
+            new = "" if vr in _TEXT_VRS else None
+        elif action == "D":
+            new = self._dummy(vr, old)
+        elif action in ("U", "U?"):
+            new = self._uids_of(elem, old, only_instances=action == "U?")
+        elif action == "C":
+            new = self._clean(vr, old, context)
+        else:  # an action code this pacsflow does not know: remove rather than guess
+            new = None
+            action = "X"
+        if action == "X":
+            self._note_removed(elem, context)
+            del ds[elem.tag]
+            return
+        if new != old:
+            self._note_removed(elem, context)
+            elem.value = new
+            context.kept.update(_values(new))
+        else:
+            context.kept.update(_values(old))
+
+    def _dummy(self, vr: str, old: Any) -> Any:
+        if vr == "UI":
+            return self._uid_values(old)
+        if vr in _DUMMY:
+            return _DUMMY[vr]
+        if vr in _TEXT_VRS or vr in ("UC", "UR"):
+            return _DUMMY_TEXT[: _MAX_LENGTH.get(vr, 64)]
+        if vr in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):
+            return 0
+        return None
+
+    def _uids_of(self, elem: Any, old: Any, *, only_instances: bool) -> Any:
+        if only_instances:
+            from pydicom.uid import UID_dictionary
+
+            keyword = elem.keyword or ""
+            values = _values(old)
+            if _KEYWORD_KEEPS_UID.search(keyword) or all(value in UID_dictionary for value in values):
+                return old
+        return self._uid_values(old)
+
+    def _uid_values(self, old: Any) -> Any:
+        if old is None or old == "":
+            return old
+        if isinstance(old, str):
+            return self.uid(old)
+        return [self.uid(str(value)) for value in old]
+
+    def _clean(self, vr: str, old: Any, context: _Context) -> Any:
+        if vr in ("DA", "DT"):
+            return shift_values(old, context.shift) if self.profile.shifts_dates and context.shift else old
+        if vr == "TM" or vr not in _TEXT_VRS:
+            return old  # a time of day moves with no date shift; numbers and codes have no identity
+        if vr == "PN":
+            return ""
+        return _cut(old, context.identifiers)
+
+    @staticmethod
+    def _note_removed(elem: Any, context: _Context) -> None:
+        if elem.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+            return
+        for value in _values(elem.value):
+            parts = _name_parts(value) if elem.VR == "PN" else [value.strip()]
+            context.removed.update(part for part in parts if _long_enough(part))
+
+    def _note_removed_sequence(self, elem: Any, context: _Context) -> None:
+        for item in elem.value:
+            for inner in item.iterall():
+                if inner.VR != "SQ":
+                    self._note_removed(inner, context)
+
+    # -- after the walk -------------------------------------------------------------------------
+
+    def _meta(self, ds: Any) -> None:
+        """File meta: the SOP instance UID as in the dataset, no sending application's AE title."""
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        meta = getattr(ds, "file_meta", None)
+        if meta is None or "TransferSyntaxUID" not in meta:
+            implicit = bool(getattr(ds, "original_encoding", (True, True))[0])
+            meta = meta or FileMetaDataset()
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+            ds.file_meta = meta
+        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", meta.get("MediaStorageSOPClassUID", ""))
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        for keyword in _META_REMOVED:
+            if keyword in meta:
+                del meta[keyword]
+        # the 128-byte preamble is free for applications to fill: some put the patient's name there
+        ds.preamble = b"\0" * 128
+
+    def _mark(self, ds: Any) -> None:
+        """PatientIdentityRemoved, DeidentificationMethod and its codes: what was applied, for readers
+        and for our own re-runs."""
+        from pydicom.dataset import Dataset
+
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self.method
+        codes = []
+        for value, meaning in self.profile.codes():
+            code = Dataset()
+            code.CodeValue = value
+            code.CodingSchemeDesignator = _CODING_SCHEME
+            code.CodeMeaning = meaning
+            codes.append(code)
+        ds.DeidentificationMethodCodeSequence = codes
+        if self.profile.keeps_dates:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        elif self.profile.shifts_dates:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+    def _check_leaks(self, header: bytes, ds: Any, context: _Context, where: str) -> None:
+        """Refuse a result whose header still holds a value the profile removed or replaced."""
+        charset = ds.get("SpecificCharacterSet", "")
+        encodings = ["utf-8"]
+        if charset and str(charset).strip() in ("ISO_IR 100", "ISO 2022 IR 100"):
+            encodings.append("latin-1")
+        for value in context.removed - context.kept:
+            for encoding in encodings:
+                try:
+                    needle = value.encode(encoding)
+                except UnicodeEncodeError:
+                    continue
+                if needle in header:
+                    raise BadInput(
+                        "an identifying value is still in the de-identified result; not written", where=where
+                    )
+
+
+def _cap_age(text: str) -> str:
+    """PatientAge of 90 years or more as 090Y (HIPAA Safe Harbor: ages over 89 are one group)."""
+    match = re.fullmatch(r"(\d{3})Y", text.strip())
+    if match and int(match[1]) > 89:
+        return "090Y"
+    return text
+
+
+def _cut(value: Any, identifiers: list[str]) -> Any:
+    """Text with each of the patient's own identifiers cut out (descriptions under Clean Descriptors)."""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return [_cut(item, identifiers) for item in value]
+    text = str(value)
+    for identifier in identifiers:
+        text = re.sub(re.escape(identifier), "", text, flags=re.IGNORECASE)
+    return re.sub(r"\s{2,}", " ", text).strip()

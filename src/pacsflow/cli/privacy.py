@@ -1,0 +1,150 @@
+"""Commands of de-identification: anonymize (local files, verify, a new secret) and the mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pacsflow.cli.app import (
+    GiveUpOption,
+    PlanOnlyOption,
+    WorkersOption,
+    app,
+    errors_to_exit,
+    session,
+    start_run,
+)
+from pacsflow.errors import ConfigError
+
+mapping_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="The mapping of originals to pseudonyms (in the ledger)."
+    "\n\nExample: pacsflow mapping export mapping.csv",
+)
+app.add_typer(mapping_app, name="mapping")
+
+
+@app.command()
+@errors_to_exit
+def anonymize(
+    ctx: typer.Context,
+    paths: list[Path] = typer.Argument(None, help="files, folders (recursive) and ZIP/TAR archives"),
+    out: Path | None = typer.Option(None, "--out", help="folder for the de-identified tree"),
+    option: list[str] = typer.Option(
+        None,
+        "--option",
+        help="PS3.15 option, e.g. clean-descriptors (repeatable; default: [anonymize] options)",
+    ),
+    allow_burned_in: bool = typer.Option(
+        False, "--allow-burned-in", help="also take files that may show burned-in text (check their pixels)"
+    ),
+    pseudonym: str | None = typer.Option(
+        None, "--pseudonym", help="pseudonym format: ANON-{n:06d} (counter) or ANON-{hash} (keyed)"
+    ),
+    verify: bool = typer.Option(
+        False, "--verify", help="check de-identified files instead (exit 1 if not clean)"
+    ),
+    new_secret: bool = typer.Option(False, "--new-secret", help="print a new project secret and exit"),
+    workers: int | None = WorkersOption,
+    plan_only: bool = PlanOnlyOption,
+    give_up_after: str | None = GiveUpOption,
+) -> None:
+    """De-identify DICOM (PS3.15 Basic Profile and options) with keyed pseudonyms; verify the result.
+
+    Example: pacsflow anonymize scans/ export.zip --out clean/
+    Example: pacsflow anonymize --verify clean/
+    Example: pacsflow anonymize --new-secret
+    """
+    if new_secret:
+        secret = session(ctx).new_secret()
+        typer.echo(
+            "# put this in pacsflow.toml (or PACSFLOW_ANONYMIZE__SECRET); keep it as safe as the mapping:\n"
+            f'[anonymize]\nsecret = "{secret}"'
+        )
+        return
+    if not paths:
+        raise ConfigError("name the files, folders or archives to de-identify (or --verify PATH)")
+    if verify:
+        _verify(ctx, paths)
+        return
+    if out is None:
+        raise ConfigError("give --out DIR: the folder for the de-identified files")
+    params = {
+        "paths": [str(p.resolve()) for p in paths],
+        "out": str(out.resolve()),
+        "options": option or None,
+        "allow_burned_in": allow_burned_in,
+        "pseudonym": pseudonym,
+    }
+    start_run(ctx, "anonymize", params, workers, plan_only, give_up_after)
+
+
+def _verify(ctx: typer.Context, paths: list[Path]) -> None:
+    report = session(ctx).verify_files(paths)
+    for line in report.lines(limit=200):
+        typer.echo(line)
+    if report.ok:
+        typer.echo(f"verified {report.files} files: nothing identifying found")
+        return
+    typer.echo(
+        f"pacsflow: error: {len(report.findings)} problems in {report.files} files de-identified", err=True
+    )
+    raise typer.Exit(1)
+
+
+@mapping_app.command("export")
+@errors_to_exit
+def mapping_export(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV to write (mode 0600: it holds identities)"),
+    format: str = typer.Option(
+        "mapping", "--format", help="mapping (every column), uid-pairs or patient-pairs (old,new)"
+    ),
+) -> None:
+    """Export the mapping as a CSV.
+
+    Example: pacsflow mapping export mapping.csv
+    Example: pacsflow mapping export uids.csv --format uid-pairs
+    """
+    count = session(ctx).mapping_export(file, format)
+    typer.echo(f"wrote {count} rows to {file}")
+
+
+@mapping_app.command("check")
+@errors_to_exit
+def mapping_check(ctx: typer.Context) -> None:
+    """Look for conflicts: one original with two pseudonyms, one pseudonym for two originals, duplicates.
+
+    Example: pacsflow mapping check
+    """
+    pf = session(ctx)
+    found = pf.mapping_check()
+    for conflict in found:
+        shown = f" ({', '.join(conflict.values)})" if pf.log_phi and conflict.values else ""
+        typer.echo(f"{conflict.kind}: {conflict.message}{shown}")
+    if found:
+        typer.echo(
+            f"pacsflow: error: {len(found)} conflicts in the mapping (--log-phi shows the values)", err=True
+        )
+        raise typer.Exit(1)
+    typer.echo("the mapping is consistent: one pseudonym per patient, one new UID per original")
+
+
+@mapping_app.command("lookup")
+@errors_to_exit
+def mapping_lookup(
+    ctx: typer.Context,
+    value: str = typer.Argument(..., help="a pseudonym, a new UID or a new accession number"),
+) -> None:
+    """Re-identify (for an authorised user): the originals behind a pseudonym or a new UID.
+
+    Example: pacsflow mapping lookup ANON-3F2A9C0D41E7B655
+    """
+    found = session(ctx).mapping_lookup(value)
+    if not found:
+        typer.echo("pacsflow: error: not in the mapping", err=True)
+        raise typer.Exit(1)
+    for row in found:
+        typer.echo("  ".join(f"{key}={value}" for key, value in row.items() if value not in (None, "")))

@@ -1,0 +1,208 @@
+"""anonymize: de-identify files, folders and archives into a clean tree, record the mapping, verify it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pacsflow.anonymize.deidentify import Record
+from pacsflow.anonymize.verify import Verifier
+from pacsflow.dicomfiles import looks_like_dicom
+from pacsflow.errors import BadInput, ConfigError
+from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ops.base import Operation, Outcome, register
+from pacsflow.ops.deidentifying import Deidentifying, settle, write_mapping
+from pacsflow.ops.download import safe_name
+from pacsflow.ops.params import AnonymizeParams
+from pacsflow.ops.upload import ARCHIVE, FILE, FOLDER, MEMBER, NOT_DICOM, ArchiveFiles, PriorUploads
+from pacsflow.progress import Units
+from pacsflow.wording import plural
+
+WRITTEN_BEFORE = "already written"
+REFUSED = "refused: may show burned-in text"
+_HEAD = 1024
+VERIFY = "verify"
+_LAST_PHASE = 1_000_000  # after every phase of the run: findings are recorded when all else is done
+
+
+def output_path(out: Path, record: Record | Mapping[str, Any]) -> Path:
+    """Where a de-identified instance goes: Pseudonym/StudyUID/SeriesUID/SOPUID.dcm (no original
+    value in any name: folder names are read by more people than files are)."""
+    get = record.get if isinstance(record, Mapping) else lambda name: getattr(record, name)
+    return (
+        out
+        / safe_name(str(get("pseudonym")), "patient")
+        / safe_name(str(get("new_study_uid")), "study")
+        / safe_name(str(get("new_series_uid")), "series")
+        / f"{safe_name(str(get('new_sop_uid')), 'instance')}.dcm"
+    )
+
+
+class TreeWriter:
+    """Where ArchiveFiles hands each DICOM payload: de-identified, then written atomically into the tree."""
+
+    def __init__(self, op: Anonymize) -> None:
+        self.op = op
+
+    def already_there(self, header: bytes, where: str) -> tuple[Outcome | None, None]:
+        return None, None  # the output's name comes from the pseudonyms: known once de-identified
+
+    def send(self, data: bytes, where: str, join_key: str | None = None, uids: Any = None) -> Outcome:
+        """Raises BadInput: not readable, burned-in text possible, a leak found, or the tree not writable."""
+        if not looks_like_dicom(data[:_HEAD]):
+            return Outcome(status=SKIPPED, note=NOT_DICOM)
+        result = self.op.deidentifier().apply(data, where)
+        record = result.record
+        target = output_path(self.op.out, record)
+        found = {"id": record.orthanc_after, "study": None, "anon": record.as_dict()}
+        try:
+            if target.exists() and target.stat().st_size == len(result.data):
+                return Outcome(status=SKIPPED, note=WRITTEN_BEFORE, result=found)
+            _write_atomically(target, result.data)
+        except OSError as exc:
+            raise BadInput(f"cannot write the de-identified file ({exc.strerror})", where=where) from None
+        return Outcome(status=DONE, nbytes=len(result.data), result=found)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """DATA at TARGET under a temporary name first: a killed run never leaves half a file as done."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with open(temporary, "wb") as fh:
+            fh.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@register
+class Anonymize(Operation):
+    """One item per file (and per archive member), as upload plans them; each is written de-identified."""
+
+    name = "anonymize"
+    unit = "files"
+    units = Units("files", {FILE, MEMBER}, opened=ARCHIVE)
+    Params = AnonymizeParams
+    p: AnonymizeParams
+
+    def __init__(self, settings: Any, params: Mapping[str, Any] | AnonymizeParams) -> None:
+        """Raises ParamsError for bad parameters, ConfigError: no secret, not the run's secret."""
+        super().__init__(settings, params)
+        self.paths = [Path(path) for path in self.p.paths]
+        self.out = Path(self.p.out)
+        self._deid = Deidentifying(self, settle(self))
+        self.files = ArchiveFiles(TreeWriter(self))  # type: ignore[arg-type]
+        self._run_id: str | None = None
+
+    def deidentifier(self) -> Any:
+        return self._deid.get(self._run_id or "")
+
+    def preflight(self) -> None:
+        """Raises ConfigError: an input that does not exist, an output inside an input, or one that is
+        not a folder."""
+        missing = [str(p) for p in self.paths if not p.exists()]
+        if missing:
+            raise ConfigError(f"no such file or folder: {', '.join(missing)}")
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out} exists and is not a folder")
+        out = self.out.resolve()
+        for path in self.paths:
+            if path.is_dir() and (out == path.resolve() or path.resolve() in out.parents):
+                raise ConfigError("--out is inside an input folder: its files would be read as input")
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def plan(self) -> Iterable[PlannedItem]:
+        paths = [path.absolute() for path in self.paths]
+        return PriorUploads.none().items(paths, str, {}, 0, set())
+
+    def do(self, item: Item) -> Outcome:
+        """Raises BadInput (unreadable, corrupt, refused or unwritable file)."""
+        self._run_id = self._run_id or item.run_id
+        if item.kind == MEMBER:
+            return self.files.do_member(item, None)
+        if item.kind == FOLDER:
+            raise BadInput("a folder that could not be listed", where=item.payload.get("path", item.key))
+        return self.files.do_file(item, None)
+
+    def finish(self, run: RunInfo) -> list[str]:
+        target = f"folder:{self.out}"
+        added = write_mapping(self.ledger, run, (FILE, MEMBER), target)
+        lines = anonymize_summary(run, self.ledger, added)
+        report = self.verify(run)
+        lines += verification_lines(report)
+        record_findings(self.ledger, run.id, report)
+        return lines
+
+    def verify(self, run: RunInfo) -> Any:
+        """The verifier over every file this run wrote or found written."""
+        from pacsflow.ops.deidentifying import run_records
+
+        verifier = Verifier(self.ledger)
+        paths = sorted(
+            {output_path(self.out, record) for record in run_records(self.ledger, run, (FILE, MEMBER))}
+        )
+
+        def files() -> Iterable[tuple[str, bytes]]:
+            for path in paths:
+                try:
+                    yield path.name, path.read_bytes()
+                except OSError:
+                    continue
+
+        return verifier.report(files())
+
+    def close(self) -> None:
+        self.files.close()
+
+
+def verification_lines(report: Any) -> list[str]:
+    if report.ok:
+        return [f"verified: {plural(report.files, 'file')}, nothing identifying found"]
+    return [
+        f"VERIFICATION FAILED: {plural(len(report.findings), 'problem')} in "
+        f"{plural(len({f.where for f in report.findings}), 'file')}; each is recorded as a failed item"
+    ]
+
+
+def record_findings(ledger: Any, run_id: str, report: Any) -> None:
+    """Each file the verifier faults as a failed item of the run: exit status 1, and `run show --failed`
+    names the file and its problems."""
+    problems: dict[str, list[str]] = {}
+    for finding in report.findings:
+        problems.setdefault(finding.where, []).append(finding.problem)
+    ledger.add_items(
+        run_id,
+        [
+            PlannedItem(
+                VERIFY, f"verify/{where}", {}, phase=_LAST_PHASE, status=FAILED, note="; ".join(found)
+            )
+            for where, found in problems.items()
+        ],
+    )
+
+
+def anonymize_summary(run: RunInfo, ledger: Any, added: int) -> list[str]:
+    """Files seen, de-identified, written before, not DICOM, refused for burned-in text, failed."""
+    tally = ledger.tally(run.id)
+    counted = {FILE, MEMBER}
+    done = sum(
+        n for (kind, status, note), n in tally.items() if kind in counted and status == DONE and not note
+    )
+    before = sum(n for (kind, _, note), n in tally.items() if kind in counted and note == WRITTEN_BEFORE)
+    not_dicom = sum(n for (kind, _, note), n in tally.items() if kind in counted and note == NOT_DICOM)
+    failed = sum(n for (kind, status, _), n in tally.items() if kind in counted and status == FAILED)
+    refused = sum(1 for item in ledger.items(run.id, status=FAILED) if REFUSED in (item.last_error or ""))
+    lines = [
+        f"de-identified {done}, written before {before}, not DICOM {not_dicom}, failed {failed}"
+        + (f" (of which {refused} refused for possible burned-in text)" if refused else "")
+        + f"; {plural(added, 'new mapping row')}"
+    ]
+    if refused:
+        lines.append(
+            f"burned-in text possible in {plural(refused, 'file')}: `pacsflow run show {run.id} --failed`"
+        )
+    return lines

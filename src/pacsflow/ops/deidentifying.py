@@ -1,0 +1,107 @@
+"""What every de-identifying operation shares: its profile settings fixed when the run starts, the
+Deidentifier built from them and the secret, and the mapping rows written when the run finishes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pacsflow.anonymize.deidentify import Deidentifier
+from pacsflow.anonymize.keys import Keys
+from pacsflow.anonymize.mapping import MappingPseudonyms, record_instances
+from pacsflow.anonymize.profile import Profile, check_options, load_profile
+from pacsflow.config import Settings
+from pacsflow.errors import ConfigError
+from pacsflow.ledger import DONE, SKIPPED, Ledger, RunInfo
+
+
+def keys_of(settings: Settings, params: Any) -> Keys:
+    """The run's keys from the secret in the settings. Raises ConfigError when there is none, or it is not
+    the one the run started with."""
+    config = settings.anonymize
+    secret = config.secret.get_secret_value() if config.secret is not None else None
+    keys = Keys.from_text(
+        secret,
+        params.uid_root or config.uid_root,
+        params.max_date_shift or config.max_date_shift,
+    )
+    if params.secret_check and params.secret_check != fingerprint(keys):
+        raise ConfigError(
+            "the anonymize secret is not the one this run started with: its pseudonyms and UIDs would "
+            "not match (set the run's secret in [anonymize] secret or PACSFLOW_ANONYMIZE__SECRET)"
+        )
+    return keys
+
+
+def fingerprint(keys: Keys) -> str:
+    """A keyed fingerprint of the secret: tells two secrets apart, reveals nothing of either."""
+    return keys.digest("fingerprint", "pacsflow").hex()[:12]
+
+
+def settle(op: Any) -> Keys:
+    """Fix the de-identification settings in OP's stored params (from `[anonymize]` where the command
+    line gave none), so that a resume or a worker applies exactly the same profile. Returns the keys.
+
+    Raises ConfigError: no secret, another secret than the run's, a bad option.
+    """
+    config = op.settings.anonymize
+    p = op.p
+    keys = keys_of(op.settings, p)
+    if p.options is None:
+        op.remember("options", [name.replace("_", "-") for name in check_options(config.options)])
+    for name in ("pseudonym", "uid_root", "max_date_shift"):
+        if getattr(p, name) is None:
+            op.remember(name, getattr(config, name))
+    if p.secret_check is None:
+        op.remember("secret_check", fingerprint(keys))
+    return keys
+
+
+def profile_of(params: Any) -> Profile:
+    return load_profile(check_options(params.options or ()))
+
+
+class Deidentifying:
+    """The Deidentifier of one run, made when its first item needs it (the ledger is set by then)."""
+
+    def __init__(self, op: Any, keys: Keys) -> None:
+        self.op = op
+        self.keys = keys
+        self._deidentifier: Deidentifier | None = None
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str) -> Deidentifier:
+        if self._deidentifier is None:
+            with self._lock:
+                if self._deidentifier is None:
+                    from pacsflow import __version__
+
+                    p = self.op.p
+                    pseudonyms = MappingPseudonyms(self.op.ledger, self.keys, p.pseudonym, run_id=run_id)
+                    self._deidentifier = Deidentifier(
+                        profile_of(p),
+                        self.keys,
+                        pseudonyms,
+                        allow_burned_in=p.allow_burned_in,
+                        version=__version__,
+                    )
+        return self._deidentifier
+
+
+def run_records(ledger: Ledger, run: RunInfo, kinds: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """The de-identification records (Record.as_dict()) that a run's finished items carry."""
+    for status in (DONE, SKIPPED):
+        for item in ledger.items(run.id, status=status):
+            if item.kind not in kinds or not item.result:
+                continue
+            found = item.result.get("anon")
+            if isinstance(found, dict):
+                yield found
+            elif isinstance(found, list):
+                yield from found
+
+
+def write_mapping(ledger: Ledger, run: RunInfo, kinds: tuple[str, ...], target: str) -> int:
+    """Mapping rows for every instance RUN de-identified into TARGET; returns how many were new."""
+    return record_instances(ledger, run_records(ledger, run, kinds), target, run.id)
