@@ -177,6 +177,7 @@ class Engine:
             return self.execute(op, run.id)
 
     def _plan_and_execute(self, op: Operation, run_id: str, *, plan_only: bool) -> RunResult:
+        op.run_id = run_id
         added = 0
         while True:
             try:
@@ -316,6 +317,7 @@ class Engine:
 
     def _execute(self, op: Operation, run_id: str) -> RunResult:
         op.ledger = self.ledger
+        op.run_id = run_id
         started = time.monotonic()
         reclaimed = self.ledger.reclaim_dead(run_id)
         if reclaimed:

@@ -77,6 +77,15 @@ def upload(
     csv_file: Path | None = typer.Option(None, "--csv", help="CSV of values to write into the DICOM (join)"),
     csv_key: str | None = typer.Option(None, "--csv-key", help="its key column: PatientID, or the roster ID"),
     label: str | None = typer.Option(None, "--label", help="Orthanc label for every study (Orthanc 1.12+)"),
+    anonymize: bool = typer.Option(
+        False, "--anonymize", help="de-identify every file before it is sent ([anonymize] settings)"
+    ),
+    option: list[str] = typer.Option(
+        None, "--option", help="with --anonymize: PS3.15 option (repeatable; default: [anonymize] options)"
+    ),
+    allow_burned_in: bool = typer.Option(
+        False, "--allow-burned-in", help="with --anonymize: also files that may show burned-in text"
+    ),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
     give_up_after: str | None = GiveUpOption,
@@ -85,13 +94,18 @@ def upload(
 
     Example: pacsflow upload scans/ export.zip --to main --workers 8
     Example: pacsflow upload --roster Final.csv --root /data/patients --to main --batch-size 20
+    Example: pacsflow upload scans/ --to research --anonymize
     """
+    if (option or allow_burned_in) and not anonymize:
+        raise ConfigError("--option and --allow-burned-in go with --anonymize")
     common = {
         "to": to,
         "label": label,
         "csv": str(csv_file.resolve()) if csv_file else None,
         "csv_key": csv_key,
     }
+    if anonymize:
+        common.update(anonymize=True, options=option or None, allow_burned_in=allow_burned_in)
     if roster is None:
         if root or batch_size or where or errors:
             raise ConfigError("--root, --batch-size, --where and --errors go with --roster")

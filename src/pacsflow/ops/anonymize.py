@@ -96,10 +96,9 @@ class Anonymize(Operation):
         self.out = Path(self.p.out)
         self._deid = Deidentifying(self, settle(self))
         self.files = ArchiveFiles(TreeWriter(self))  # type: ignore[arg-type]
-        self._run_id: str | None = None
 
     def deidentifier(self) -> Any:
-        return self._deid.get(self._run_id or "")
+        return self._deid.get()
 
     def preflight(self) -> None:
         """Raises ConfigError: an input that does not exist, an output inside an input, or one that is
@@ -121,7 +120,6 @@ class Anonymize(Operation):
 
     def do(self, item: Item) -> Outcome:
         """Raises BadInput (unreadable, corrupt, refused or unwritable file)."""
-        self._run_id = self._run_id or item.run_id
         if item.kind == MEMBER:
             return self.files.do_member(item, None)
         if item.kind == FOLDER:

@@ -63,6 +63,8 @@ class Operation(ABC):
             self.params = stored
         #: set by the engine before planning, for operations that summarise from the ledger
         self.ledger: Ledger
+        #: the run being planned or worked, set by the engine with the ledger
+        self.run_id: str | None = None
 
     def remember(self, name: str, value: Any) -> None:
         """Keep a parameter found while checking (a peer's name...) in `self.p` and in the stored params,

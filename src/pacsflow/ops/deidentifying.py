@@ -71,14 +71,16 @@ class Deidentifying:
         self._deidentifier: Deidentifier | None = None
         self._lock = threading.Lock()
 
-    def get(self, run_id: str) -> Deidentifier:
+    def get(self) -> Deidentifier:
         if self._deidentifier is None:
             with self._lock:
                 if self._deidentifier is None:
                     from pacsflow import __version__
 
                     p = self.op.p
-                    pseudonyms = MappingPseudonyms(self.op.ledger, self.keys, p.pseudonym, run_id=run_id)
+                    pseudonyms = MappingPseudonyms(
+                        self.op.ledger, self.keys, p.pseudonym, run_id=self.op.run_id
+                    )
                     self._deidentifier = Deidentifier(
                         profile_of(p),
                         self.keys,

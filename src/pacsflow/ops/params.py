@@ -189,8 +189,60 @@ class PopulateParams(OpParams):
         return self
 
 
-class _UploadCommon(OpParams):
-    """What both kinds of upload take: the server, a label, and a CSV join."""
+class _Deidentify(BaseModel):
+    """How instances are de-identified: the profile's options and pseudonym settings, taken from
+    `[anonymize]` when the run starts and stored with it (a resume applies the same profile)."""
+
+    #: the fields of a de-identifying run: left out of the stored dict of a run that does not de-identify,
+    #: so that runs stored before de-identification existed keep their parameters exactly
+    DEIDENTIFY: ClassVar[tuple[str, ...]] = (
+        "options",
+        "allow_burned_in",
+        "pseudonym",
+        "uid_root",
+        "max_date_shift",
+        "secret_check",
+    )
+
+    options: list[str] | None = Field(
+        None, description="PS3.15 options (e.g. retain-long-modified-dates); default: [anonymize] options"
+    )
+    allow_burned_in: bool = Field(
+        False, description="also de-identify files that may show burned-in text (check their pixels!)"
+    )
+    pseudonym: str | None = Field(None, description="pseudonym format, e.g. ANON-{n:06d} or ANON-{hash}")
+    uid_root: str | None = Field(None, description="root of new UIDs (default 2.25)")
+    max_date_shift: int | None = Field(None, ge=1, le=36500, description="dates move back 1..N days")
+    secret_check: str | None = Field(
+        None, description="found at the start: a keyed fingerprint of the secret (a resume must use the same)"
+    )
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from pacsflow.anonymize.profile import check_options
+
+        names = [value] if isinstance(value, str) else list(value)
+        try:
+            return [name.replace("_", "-") for name in check_options(names)]
+        except ConfigError as exc:
+            raise _Invalid(exc.reason, "options") from None
+
+
+class _UploadCommon(_Deidentify, OpParams):
+    """What both kinds of upload take: the server, a label, a CSV join, and de-identification on the way."""
+
+    anonymize: bool = Field(False, description="de-identify every file before it is sent (PS3.15 profile)")
+
+    def stored(self) -> dict[str, Any]:
+        data = super().stored()
+        if not data.get("anonymize"):
+            for name in ("anonymize", *self.DEIDENTIFY):
+                if not data.get(name):
+                    data.pop(name, None)
+        return data
 
     to: str = Field(description="Orthanc server (name or URL)")
     label: str | None = Field(None, description="Orthanc label for every study (Orthanc 1.12+)")
@@ -370,37 +422,6 @@ class DownloadParams(SelectParams):
 
     source: str = Field(alias="from", description="Orthanc server (name or URL)")
     out: PathText = Field(description="folder: Patient/Study/Series/instance.dcm")
-
-
-class _Deidentify(BaseModel):
-    """How instances are de-identified: the profile's options and pseudonym settings, taken from
-    `[anonymize]` when the run starts and stored with it (a resume applies the same profile)."""
-
-    options: list[str] | None = Field(
-        None, description="PS3.15 options (e.g. retain-long-modified-dates); default: [anonymize] options"
-    )
-    allow_burned_in: bool = Field(
-        False, description="also de-identify files that may show burned-in text (check their pixels!)"
-    )
-    pseudonym: str | None = Field(None, description="pseudonym format, e.g. ANON-{n:06d} or ANON-{hash}")
-    uid_root: str | None = Field(None, description="root of new UIDs (default 2.25)")
-    max_date_shift: int | None = Field(None, ge=1, le=36500, description="dates move back 1..N days")
-    secret_check: str | None = Field(
-        None, description="found at the start: a keyed fingerprint of the secret (a resume must use the same)"
-    )
-
-    @field_validator("options", mode="before")
-    @classmethod
-    def _options(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        from pacsflow.anonymize.profile import check_options
-
-        names = [value] if isinstance(value, str) else list(value)
-        try:
-            return [name.replace("_", "-") for name in check_options(names)]
-        except ConfigError as exc:
-            raise _Invalid(exc.reason, "options") from None
 
 
 class AnonymizeParams(_Deidentify, OpParams):

@@ -17,7 +17,9 @@ from pacsflow.ops.upload import (
     MEMBER,
     ArchiveFiles,
     PriorUploads,
+    deidentify_on_the_way,
     first_failures,
+    mapping_lines,
     open_sender,
     upload_summary,
 )
@@ -53,6 +55,7 @@ class RosterUpload(Operation):
         self.errors_path = Path(self.p.errors)
         self.batch_size = self.p.batch_size
         self.sender = open_sender(settings, self.p)
+        deidentify_on_the_way(self, self.sender)
         self.files = ArchiveFiles(self.sender)
 
     def _load(self) -> Roster:
@@ -246,7 +249,7 @@ class RosterUpload(Operation):
         lines = [
             f"rows {rows} in {plural(batches, 'batch')}: marked uploaded {marked}, errors {errors}{where}"
         ]
-        return lines + upload_summary(run, self.ledger)
+        return lines + upload_summary(run, self.ledger) + mapping_lines(self, run)
 
     def close(self) -> None:
         self.files.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pacsflow.anonymize.deidentify import Deidentified
 from pacsflow.archives import (
     COMPRESSED_TAR,
     MAX_NESTING,
@@ -62,10 +63,18 @@ _PROBE = 64 * 1024  # enough for any ordinary header before the pixel data
 class Sender:
     """Sends one DICOM payload: join values in, compute its Orthanc ID, skip if present, POST, check."""
 
-    def __init__(self, server: Orthanc, join: JoinTable | None = None, label: str | None = None) -> None:
+    def __init__(
+        self,
+        server: Orthanc,
+        join: JoinTable | None = None,
+        label: str | None = None,
+        deidentify: Callable[[bytes, str], Deidentified] | None = None,
+    ) -> None:
         self.server = server
         self.join = join
         self.label = label
+        #: de-identifies each payload before anything else (upload --anonymize): nothing leaves in clear
+        self.deidentify = deidentify
         self._known: set[str] | None = None
         self._lock = threading.Lock()
 
@@ -92,8 +101,8 @@ class Sender:
 
     def already_there(self, header: bytes, where: str) -> tuple[Outcome | None, InstanceUIDs | None]:
         """From a file's first bytes: an Outcome if the server holds it already, and the UIDs read."""
-        if self.join is not None or not self.known_ids():
-            return None, None  # a join changes the IDs; an empty server holds nothing
+        if self.join is not None or self.deidentify is not None or not self.known_ids():
+            return None, None  # a join or de-identification changes the IDs; an empty server holds nothing
         try:
             uids = read_uids(header, where)
         except BadInput:
@@ -112,6 +121,10 @@ class Sender:
         if not looks_like_dicom(data[:_HEAD]):
             return Outcome(status=SKIPPED, note=NOT_DICOM)
         label = self.label
+        anon = None
+        if self.deidentify is not None:
+            deidentified = self.deidentify(data, where)
+            data, anon, uids = deidentified.data, deidentified.record.as_dict(), None
         if self.join is not None:
             data, join_key = self.join.apply(data, join_key, where)
             label = self.join.label_for(join_key) or label
@@ -122,7 +135,8 @@ class Sender:
             uids = uids or read_uids(data, where)
             expected = uids.instance_id
             if expected in known:
-                return Outcome(status=SKIPPED, note=ALREADY, result={"id": expected, "study": uids.study_id})
+                result = {"id": expected, "study": uids.study_id}
+                return Outcome(status=SKIPPED, note=ALREADY, result=_with(result, anon))
         try:
             answer = self.server.upload(data)
         except ServerError as exc:
@@ -132,12 +146,19 @@ class Sender:
                 ) from None
             raise
         stored = check_stored(answer, where=where, expected_id=expected)
-        result = {"id": answer.get("ID"), "study": answer.get("ParentStudy")}
+        result = _with({"id": answer.get("ID"), "study": answer.get("ParentStudy")}, anon)
         if label:
             self.server.request("PUT", f"/studies/{result['study']}/labels/{label}")
         if not stored:
             return Outcome(status=SKIPPED, note=ALREADY, result=result)
         return Outcome(status=DONE, nbytes=len(data), result=result)
+
+
+def _with(result: dict[str, Any], anon: dict[str, Any] | None) -> dict[str, Any]:
+    """RESULT with the de-identification record (and the Orthanc ID its copy got), if there is one."""
+    if anon is not None:
+        result["anon"] = {**anon, "orthanc_after": result["id"]}
+    return result
 
 
 @dataclass
@@ -353,7 +374,8 @@ class PriorUploads:
         self.server = server
         for params, item in ledger.finished_items(("upload", "roster-upload"), FILE):
             result, payload = item.result or {}, item.payload
-            if "id" not in result or "size" not in payload or params.get("csv") or params.get("label"):
+            changed = params.get("csv") or params.get("label") or params.get("anonymize")
+            if "id" not in result or "size" not in payload or changed:
                 continue
             try:
                 if settings.server(params["to"]).url != server.config.url:
@@ -441,6 +463,17 @@ def open_sender(settings: Any, params: UploadParams | RosterUploadParams) -> Sen
     return Sender(server, join, params.label)
 
 
+def deidentify_on_the_way(op: Operation, sender: Sender) -> None:
+    """With `--anonymize`: fix the run's profile settings and de-identify in SENDER (the first item
+    builds the Deidentifier, once the ledger is there). Raises ConfigError (no secret, not the run's)."""
+    from pacsflow.ops.deidentifying import Deidentifying, settle
+
+    if not op.p.anonymize:
+        return
+    deidentifying = Deidentifying(op, settle(op))
+    sender.deidentify = lambda data, where: deidentifying.get().apply(data, where)
+
+
 @register
 class Upload(Operation):
     """Files, folders and archives: one item per file (and per member of a ZIP or plain TAR)."""
@@ -456,6 +489,7 @@ class Upload(Operation):
         super().__init__(settings, params)
         self.paths = [Path(path) for path in self.p.paths]
         self.sender = open_sender(settings, self.p)
+        deidentify_on_the_way(self, self.sender)
         self.files = ArchiveFiles(self.sender)
 
     def preflight(self) -> None:
@@ -485,11 +519,22 @@ class Upload(Operation):
         return self.files.do_file(item, None)
 
     def finish(self, run: RunInfo) -> list[str]:
-        return upload_summary(run, self.ledger)
+        return upload_summary(run, self.ledger) + mapping_lines(self, run)
 
     def close(self) -> None:
         self.files.close()
         self.sender.server.close()
+
+
+def mapping_lines(op: Operation, run: RunInfo) -> list[str]:
+    """With `--anonymize`: the mapping rows of what the run sent (to be found by server and Orthanc ID)."""
+    if not op.p.anonymize:
+        return []
+    from pacsflow.ops.deidentifying import write_mapping
+
+    target = f"server:{op.p.to}"
+    added = write_mapping(op.ledger, run, (FILE, MEMBER), target)
+    return [f"de-identified on the way; {plural(added, 'new mapping row')}"]
 
 
 def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
