@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pacsflow.config import Settings, load_settings, parse_duration, redact_url, scrub_params
@@ -369,6 +370,30 @@ class Pacsflow:
                     continue
 
         return verifier.report(files())
+
+    def verify_server(self, server: str, selection: Mapping[str, Any]) -> Any:
+        """Check the instances of studies on SERVER (chosen as transfer chooses them: studies, accessions,
+        patients, query; none: every study) with the verifier. Returns a Report. Raises ConfigError,
+        PreflightError, Unauthorized, what the server's answers raise."""
+        from pacsflow.anonymize.verify import Verifier
+        from pacsflow.ops.servers import connect, preflight_server
+        from pacsflow.selection import Selection, resolve
+
+        try:
+            ledger: Ledger | None = self.ledger
+        except NoLedger:
+            ledger = None
+        verifier = Verifier(ledger)
+        with connect(self.settings, server, self.settings.workers) as orthanc:
+            preflight_server(orthanc)
+            studies = resolve(orthanc, Selection.of(SimpleNamespace(**selection)))
+
+            def files() -> Iterator[tuple[str, bytes]]:
+                for study in studies:
+                    for instance in orthanc.instance_ids_of("studies", study):
+                        yield instance, orthanc.instance_file(instance)
+
+            return verifier.report(files())
 
     @staticmethod
     def new_secret() -> str:

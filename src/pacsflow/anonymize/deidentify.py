@@ -351,6 +351,10 @@ class Deidentifier:
             already=already,
         )
 
+    def new_uid(self, original: str) -> str:
+        """What an instance, series or study UID becomes under this profile (kept with Retain UIDs)."""
+        return original if self.profile.action(0x00080018) == "K" else self.uid(original)
+
     def uid(self, original: str) -> str:
         """ORIGINAL's replacement (cached: a series' UIDs recur in every one of its instances)."""
         found = self._uids.get(original)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from pacsflow.cli.app import (
+    AccessionOption,
     GiveUpOption,
+    PatientOption,
     PlanOnlyOption,
+    QueryOption,
+    StudyOption,
     WorkersOption,
     app,
     errors_to_exit,
+    parse_query,
     session,
     start_run,
 )
@@ -43,8 +49,19 @@ def anonymize(
     pseudonym: str | None = typer.Option(
         None, "--pseudonym", help="pseudonym format: ANON-{n:06d} (counter) or ANON-{hash} (keyed)"
     ),
+    on: str | None = typer.Option(
+        None, "--on", help="Orthanc server: make de-identified copies of its studies"
+    ),
+    study: list[str] = StudyOption,
+    accession: list[str] = AccessionOption,
+    patient: list[str] = PatientOption,
+    query: list[str] = QueryOption,
+    every: bool = typer.Option(False, "--all", help="with --on: every study (not already a copy)"),
+    delete_original: bool = typer.Option(
+        False, "--delete-original", help="with --on: delete each original once its copy is verified"
+    ),
     verify: bool = typer.Option(
-        False, "--verify", help="check de-identified files instead (exit 1 if not clean)"
+        False, "--verify", help="check de-identified files (with --on: studies) instead; exit 1 if not clean"
     ),
     new_secret: bool = typer.Option(False, "--new-secret", help="print a new project secret and exit"),
     workers: int | None = WorkersOption,
@@ -54,7 +71,10 @@ def anonymize(
     """De-identify DICOM (PS3.15 Basic Profile and options) with keyed pseudonyms; verify the result.
 
     Example: pacsflow anonymize scans/ export.zip --out clean/
+    Example: pacsflow anonymize --on main --all
+    Example: pacsflow anonymize --on main --patient PF001 --delete-original
     Example: pacsflow anonymize --verify clean/
+    Example: pacsflow anonymize --verify --on main --all
     Example: pacsflow anonymize --new-secret
     """
     if new_secret:
@@ -64,8 +84,35 @@ def anonymize(
             f'[anonymize]\nsecret = "{secret}"'
         )
         return
+    selection = {
+        "studies": study or None,
+        "accessions": accession or None,
+        "patients": patient or None,
+        "query": parse_query(query),
+    }
+    if on is not None:
+        if paths or out:
+            raise ConfigError("--on SERVER works on the server's studies: give no paths or --out")
+        if verify:
+            _verify_server(ctx, on, selection, every)
+            return
+        params = {
+            "on": on,
+            **selection,
+            "all": every,
+            "delete_original": delete_original,
+            "options": option or None,
+            "allow_burned_in": allow_burned_in,
+            "pseudonym": pseudonym,
+        }
+        start_run(ctx, "anonymize-on", params, workers, plan_only, give_up_after)
+        return
+    if any(selection.values()) or every or delete_original:
+        raise ConfigError(
+            "--study, --patient, --accession, --query, --all and --delete-original go with --on"
+        )
     if not paths:
-        raise ConfigError("name the files, folders or archives to de-identify (or --verify PATH)")
+        raise ConfigError("name the files, folders or archives to de-identify (or --on SERVER, or --verify)")
     if verify:
         _verify(ctx, paths)
         return
@@ -82,7 +129,17 @@ def anonymize(
 
 
 def _verify(ctx: typer.Context, paths: list[Path]) -> None:
-    report = session(ctx).verify_files(paths)
+    _report(session(ctx).verify_files(paths))
+
+
+def _verify_server(ctx: typer.Context, server: str, selection: dict[str, object], every: bool) -> None:
+    if not every and not any(selection.values()):
+        raise ConfigError("give --study, --patient, --accession or --query, or --all")
+    _report(session(ctx).verify_server(server, selection))
+
+
+def _report(report: Any) -> None:
+    """The verifier's findings, one line each; exit status 1 when there are any."""
     for line in report.lines(limit=200):
         typer.echo(line)
     if report.ok:

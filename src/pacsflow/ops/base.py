@@ -122,7 +122,15 @@ def register(cls: type[Operation]) -> type[Operation]:
 
 def operation_class(name: str) -> type[Operation]:
     """The operation whose runs are stored under NAME. Raises ConfigError for one this pacsflow lacks."""
-    from pacsflow.ops import anonymize, download, populate, roster, transfer, upload  # noqa: F401 - they register themselves
+    from pacsflow.ops import (  # noqa: F401 - they register themselves
+        anonymize,
+        anonymize_on,
+        download,
+        populate,
+        roster,
+        transfer,
+        upload,
+    )
 
     try:
         return _REGISTRY[name]

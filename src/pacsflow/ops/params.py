@@ -440,6 +440,30 @@ class AnonymizeParams(_Deidentify, OpParams):
         return data
 
 
+class AnonymizeOnParams(_Deidentify, SelectParams):
+    """anonymize-on (`anonymize --on`): a de-identified copy of studies on the server itself, with the same
+    pseudonyms and UIDs as local runs; with delete_original, each original instance whose copy was
+    verified is deleted."""
+
+    operation = "anonymize-on"
+
+    on: str = Field(description="Orthanc server (name or URL) whose studies get de-identified copies")
+    all: bool = Field(False, description="every study (not already a de-identified copy)")
+    delete_original: bool = Field(
+        False, description="delete each original instance once its copy is verified"
+    )
+
+    @model_validator(mode="after")
+    def _something_chosen(self) -> Self:
+        named = any(getattr(self, name) for name in SELECTORS) or bool(self.query)
+        if named == self.all:
+            raise _Invalid(
+                "give --study, --patient, --accession or --query, or --all (not both)",
+                *(["all"] if self.all else ["studies"]),
+            )
+        return self
+
+
 #: the model of each operation, by the name its runs are stored under
 MODELS: dict[str, type[OpParams]] = {
     "populate": PopulateParams,
@@ -450,6 +474,7 @@ MODELS: dict[str, type[OpParams]] = {
     "forward": ForwardParams,
     "download": DownloadParams,
     "anonymize": AnonymizeParams,
+    "anonymize-on": AnonymizeOnParams,
 }
 
 
