@@ -64,7 +64,7 @@ def test_version(workdir: Path) -> None:
         (["uplaod", "x"], "No such command 'uplaod'. Did you mean 'upload'? (see `pacsflow --help`)"),
         (
             ["upload", "x", "--too", "a"],
-            "No such option: --too (Possible options: --root, --to) (see `pacsflow upload --help`)",
+            "No such option: --too (Possible options: --option, --root, --to) (see `pacsflow upload --help`)",
         ),
         (["runs", "--limit", "many"], "(see `pacsflow runs --help`)"),
         (["transfer", "--from", "a"], "Missing option '--to'"),

@@ -136,6 +136,24 @@ STORED: list[tuple[str, dict[str, Any]]] = [
             "workers": 4,
         },
     ),
+    (
+        "anonymize-on",
+        {
+            "on": "main",
+            "studies": None,
+            "patients": ["PF001"],
+            "query": None,
+            "all": False,
+            "delete_original": True,
+            "options": ["retain-long-modified-dates"],
+            "allow_burned_in": False,
+            "pseudonym": "ANON-{hash}",
+            "uid_root": "2.25",
+            "max_date_shift": 3650,
+            "secret_check": "0a1b2c3d4e5f",
+            "workers": 4,
+        },
+    ),
 ]
 
 
