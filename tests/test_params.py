@@ -137,9 +137,10 @@ STORED: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
-        "anonymize-on",
+        "anonymize-copy",
         {
-            "on": "main",
+            "from": "main",
+            "to": None,
             "studies": None,
             "patients": ["PF001"],
             "query": None,

@@ -139,6 +139,15 @@ def download(
     accession: list[str] = AccessionOption,
     patient: list[str] = PatientOption,
     query: list[str] = QueryOption,
+    anonymize: bool = typer.Option(
+        False, "--anonymize", help="de-identify each instance before it is written ([anonymize] settings)"
+    ),
+    option: list[str] = typer.Option(
+        None, "--option", help="with --anonymize: PS3.15 option (repeatable; default: [anonymize] options)"
+    ),
+    allow_burned_in: bool = typer.Option(
+        False, "--allow-burned-in", help="with --anonymize: also instances that may show burned-in text"
+    ),
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
     give_up_after: str | None = GiveUpOption,
@@ -148,7 +157,10 @@ def download(
     Example: pacsflow download --from main --out export/
     Example: pacsflow download --from main --out export/ --patient PF001 --patient PF002
     Example: pacsflow download --from main --out export/ --query StudyDate=2024-01-01-
+    Example: pacsflow download --from main --out research/ --anonymize
     """
+    if (option or allow_burned_in) and not anonymize:
+        raise ConfigError("--option and --allow-burned-in go with --anonymize")
     params = {
         "from": source,
         "out": str(out.resolve()),
@@ -157,4 +169,6 @@ def download(
         "patients": patient or None,
         "query": parse_query(query),
     }
+    if anonymize:
+        params.update(anonymize=True, options=option or None, allow_burned_in=allow_burned_in)
     start_run(ctx, "download", params, workers, plan_only, give_up_after)

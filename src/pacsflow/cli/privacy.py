@@ -97,7 +97,7 @@ def anonymize(
             _verify_server(ctx, on, selection, every)
             return
         params = {
-            "on": on,
+            "from": on,
             **selection,
             "all": every,
             "delete_original": delete_original,
@@ -105,7 +105,7 @@ def anonymize(
             "allow_burned_in": allow_burned_in,
             "pseudonym": pseudonym,
         }
-        start_run(ctx, "anonymize-on", params, workers, plan_only, give_up_after)
+        start_run(ctx, "anonymize-copy", params, workers, plan_only, give_up_after)
         return
     if any(selection.values()) or every or delete_original:
         raise ConfigError(

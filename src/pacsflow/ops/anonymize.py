@@ -13,7 +13,7 @@ from pacsflow.dicomfiles import looks_like_dicom
 from pacsflow.errors import BadInput, ConfigError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.deidentifying import Deidentifying, settle, write_mapping
+from pacsflow.ops.deidentifying import Deidentifying, run_records, settle, write_mapping
 from pacsflow.ops.download import safe_name
 from pacsflow.ops.params import AnonymizeParams
 from pacsflow.ops.upload import ARCHIVE, FILE, FOLDER, MEMBER, NOT_DICOM, ArchiveFiles, PriorUploads
@@ -60,13 +60,13 @@ class TreeWriter:
         try:
             if target.exists() and target.stat().st_size == len(result.data):
                 return Outcome(status=SKIPPED, note=WRITTEN_BEFORE, result=found)
-            _write_atomically(target, result.data)
+            write_atomically(target, result.data)
         except OSError as exc:
             raise BadInput(f"cannot write the de-identified file ({exc.strerror})", where=where) from None
         return Outcome(status=DONE, nbytes=len(result.data), result=found)
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
+def write_atomically(target: Path, data: bytes) -> None:
     """DATA at TARGET under a temporary name first: a killed run never leaves half a file as done."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
@@ -127,34 +127,30 @@ class Anonymize(Operation):
         return self.files.do_file(item, None)
 
     def finish(self, run: RunInfo) -> list[str]:
-        target = f"folder:{self.out}"
-        added = write_mapping(self.ledger, run, (FILE, MEMBER), target)
+        added = write_mapping(self.ledger, run, (FILE, MEMBER), f"folder:{self.out}")
         lines = anonymize_summary(run, self.ledger, added)
-        report = self.verify(run)
-        lines += verification_lines(report)
-        record_findings(self.ledger, run.id, report)
-        return lines
-
-    def verify(self, run: RunInfo) -> Any:
-        """The verifier over every file this run wrote or found written."""
-        from pacsflow.ops.deidentifying import run_records
-
-        verifier = Verifier(self.ledger)
-        paths = sorted(
-            {output_path(self.out, record) for record in run_records(self.ledger, run, (FILE, MEMBER))}
-        )
-
-        def files() -> Iterable[tuple[str, bytes]]:
-            for path in paths:
-                try:
-                    yield path.name, path.read_bytes()
-                except OSError:
-                    continue
-
-        return verifier.report(files())
+        written = (output_path(self.out, record) for record in run_records(self.ledger, run, (FILE, MEMBER)))
+        return lines + verify_files(self.ledger, run, written)
 
     def close(self) -> None:
         self.files.close()
+
+
+def verify_files(ledger: Any, run: RunInfo, paths: Iterable[Path]) -> list[str]:
+    """The verifier over the files RUN wrote (or found written): each faulted file becomes a failed item.
+    Returns the summary lines."""
+    paths = sorted(set(paths))
+
+    def files() -> Iterable[tuple[str, bytes]]:
+        for path in paths:
+            try:
+                yield path.name, path.read_bytes()
+            except OSError:
+                continue
+
+    report = Verifier(ledger).report(files())
+    record_findings(ledger, run.id, report)
+    return verification_lines(report)
 
 
 def verification_lines(report: Any) -> list[str]:

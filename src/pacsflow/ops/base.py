@@ -124,7 +124,7 @@ def operation_class(name: str) -> type[Operation]:
     """The operation whose runs are stored under NAME. Raises ConfigError for one this pacsflow lacks."""
     from pacsflow.ops import (  # noqa: F401 - they register themselves
         anonymize,
-        anonymize_on,
+        anonymize_copy,
         download,
         populate,
         roster,

@@ -4,7 +4,8 @@ Deidentifier built from them and the secret, and the mapping rows written when t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pacsflow.anonymize.deidentify import Deidentifier
@@ -14,6 +15,7 @@ from pacsflow.anonymize.profile import Profile, check_options, load_profile
 from pacsflow.config import Settings
 from pacsflow.errors import ConfigError
 from pacsflow.ledger import DONE, SKIPPED, Ledger, RunInfo
+from pacsflow.orthanc import Orthanc, orthanc_id
 
 
 def keys_of(settings: Settings, params: Any) -> Keys:
@@ -89,6 +91,58 @@ class Deidentifying:
                         version=__version__,
                     )
         return self._deidentifier
+
+
+@dataclass(frozen=True)
+class CopyName:
+    """What an instance on a server will be called once de-identified, known before it is downloaded."""
+
+    instance: str
+    pseudonym: str
+    new_study_uid: str
+    new_series_uid: str
+    new_sop_uid: str
+
+    @property
+    def orthanc_id(self) -> str:
+        return orthanc_id(self.pseudonym, self.new_study_uid, self.new_series_uid, self.new_sop_uid)
+
+    @property
+    def study_id(self) -> str:
+        return orthanc_id(self.pseudonym, self.new_study_uid)
+
+    def get(self, name: str) -> str:  # read like a Record's dict (ops.anonymize.output_path)
+        return str(getattr(self, name))
+
+
+def copy_names(
+    server: Orthanc, study: str, info: dict[str, Any], deidentifier: Deidentifier
+) -> list[CopyName]:
+    """The names every instance of STUDY (INFO: its /studies resource) gets when de-identified: the
+    patient's pseudonym from the mapping (recorded now if new) and the keyed UIDs."""
+    tags = info.get("PatientMainDicomTags", {})
+    patient_id, patient_name = str(tags.get("PatientID", "")).strip(), str(tags.get("PatientName", ""))
+    pseudonym = deidentifier.pseudonyms.patient(patient_id, patient_name).pseudonym
+    new_study = deidentifier.new_uid(_tag(info, "StudyInstanceUID"))
+    series = {
+        one["ID"]: deidentifier.new_uid(_tag(one, "SeriesInstanceUID"))
+        for one in server.children("studies", study, "series")
+    }
+    return [
+        CopyName(
+            instance["ID"],
+            pseudonym,
+            new_study,
+            series.get(instance.get("ParentSeries", ""), ""),
+            deidentifier.new_uid(_tag(instance, "SOPInstanceUID")),
+        )
+        for instance in server.children("studies", study, "instances")
+    ]
+
+
+def _tag(resource: Mapping[str, Any], name: str) -> str:
+    """A main DICOM tag of an Orthanc resource as it lists it ('' when absent)."""
+    return str(resource.get("MainDicomTags", {}).get(name, ""))
 
 
 def run_records(ledger: Ledger, run: RunInfo, kinds: tuple[str, ...]) -> Iterator[dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsflow.errors import BadInput, ConfigError, NotFound, TransientError
-from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ledger import DONE, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.params import DownloadParams
 from pacsflow.ops.servers import connect, preflight_server
@@ -46,6 +46,12 @@ class Download(Operation):
         self.out = Path(self.p.out)
         #: the studies the selectors named, looked up at the start (None: plan looks)
         self._chosen: list[str] | None = None
+        #: with --anonymize: each instance de-identified in memory before it is written
+        self._deid = None
+        if self.p.anonymize:
+            from pacsflow.ops.deidentifying import Deidentifying, settle
+
+            self._deid = Deidentifying(self, settle(self))
 
     def preflight(self) -> None:
         """Raises ConfigError (--out is not a folder, a selector names no study on the server), OSError
@@ -72,11 +78,15 @@ class Download(Operation):
         cut short), OSError (the folder), or what the server's answers raise."""
         if item.kind == STUDY:
             return self._plan_study(item.payload["study"])
+        if self._deid is not None:
+            return self._fetch_deidentified(item.payload["id"], self.out / item.payload["path"])
         return self._fetch(item.payload["id"], self.out / item.payload["path"])
 
     def _plan_study(self, study: str) -> Outcome:
         try:
             info = self.source.resource("studies", study)
+            if self._deid is not None:
+                return self._plan_deidentified(study, info)
             series = self.source.children("studies", study, "series")
         except NotFound:
             raise BadInput(f"study is not on {self.source.display}", where=study) from None
@@ -91,6 +101,40 @@ class Download(Operation):
                     PlannedItem(INSTANCE, f"i/{instance}", {"id": instance, "path": relative}, phase=1)
                 )
         return Outcome(result={"instances": len(children)}, children=children)
+
+    def _plan_deidentified(self, study: str, info: dict[str, Any]) -> Outcome:
+        """With --anonymize: each instance goes where its de-identified file belongs (pseudonym and new
+        UIDs, never an original value in a path), known before anything is downloaded."""
+        from pacsflow.ops.anonymize import output_path
+        from pacsflow.ops.deidentifying import copy_names
+
+        assert self._deid is not None
+        children = [
+            PlannedItem(
+                INSTANCE,
+                f"i/{name.instance}",
+                {"id": name.instance, "path": output_path(Path(), name).as_posix()},
+                phase=1,
+            )
+            for name in copy_names(self.source, study, info, self._deid.get())
+        ]
+        return Outcome(result={"instances": len(children)}, children=children)
+
+    def _fetch_deidentified(self, instance: str, target: Path) -> Outcome:
+        """Download, de-identify in memory, write (never in clear, not even as a temporary file)."""
+        from pacsflow.ops.anonymize import write_atomically
+
+        assert self._deid is not None
+        if target.exists():
+            return Outcome(status=SKIPPED, note="already downloaded")
+        try:
+            data = self.source.instance_file(instance)
+        except NotFound:
+            raise BadInput(f"instance is no longer on {self.source.display}", where=instance) from None
+        result = self._deid.get().apply(data, where=instance)
+        written = self.out / _relative_of(result.record)
+        write_atomically(written, result.data)
+        return Outcome(nbytes=len(result.data), result={"anon": result.record.as_dict()})
 
     def _fetch(self, instance: str, target: Path) -> Outcome:
         size = self._server_size(instance)
@@ -138,9 +182,28 @@ class Download(Operation):
 
     def finish(self, run: RunInfo) -> list[str]:
         files = sum(1 for _ in self.out.rglob("*.dcm"))
-        return [
+        lines = [
             f"{plural(files, 'DICOM file')} under {self.out}; {run.bytes / 1e6:.1f} MB downloaded in this run"
         ]
+        if self._deid is not None:
+            from pacsflow.ops.anonymize import verify_files
+            from pacsflow.ops.deidentifying import write_mapping
+
+            added = write_mapping(self.ledger, run, (INSTANCE,), f"folder:{self.out}")
+            lines.append(f"de-identified on the way; {plural(added, 'new mapping row')}")
+            written = [
+                self.out / item.payload["path"]
+                for status in (DONE, SKIPPED)
+                for item in self.ledger.items(run.id, status=status, kind=INSTANCE)
+            ]
+            lines += verify_files(self.ledger, run, written)
+        return lines
 
     def close(self) -> None:
         self.source.close()
+
+
+def _relative_of(record: Any) -> Path:
+    from pacsflow.ops.anonymize import output_path
+
+    return output_path(Path(), record)

@@ -231,18 +231,23 @@ class _Deidentify(BaseModel):
             raise _Invalid(exc.reason, "options") from None
 
 
-class _UploadCommon(_Deidentify, OpParams):
-    """What both kinds of upload take: the server, a label, a CSV join, and de-identification on the way."""
+class _MaybeDeidentify(_Deidentify):
+    """An operation that de-identifies on the way when asked (`--anonymize`)."""
 
-    anonymize: bool = Field(False, description="de-identify every file before it is sent (PS3.15 profile)")
+    anonymize: bool = Field(False, description="de-identify every instance on the way (PS3.15 profile)")
 
     def stored(self) -> dict[str, Any]:
-        data = super().stored()
+        data = super().stored()  # type: ignore[misc]
         if not data.get("anonymize"):
+            # runs stored before de-identification existed keep their parameters exactly
             for name in ("anonymize", *self.DEIDENTIFY):
                 if not data.get(name):
                     data.pop(name, None)
         return data
+
+
+class _UploadCommon(_MaybeDeidentify, OpParams):
+    """What both kinds of upload take: the server, a label, a CSV join, and de-identification on the way."""
 
     to: str = Field(description="Orthanc server (name or URL)")
     label: str | None = Field(None, description="Orthanc label for every study (Orthanc 1.12+)")
@@ -414,7 +419,7 @@ class ForwardParams(OpParams):
         return [value] if isinstance(value, str) else value
 
 
-class DownloadParams(SelectParams):
+class DownloadParams(_MaybeDeidentify, SelectParams):
     """download: fetch studies into a folder tree Patient/Study/Series/<instance>.dcm."""
 
     operation = "download"
@@ -440,14 +445,15 @@ class AnonymizeParams(_Deidentify, OpParams):
         return data
 
 
-class AnonymizeOnParams(_Deidentify, SelectParams):
-    """anonymize-on (`anonymize --on`): a de-identified copy of studies on the server itself, with the same
-    pseudonyms and UIDs as local runs; with delete_original, each original instance whose copy was
-    verified is deleted."""
+class AnonymizeCopyParams(_Deidentify, SelectParams):
+    """anonymize-copy (`anonymize --on`, `transfer --anonymize`): de-identified copies of studies, on the
+    server itself or onto another, with the same pseudonyms and UIDs as local runs; with delete_original,
+    each original instance whose copy was verified is deleted."""
 
-    operation = "anonymize-on"
+    operation = "anonymize-copy"
 
-    on: str = Field(description="Orthanc server (name or URL) whose studies get de-identified copies")
+    source: str = Field(alias="from", description="Orthanc server (name or URL) whose studies are copied")
+    to: str | None = Field(None, description="Orthanc server to copy onto (default: the same server)")
     all: bool = Field(False, description="every study (not already a de-identified copy)")
     delete_original: bool = Field(
         False, description="delete each original instance once its copy is verified"
@@ -474,7 +480,7 @@ MODELS: dict[str, type[OpParams]] = {
     "forward": ForwardParams,
     "download": DownloadParams,
     "anonymize": AnonymizeParams,
-    "anonymize-on": AnonymizeOnParams,
+    "anonymize-copy": AnonymizeCopyParams,
 }
 
 

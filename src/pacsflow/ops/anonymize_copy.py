@@ -1,6 +1,6 @@
-"""anonymize --on SERVER: a de-identified copy of each chosen study on the server itself (seed 000's
-"anonymized copy of every study"), with the same pseudonyms and UIDs as local runs, verified, and only
-then, if asked, the verified originals deleted."""
+"""De-identified copies of studies: `anonymize --on SERVER` (seed 000's "anonymized copy of every study",
+on the server itself) and `transfer --anonymize` (onto another server), with the same pseudonyms and UIDs
+as local runs; each copy verified, and only then, if asked, the verified originals deleted."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from pacsflow.errors import BadInput, NotFound, ServerError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ledger.schema import pseudonyms
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.deidentifying import Deidentifying, settle
-from pacsflow.ops.params import AnonymizeOnParams
+from pacsflow.ops.deidentifying import Deidentifying, copy_names, settle
+from pacsflow.ops.params import AnonymizeCopyParams
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.ops.transfer import DELETE_BATCH
-from pacsflow.orthanc import orthanc_id
 from pacsflow.selection import Selection, first_look, resolve
 from pacsflow.stored import check_stored
 from pacsflow.wording import plural
@@ -32,29 +31,38 @@ ALREADY_OURS = "already de-identified"
 
 
 @register
-class AnonymizeOn(Operation):
+class AnonymizeCopy(Operation):
     """Per study: list it (phase 0), copy each instance de-identified (phase 1), then check the copy
     with the verifier and delete the verified originals (phase 2)."""
 
-    name = "anonymize-on"
+    name = "anonymize-copy"
     unit = "items"
-    Params = AnonymizeOnParams
-    p: AnonymizeOnParams
+    Params = AnonymizeCopyParams
+    p: AnonymizeCopyParams
 
-    def __init__(self, settings: Any, params: Mapping[str, Any] | AnonymizeOnParams) -> None:
+    def __init__(self, settings: Any, params: Mapping[str, Any] | AnonymizeCopyParams) -> None:
         """Raises ParamsError, ConfigError (unknown server, no secret or not the run's secret)."""
         super().__init__(settings, params)
-        self.server = connect(settings, self.p.on, self.p.workers or settings.workers)
+        workers = self.p.workers or settings.workers
+        self.server = connect(settings, self.p.source, workers)
+        #: where the copies go: the same server, or another (transfer --anonymize)
+        self.destination = connect(settings, self.p.to, workers) if self.p.to else self.server
         self._deid = Deidentifying(self, settle(self))
         self._chosen: list[str] | None = None
 
     @property
     def target(self) -> str:
-        return f"server:{self.p.on}"
+        return f"server:{self.p.to or self.p.source}"
 
     def preflight(self) -> None:
-        """Raises PreflightError, Unauthorized (the server), ConfigError (a selector matches no study)."""
+        """Raises PreflightError, Unauthorized (a server), ConfigError (a selector matches no study, the
+        destination is the source under another name)."""
         preflight_server(self.server)
+        if self.destination is not self.server:
+            from pacsflow.ops.transfer import accepted_destination
+
+            preflight_server(self.destination)
+            accepted_destination(self.server, self.destination)
         self._chosen = first_look(self.server, self.p)
         if self._chosen is not None:
             self.remember("matched", len(self._chosen))
@@ -82,30 +90,23 @@ class AnonymizeOn(Operation):
     def _list(self, study: str) -> Outcome:
         try:
             info = self.server.resource("studies", study)
-            series = self.server.children("studies", study, "series")
         except NotFound:
             raise BadInput(f"study is not on {self.server.display}", where=study) from None
         patient_tags = info.get("PatientMainDicomTags", {})
         patient_id = str(patient_tags.get("PatientID", "")).strip()
         if self._is_pseudonym(patient_id):
             return Outcome(status=SKIPPED, note=A_COPY)
-        deid = self._deid.get()
-        patient = deid.pseudonyms.patient(patient_id, str(patient_tags.get("PatientName", "")))
-        study_uid = info.get("MainDicomTags", {}).get("StudyInstanceUID", "")
-        new_study = deid.new_uid(study_uid)
-        new_series = {
-            one["ID"]: deid.new_uid(one.get("MainDicomTags", {}).get("SeriesInstanceUID", ""))
-            for one in series
-        }
-        children = []
-        for instance in self.server.children("studies", study, "instances"):
-            new_sop = deid.new_uid(instance.get("MainDicomTags", {}).get("SOPInstanceUID", ""))
-            after = orthanc_id(
-                patient.pseudonym, new_study, new_series.get(instance["ParentSeries"], ""), new_sop
+        names = copy_names(self.server, study, info, self._deid.get())
+        children = [
+            PlannedItem(
+                INSTANCE,
+                f"i/{study}/{name.instance}",
+                {"id": name.instance, "study": study, "after": name.orthanc_id},
+                phase=1,
             )
-            payload = {"id": instance["ID"], "study": study, "after": after}
-            children.append(PlannedItem(INSTANCE, f"i/{study}/{instance['ID']}", payload, phase=1))
-        copy = orthanc_id(patient.pseudonym, new_study)
+            for name in names
+        ]
+        copy = names[0].study_id if names else ""
         children.append(PlannedItem(VERIFY, f"v/{study}", {"study": study, "copy": copy}, phase=2))
         return Outcome(result={"instances": len(children) - 1, "copy": copy}, children=children)
 
@@ -129,7 +130,7 @@ class AnonymizeOn(Operation):
         if result.record.already:
             return Outcome(status=SKIPPED, note=ALREADY_OURS, result={"after": original})
         try:
-            answer = self.server.upload(result.data)
+            answer = self.destination.upload(result.data)
         except ServerError as exc:
             if exc.status == 400:
                 raise BadInput(
@@ -142,7 +143,7 @@ class AnonymizeOn(Operation):
 
     def _holds(self, instance: str) -> bool:
         try:
-            self.server.request("GET", f"/instances/{instance}/attachments/dicom/size")
+            self.destination.request("GET", f"/instances/{instance}/attachments/dicom/size")
         except NotFound:
             return False
         return True
@@ -168,7 +169,7 @@ class AnonymizeOn(Operation):
                 where=study,
             )
         verifier = Verifier(self.ledger)
-        report = verifier.report((after, self.server.instance_file(after)) for after in sorted(wanted))
+        report = verifier.report((after, self.destination.instance_file(after)) for after in sorted(wanted))
         if not report.ok:
             raise BadInput(
                 f"the de-identified copy fails verification ({plural(len(report.findings), 'problem')}: "
@@ -187,7 +188,7 @@ class AnonymizeOn(Operation):
 
     def _copy_instances(self, copy: str) -> list[str]:
         try:
-            return self.server.instance_ids_of("studies", copy)
+            return self.destination.instance_ids_of("studies", copy)
         except NotFound:
             return []
 
@@ -208,8 +209,5 @@ class AnonymizeOn(Operation):
 
     def close(self) -> None:
         self.server.close()
-
-
-def _tag(resource: Mapping[str, Any], name: str) -> str:
-    """A main DICOM tag of an Orthanc resource as it lists it ('' when absent)."""
-    return str(resource.get("MainDicomTags", {}).get(name, ""))
+        if self.destination is not self.server:
+            self.destination.close()
