@@ -127,6 +127,8 @@ STORED: list[tuple[str, dict[str, Any]]] = [
         {
             "paths": ["/scans", "/x.zip"],
             "out": "/clean",
+            "csv": "/p/pseudonyms.csv",
+            "csv_key": "MRN",
             "options": ["retain-long-modified-dates", "clean-descriptors"],
             "allow_burned_in": False,
             "pseudonym": "ANON-{n:06d}",
@@ -146,6 +148,8 @@ STORED: list[tuple[str, dict[str, Any]]] = [
             "query": None,
             "all": False,
             "delete_original": True,
+            "csv": None,
+            "csv_key": None,
             "options": ["retain-long-modified-dates"],
             "allow_burned_in": False,
             "pseudonym": "ANON-{hash}",

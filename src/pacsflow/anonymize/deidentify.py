@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,6 +14,7 @@ from pacsflow.anonymize.dates import shift_values
 from pacsflow.anonymize.keys import Keys
 from pacsflow.anonymize.profile import Profile
 from pacsflow.errors import BadInput
+from pacsflow.join import LABEL, JoinTable
 from pacsflow.orthanc import orthanc_id
 
 #: what DeidentificationMethod says: a re-run knows its own output by it and leaves it alone
@@ -195,7 +196,7 @@ class Deidentifier:
     """Applies PROFILE to instances with KEYS, patients' pseudonyms from PSEUDONYMS.
 
     Thread-safe: workers share one. Instances that may show burned-in text are refused unless
-    ALLOW_BURNED_IN. EXTRA, when given, is called with each dataset after de-identification (the CSV join).
+    ALLOW_BURNED_IN. With JOIN, a patient without a row is refused, and the row's values are written in.
     """
 
     def __init__(
@@ -205,14 +206,16 @@ class Deidentifier:
         pseudonyms: Pseudonyms,
         *,
         allow_burned_in: bool = False,
-        extra: Callable[[Any, Record], None] | None = None,
+        join: JoinTable | None = None,
         version: str = "",
     ) -> None:
         self.profile = profile
         self.keys = keys
         self.pseudonyms = pseudonyms
         self.allow_burned_in = allow_burned_in
-        self.extra = extra
+        #: a CSV keyed by the original PatientID: its PatientID column is the patient's pseudonym (see
+        #: MappingPseudonyms), its other columns are written into the de-identified file
+        self.join = join
         self.method = [f"{METHOD} {version}".strip(), f"PS3.15 {profile.edition} E.1-1 Basic Profile"]
         self.method += [name.replace("_", " ") for name in profile.options]
         self._uids: dict[str, str] = {}
@@ -299,6 +302,13 @@ class Deidentifier:
             "PatientID": patient_id,
             "PatientName": patient_name,
         }
+        if self.join is not None and patient_id not in self.join.values:
+            # a pseudonymisation table that lacks a patient must not let them through under another name
+            raise BadInput(
+                f"no row for its patient in {self.join.path.name} (column {self.join.key_column}); "
+                "not de-identified",
+                where=where,
+            )
         patient = self.pseudonyms.patient(patient_id, patient_name)
         # a file another de-identifier already moved in time keeps its dates: shifting twice loses them
         shift = (
@@ -316,10 +326,15 @@ class Deidentifier:
         self._walk(ds, context)
         self._meta(ds)
         self._mark(ds)
-        if self.extra is not None:
-            record = self._record(original, ds, patient)
-            self.extra(ds, record)
+        if self.join is not None:
+            self._join(ds, patient_id)
         return self._record(original, ds, patient, shift=shift), context
+
+    def _join(self, ds: Any, patient_id: str) -> None:
+        assert self.join is not None
+        for keyword, value in self.join.values[patient_id].items():
+            if keyword not in (LABEL, "PatientID"):  # the pseudonym came through the mapping already
+                setattr(ds, keyword, value)
 
     def _already_ours(self, ds: Any) -> bool:
         if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":

@@ -60,6 +60,10 @@ def anonymize(
     delete_original: bool = typer.Option(
         False, "--delete-original", help="with --on: delete each original once its copy is verified"
     ),
+    csv_file: Path | None = typer.Option(
+        None, "--csv", help="CSV by original PatientID: its PatientID column gives the pseudonym"
+    ),
+    csv_key: str | None = typer.Option(None, "--csv-key", help="its key column (the original PatientID)"),
     verify: bool = typer.Option(
         False, "--verify", help="check de-identified files (with --on: studies) instead; exit 1 if not clean"
     ),
@@ -73,6 +77,7 @@ def anonymize(
     Example: pacsflow anonymize scans/ export.zip --out clean/
     Example: pacsflow anonymize --on main --all
     Example: pacsflow anonymize --on main --patient PF001 --delete-original
+    Example: pacsflow anonymize scans/ --out clean/ --csv pseudonyms.csv --csv-key MRN
     Example: pacsflow anonymize --verify clean/
     Example: pacsflow anonymize --verify --on main --all
     Example: pacsflow anonymize --new-secret
@@ -101,6 +106,7 @@ def anonymize(
             **selection,
             "all": every,
             "delete_original": delete_original,
+            **_join(csv_file, csv_key),
             "options": option or None,
             "allow_burned_in": allow_burned_in,
             "pseudonym": pseudonym,
@@ -121,11 +127,16 @@ def anonymize(
     params = {
         "paths": [str(p.resolve()) for p in paths],
         "out": str(out.resolve()),
+        **_join(csv_file, csv_key),
         "options": option or None,
         "allow_burned_in": allow_burned_in,
         "pseudonym": pseudonym,
     }
     start_run(ctx, "anonymize", params, workers, plan_only, give_up_after)
+
+
+def _join(csv_file: Path | None, csv_key: str | None) -> dict[str, str | None]:
+    return {"csv": str(csv_file.resolve()) if csv_file else None, "csv_key": csv_key}
 
 
 def _verify(ctx: typer.Context, paths: list[Path]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pacsflow.anonymize.deidentify import Deidentifier
@@ -14,6 +15,7 @@ from pacsflow.anonymize.mapping import MappingPseudonyms, record_instances
 from pacsflow.anonymize.profile import Profile, check_options, load_profile
 from pacsflow.config import Settings
 from pacsflow.errors import ConfigError
+from pacsflow.join import JoinTable
 from pacsflow.ledger import DONE, SKIPPED, Ledger, RunInfo
 from pacsflow.orthanc import Orthanc, orthanc_id
 
@@ -64,6 +66,16 @@ def profile_of(params: Any) -> Profile:
     return load_profile(check_options(params.options or ()))
 
 
+def join_of(params: Any) -> JoinTable:
+    """The CSV a de-identifying run joins by original PatientID (empty when none is given).
+
+    Raises ConfigError for a CSV that cannot be used."""
+    csv, key = getattr(params, "csv", None), getattr(params, "csv_key", None)
+    if not csv or not key:
+        return JoinTable(Path(), "", {})
+    return JoinTable.load(Path(csv), key)
+
+
 class Deidentifying:
     """The Deidentifier of one run, made when its first item needs it (the ledger is set by then)."""
 
@@ -80,14 +92,19 @@ class Deidentifying:
                     from pacsflow import __version__
 
                     p = self.op.p
+                    join = join_of(p)
+                    given = {
+                        key: row["PatientID"] for key, row in join.values.items() if row.get("PatientID")
+                    }
                     pseudonyms = MappingPseudonyms(
-                        self.op.ledger, self.keys, p.pseudonym, run_id=self.op.run_id
+                        self.op.ledger, self.keys, p.pseudonym, run_id=self.op.run_id, given=given
                     )
                     self._deidentifier = Deidentifier(
                         profile_of(p),
                         self.keys,
                         pseudonyms,
                         allow_burned_in=p.allow_burned_in,
+                        join=join if join.values else None,
                         version=__version__,
                     )
         return self._deidentifier

@@ -436,6 +436,17 @@ class AnonymizeParams(_Deidentify, OpParams):
 
     paths: list[PathText] = Field(description="files, folders (recursive) and ZIP/TAR archives")
     out: PathText = Field(description="folder for the de-identified tree Pseudonym/Study/Series/SOP.dcm")
+    csv: PathText | None = Field(
+        None,
+        description="CSV by original PatientID: its PatientID column is the pseudonym, others written in",
+    )
+    csv_key: str | None = Field(None, description="its key column (the original PatientID)")
+
+    @model_validator(mode="after")
+    def _join(self) -> Self:
+        if (self.csv is None) != (self.csv_key is None):
+            raise _Invalid("--csv and --csv-key go together", "csv", "csv_key")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -455,6 +466,10 @@ class AnonymizeCopyParams(_Deidentify, SelectParams):
     source: str = Field(alias="from", description="Orthanc server (name or URL) whose studies are copied")
     to: str | None = Field(None, description="Orthanc server to copy onto (default: the same server)")
     all: bool = Field(False, description="every study (not already a de-identified copy)")
+    csv: PathText | None = Field(
+        None, description="CSV by original PatientID: column PatientID is the pseudonym, others written in"
+    )
+    csv_key: str | None = Field(None, description="its key column (the original PatientID)")
     delete_original: bool = Field(
         False, description="delete each original instance once its copy is verified"
     )

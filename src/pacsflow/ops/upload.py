@@ -125,7 +125,10 @@ class Sender:
         if self.deidentify is not None:
             deidentified = self.deidentify(data, where)
             data, anon, uids = deidentified.data, deidentified.record.as_dict(), None
-        if self.join is not None:
+        if self.join is not None and anon is not None:
+            # the de-identifier joined the CSV by the original PatientID (its pseudonyms, its values)
+            label = self.join.label_for(anon["patient_id"]) or label
+        elif self.join is not None:
             data, join_key = self.join.apply(data, join_key, where)
             label = self.join.label_for(join_key) or label
             uids = None
