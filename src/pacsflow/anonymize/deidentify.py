@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from pacsflow.anonymize.dates import shift_values
 from pacsflow.anonymize.keys import Keys
 from pacsflow.anonymize.profile import Profile
+from pacsflow.anonymize.search import encodings_of, found_in
 from pacsflow.errors import BadInput
 from pacsflow.join import LABEL, JoinTable
 from pacsflow.orthanc import orthanc_id
@@ -587,20 +588,10 @@ class Deidentifier:
 
     def _check_leaks(self, header: bytes, ds: Any, context: _Context, where: str) -> None:
         """Refuse a result whose header still holds a value the profile removed or replaced."""
-        charset = ds.get("SpecificCharacterSet", "")
-        encodings = ["utf-8"]
-        if charset and str(charset).strip() in ("ISO_IR 100", "ISO 2022 IR 100"):
-            encodings.append("latin-1")
-        for value in context.removed - context.kept:
-            for encoding in encodings:
-                try:
-                    needle = value.encode(encoding)
-                except UnicodeEncodeError:
-                    continue
-                if needle in header:
-                    raise BadInput(
-                        "an identifying value is still in the de-identified result; not written", where=where
-                    )
+        if found_in(header, context.removed - context.kept, encodings_of(ds)) is not None:
+            raise BadInput(
+                "an identifying value is still in the de-identified result; not written", where=where
+            )
 
 
 def _cap_age(text: str) -> str:

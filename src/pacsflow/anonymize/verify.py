@@ -14,6 +14,7 @@ from pacsflow.anonymize.dates import shift_date
 from pacsflow.anonymize.deidentify import _name_parts
 from pacsflow.anonymize.mapping import originals
 from pacsflow.anonymize.profile import OPTIONS
+from pacsflow.anonymize.search import encodings_of, found_in
 from pacsflow.ledger import Ledger
 from pacsflow.ledger.schema import mapping
 
@@ -178,22 +179,14 @@ class Verifier:
         values = self._originals.get(pseudonym)
         if values is None:
             values = self._originals[pseudonym] = originals(self.ledger, pseudonym)
-        encodings = ["utf-8"]
-        charset = str(ds.get("SpecificCharacterSet", "") or "")
-        if "100" in charset:
-            encodings.append("latin-1")
-        leaked = set()
-        for value in values["patient"]:
-            for part in _name_parts(value):
-                if len(part.encode("utf-8")) < _MIN_SEARCHED:
-                    continue
-                for encoding in encodings:
-                    try:
-                        if part.encode(encoding) in data:
-                            leaked.add("identifying value")
-                    except UnicodeEncodeError:
-                        continue
-        if leaked:
+        searched = [
+            part
+            for value in values["patient"]
+            for part in _name_parts(value)
+            if len(part.encode()) >= _MIN_SEARCHED
+        ]
+        leaked = found_in(data, searched, encodings_of(ds))
+        if leaked is not None:
             problems.append("an original identifying value (patient ID, name or accession) is in the file")
         uids = {str(elem.value) for elem in ds.iterall() if elem.VR == "UI" and elem.VM == 1}
         if uids & values["uids"]:
