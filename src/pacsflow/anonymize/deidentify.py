@@ -21,9 +21,15 @@ from pacsflow.orthanc import orthanc_id
 #: what DeidentificationMethod says: a re-run knows its own output by it and leaves it alone
 METHOD = "pacsflow"
 _CODING_SCHEME = "DCM"
-# Compound actions of Table E.1-1, resolved towards what keeps the IOD valid: an empty Type 2 value is
-# always allowed where removal is, and the verifier checks that no value survives either way.
-_COMPOUND = {"Z/D": "Z", "X/Z": "Z", "X/D": "D", "X/Z/D": "Z", "X/Z/U*": "U"}
+# Table E.1-1's actions as written for a single element and for a sequence. Removal (X) of a single
+# element is written as an empty value: no value survives either way, and a Type 2 element of a macro
+# (RequestedProcedureID in an SR's request) keeps its IOD valid. A sequence is removed, never left empty
+# (an empty Type 3 sequence is invalid). Compound codes take what keeps the IOD valid.
+_ELEMENT = {"X": "Z", "Z/D": "Z", "X/Z": "Z", "X/D": "D", "X/Z/D": "Z", "X/Z/U*": "U"}
+_SEQUENCE = {"Z": "X", "Z/D": "D", "X/Z": "X", "X/D": "D", "X/Z/D": "X", "X/Z/U*": "U"}
+_OVERLAY_DATA = 0x3000
+_SR_CLASSES = "1.2.840.10008.5.1.4.1.1.88."
+_STUDIES = 0x00081110  # ReferencedStudySequence
 _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
 )
@@ -136,6 +142,9 @@ class _Context:
     kept: set[str] = field(default_factory=set)
     #: the patient's own identifiers, cut out of descriptions the profile cleans (action C)
     identifiers: list[str] = field(default_factory=list)
+    #: a Structured Report (its document modules make some sequences Type 2), and how deep the walk is
+    sr: bool = False
+    depth: int = 0
 
 
 def burned_in_reason(ds: Any) -> str | None:
@@ -317,7 +326,7 @@ class Deidentifier:
             if str(ds.get("LongitudinalTemporalInformationModified", "")).upper() == "MODIFIED"
             else (patient.date_shift)
         )
-        context = _Context(patient, shift)
+        context = _Context(patient, shift, sr=str(ds.get("SOPClassUID", "")).startswith(_SR_CLASSES))
         context.identifiers = sorted(
             {part for part in _name_parts(patient_name) if _long_enough(part)}
             | {value for value in (patient_id, original["AccessionNumber"]) if _long_enough(value)},
@@ -406,11 +415,19 @@ class Deidentifier:
                 self._note_removed(elem, context)
                 del ds[elem.tag]
                 continue
-            action = self._action(tag, elem.VR)
+            action = self._action(tag, elem.VR, context)
             self._apply(ds, elem, action, context)
         for creator in creators:
             if (int(creator.tag) >> 16, int(creator.tag) & 0xFF) not in private_kept:
                 del ds[creator.tag]
+        emptied = {
+            group
+            for group in range(0x6000, 0x6020, 2)
+            if (group, 0x0010) in ds and (group, _OVERLAY_DATA) not in ds
+        }
+        for elem in [elem for elem in ds if (int(elem.tag) >> 16) in emptied]:
+            self._note_removed(elem, context)
+            del ds[elem.tag]
 
     def _keep_private(self, ds: Any, group: int, element: int) -> bool:
         if self.profile.private == "K":
@@ -418,21 +435,35 @@ class Deidentifier:
         creator = ds.get((group, element >> 8))
         return creator is not None and self.profile.is_safe_private(str(creator.value), group, element)
 
-    def _action(self, tag: int, vr: str) -> str:
+    def _action(self, tag: int, vr: str, context: _Context) -> str:
         """The action for an element: the table's, or for attributes it does not list, ours by VR."""
         if tag in (PATIENT_ID, PATIENT_NAME):
             return "P"  # the pseudonym
         if tag == ACCESSION:
             return "A"
+        repeating = (tag >> 16) & 0xFF00 in (0x5000, 0x6000)
         action = self.profile.action(tag)
         if action is not None:
-            return _COMPOUND.get(action, action)
+            if vr == "SQ":
+                if context.sr and action in ("Z", "X/Z", "X/Z/D") and (context.depth, tag) != (0, _STUDIES):
+                    # Type 2 in the SR Document modules (the performed procedure step, a request's
+                    # studies, an observer's codes): present and empty, as they allow; only the General
+                    # Study module's own ReferencedStudySequence is Type 3 there
+                    return "Z"
+                return _SEQUENCE.get(action, action)
+            # curves and overlays are removed outright: an overlay without its data is no overlay
+            return action if repeating and action == "X" else _ELEMENT.get(action, action)
         if vr == "PN":
             return "Z"  # a person's name the table does not list is still a name
         if vr in ("DA", "DT"):
             return "C" if self.profile.shifts_dates else "K" if self.profile.keeps_dates else "Z"
-        if vr in _FREE_TEXT_VRS or ((tag >> 16) & 0xFF00 in (0x5000, 0x6000) and vr in _TEXT_VRS):
-            return "X"  # free text the table does not list, or text of an overlay or curve
+        if repeating and vr in _TEXT_VRS:
+            return "X"  # an overlay's or curve's label or description the table does not list
+        if vr in _FREE_TEXT_VRS:
+            # free text the table does not list (an SR's TextValue): cleaned of the patient's own
+            # identifiers where the user asked for cleaned text, else replaced, keeping the structure
+            cleaning = {"clean_structured_content", "clean_descriptors"} & set(self.profile.options)
+            return "C" if cleaning else "D"
         if vr == "UI":
             return "U?"  # remapped unless it is a class, a syntax or a standard UID
         return "K"
@@ -447,8 +478,12 @@ class Deidentifier:
                 self._note_removed_sequence(elem, context)
                 elem.value = []
             else:  # K, C, D, U (U* in the table): the items stay, each de-identified in turn
-                for item in elem.value:
-                    self._walk(item, context)
+                context.depth += 1
+                try:
+                    for item in elem.value:
+                        self._walk(item, context)
+                finally:
+                    context.depth -= 1
             return
         if action == "K":
             if int(elem.tag) == 0x00101010:  # PatientAge kept (patient characteristics): 90 and over as 90
