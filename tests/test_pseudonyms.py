@@ -1,5 +1,5 @@
-"""A CSV gives each patient's pseudonym (R4): used and recorded; a patient without a row, or a pseudonym
-that already stands for someone else, is refused, never let through under another name."""
+"""Where pseudonyms come from: a counter kept in the mapping, or a CSV (R4), used and recorded; a patient
+without a row, or a pseudonym that already stands for someone else, is refused, never let through."""
 
 from __future__ import annotations
 
@@ -76,3 +76,13 @@ def test_a_pseudonym_taken_by_another_patient_is_refused_and_the_mapping_stays_c
     assert len(list((project / "out").rglob("*.dcm"))) == first_patients  # none of the second patient's
     assert set(pseudonyms_written(project / "out")) == {"STUDY-001"}
     assert cli("mapping", "check", cwd=project).returncode == 0
+
+
+def test_a_counter_format_numbers_patients_once_and_keeps_their_numbers(project: Path) -> None:
+    first = cli("anonymize", "corpus/NORD-100234", "--out", "out", "--pseudonym", "ANON-{n:06d}", cwd=project)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = cli("anonymize", "corpus", "--out", "out", "--pseudonym", "ANON-{n:06d}", cwd=project)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert set(pseudonyms_written(project / "out")) == {"ANON-000001", "ANON-000002", "ANON-000003"}
+    lookup = cli("mapping", "lookup", "ANON-000001", cwd=project)
+    assert "patient_id=NORD-100234" in lookup.stdout  # the first run's patient kept number 1
