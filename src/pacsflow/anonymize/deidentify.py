@@ -3,6 +3,7 @@ shifted dates, remapped UIDs, and a check of the result before it is handed back
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import threading
@@ -14,6 +15,7 @@ from pacsflow.anonymize.dates import shift_values
 from pacsflow.anonymize.keys import Keys
 from pacsflow.anonymize.profile import Profile
 from pacsflow.anonymize.search import encodings_of, found_in
+from pacsflow.anonymize.writer import write_header
 from pacsflow.errors import BadInput
 from pacsflow.join import LABEL, JoinTable
 from pacsflow.orthanc import orthanc_id
@@ -35,6 +37,7 @@ _TEXT_VRS = frozenset(
 )
 _FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
 _DESCRIBING_VRS = frozenset({"LO", "SH", "LT", "ST", "UT", "UC"})
+_IDENTIFYING_VRS = _DESCRIBING_VRS | {"PN", "DA", "DT", "UI", "AE", "UR"}
 _DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "IS": "0", "DS": "0"}
 _DUMMY_TEXT = "ANONYMIZED"
 _MAX_LENGTH = {"SH": 16, "CS": 16, "AE": 16, "LO": 64, "PN": 64}
@@ -130,6 +133,15 @@ class Deidentified:
 
     data: bytes
     record: Record
+    #: the instances it refers to (set once the verifier has read it)
+    references: list[str] = field(default_factory=list)
+
+    def anon(self) -> dict[str, Any]:
+        """What an item's result keeps of it: the record, and the references when there are any."""
+        found = self.record.as_dict()
+        if self.references:
+            found["references"] = self.references
+        return found
 
 
 @dataclass
@@ -142,6 +154,8 @@ class _Context:
     kept: set[str] = field(default_factory=set)
     #: the patient's own identifiers, cut out of descriptions the profile cleans (action C)
     identifiers: list[str] = field(default_factory=list)
+    #: the same as the file's character sets write them: kept text is decoded only if it holds one
+    needles: list[bytes] = field(default_factory=list)
     #: a Structured Report (its document modules make some sequences Type 2), and how deep the walk is
     sr: bool = False
     depth: int = 0
@@ -256,12 +270,14 @@ class Deidentifier:
         record, context = self.dataset(ds, where)
         if record.already:
             return Deidentified(data, record)
-        out = io.BytesIO()
         try:
-            ds.save_as(out, enforce_file_format=True)
+            header = write_header(ds, data) if tail is not None else None
+            if header is None:
+                out = io.BytesIO()
+                ds.save_as(out, enforce_file_format=True)
+                header = out.getvalue()
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise BadInput(f"cannot be written after de-identification ({exc})", where=where) from None
-        header = out.getvalue()
         self._check_leaks(header, ds, context, where)
         return Deidentified(header + tail if tail is not None else header, record)
 
@@ -333,6 +349,7 @@ class Deidentifier:
             key=len,
             reverse=True,
         )
+        context.needles = _encoded(context.identifiers, encodings_of(ds))
         self._walk(ds, context)
         self._meta(ds)
         self._mark(ds)
@@ -396,16 +413,18 @@ class Deidentifier:
     def _walk(self, ds: Any, context: _Context) -> None:
         private_kept: set[tuple[int, int]] = set()  # (group, block) of private elements kept
         creators: list[Any] = []
-        for elem in list(ds):
-            tag = int(elem.tag)
-            group, element = tag >> 16, tag & 0xFFFF
+        for tag in list(ds.keys()):
+            raw = ds.get_item(tag)  # as read: converted below only when its value matters (the hot path)
+            tag_int = int(tag)
+            group, element = tag_int >> 16, tag_int & 0xFFFF
             if element == 0 and group != 0x0002:  # group lengths: retired, and wrong after any change
-                del ds[elem.tag]
+                del ds[tag]
                 continue
             if group % 2 == 1:
                 if 0x0010 <= element <= 0x00FF:
-                    creators.append(elem)
+                    creators.append(tag)
                     continue
+                elem = ds[tag]
                 if element >= 0x1000 and self._keep_private(ds, group, element):
                     private_kept.add((group, element >> 8))
                     if elem.VR == "SQ":
@@ -413,21 +432,44 @@ class Deidentifier:
                             self._walk(item, context)
                     continue
                 self._note_removed(elem, context)
-                del ds[elem.tag]
+                del ds[tag]
                 continue
-            action = self._action(tag, elem.VR, context)
-            self._apply(ds, elem, action, context)
+            vr = raw.VR or _dictionary_vr(tag_int)
+            action = self._action(tag_int, vr, context)
+            if (
+                vr != "SQ"
+                and getattr(raw, "is_raw", False)
+                and self._untouched(raw, tag_int, vr, action, context)
+            ):
+                continue
+            self._apply(ds, ds[tag], action, context)
         for creator in creators:
-            if (int(creator.tag) >> 16, int(creator.tag) & 0xFF) not in private_kept:
-                del ds[creator.tag]
+            if (int(creator) >> 16, int(creator) & 0xFF) not in private_kept:
+                del ds[creator]
         emptied = {
             group
             for group in range(0x6000, 0x6020, 2)
             if (group, 0x0010) in ds and (group, _OVERLAY_DATA) not in ds
         }
-        for elem in [elem for elem in ds if (int(elem.tag) >> 16) in emptied]:
-            self._note_removed(elem, context)
-            del ds[elem.tag]
+        # keys(), not the dataset itself: iterating a Dataset decodes every element it holds
+        for tag in [tag for tag in ds.keys() if (int(tag) >> 16) in emptied] if emptied else []:  # noqa: SIM118
+            self._note_removed(ds[tag], context)
+            del ds[tag]
+
+    def _untouched(self, raw: Any, tag: int, vr: str, action: str, context: _Context) -> bool:
+        """Whether an element as read can stay as it is without even being decoded: kept by the profile,
+        and its bytes hold none of the patient's identifiers; or a UID that is a class or standard UID."""
+        if action == "K":
+            if tag == 0x00101010:  # PatientAge: capped when kept
+                return False
+            value = raw.value or b""
+            return vr not in _DESCRIBING_VRS or not any(needle in value for needle in context.needles)
+        if action == "U?":
+            if _KEYWORD_KEEPS_UID.search(_keyword(tag)):
+                return True
+            values = (raw.value or b"").rstrip(b"\0 ").decode("ascii", "replace").split("\\")
+            return all(_is_standard_uid(value) for value in values)
+        return False
 
     def _keep_private(self, ds: Any, group: int, element: int) -> bool:
         if self.profile.private == "K":
@@ -540,11 +582,8 @@ class Deidentifier:
 
     def _uids_of(self, elem: Any, old: Any, *, only_instances: bool) -> Any:
         if only_instances:
-            from pydicom.uid import UID_dictionary
-
             keyword = elem.keyword or ""
-            values = _values(old)
-            if _KEYWORD_KEEPS_UID.search(keyword) or all(value in UID_dictionary for value in values):
+            if _KEYWORD_KEEPS_UID.search(keyword) or all(_is_standard_uid(value) for value in _values(old)):
                 return old
         return self._uid_values(old)
 
@@ -566,9 +605,13 @@ class Deidentifier:
 
     @staticmethod
     def _note_removed(elem: Any, context: _Context) -> None:
-        if elem.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+        """Remember an identifying value taken out (names, IDs, text, dates, instance UIDs), for the check of
+        the result; codes, numbers and standard UIDs identify nobody and stand in many places."""
+        if elem.VR not in _IDENTIFYING_VRS:
             return
         for value in _values(elem.value):
+            if elem.VR == "UI" and _is_standard_uid(value):
+                continue
             parts = _name_parts(value) if elem.VR == "PN" else [value.strip()]
             context.removed.update(part for part in parts if _long_enough(part))
 
@@ -627,6 +670,42 @@ class Deidentifier:
             raise BadInput(
                 "an identifying value is still in the de-identified result; not written", where=where
             )
+
+
+@functools.cache
+def _dictionary_vr(tag: int) -> str:
+    """The VR of an element read without one (implicit VR): the dictionary's, else UN."""
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def _is_standard_uid(value: str) -> bool:
+    """A UID the standard defines (SOP classes, transfer syntaxes, coding schemes): no one's identity."""
+    from pydicom.uid import UID_dictionary
+
+    return value.strip() in UID_dictionary
+
+
+@functools.cache
+def _keyword(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return keyword_for_tag(tag) or ""
+
+
+def _encoded(values: list[str], encodings: list[str]) -> list[bytes]:
+    found: set[bytes] = set()
+    for value in values:
+        for encoding in encodings:
+            try:
+                found.add(value.encode(encoding))
+            except (UnicodeEncodeError, LookupError):
+                continue
+    return [needle for needle in found if needle]
 
 
 def _cap_age(text: str) -> str:

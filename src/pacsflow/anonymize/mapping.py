@@ -370,18 +370,3 @@ def lookup(ledger: Ledger, value: str) -> list[dict[str, Any]]:
     ]
     found += [dict(row._mapping) for row in studies]
     return found
-
-
-def originals(ledger: Ledger, pseudonym: str) -> dict[str, set[str]]:
-    """Every original identifying value the mapping holds for the patient behind PSEUDONYM (the verifier
-    searches de-identified files for them)."""
-    values: dict[str, set[str]] = {"patient": set(), "uids": set(), "dates": set()}
-    with ledger.engine.connect() as conn:
-        for row in conn.execute(select(pseudonyms).where(pseudonyms.c.pseudonym == pseudonym)):
-            values["patient"].update(v for v in (row.patient_id, row.patient_name) if v)
-        for row in conn.execute(select(mapping).where(mapping.c.pseudonym == pseudonym)):
-            values["patient"].update(v for v in (row.patient_id, row.patient_name, row.accession) if v)
-            values["uids"].update(v for v in (row.study_uid, row.series_uid, row.sop_uid) if v)
-            if row.study_date:
-                values["dates"].add(row.study_date)
-    return values

@@ -4,7 +4,7 @@ left in them, on dates or UIDs not changed, on references that lead nowhere, and
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +12,10 @@ from sqlalchemy import select
 
 from pacsflow.anonymize.dates import shift_date
 from pacsflow.anonymize.deidentify import _name_parts
-from pacsflow.anonymize.mapping import originals
 from pacsflow.anonymize.profile import OPTIONS
 from pacsflow.anonymize.search import encodings_of, found_in
 from pacsflow.ledger import Ledger
-from pacsflow.ledger.schema import mapping
+from pacsflow.ledger.schema import mapping, pseudonyms
 
 _MIN_SEARCHED = 4
 #: what an image must still have after de-identification (the profile keeps all of it)
@@ -30,6 +29,7 @@ _GEOMETRY_CLASSES = {
 }
 _GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
 _CODE_OPTIONS = {code: name for name, (code, _) in OPTIONS.items()}
+DANGLING = "a reference (ReferencedSOPInstanceUID) leads to no instance"
 
 
 @dataclass
@@ -59,17 +59,35 @@ class Report:
         return shown
 
 
+@dataclass
+class Checked:
+    """One file checked: its problems (none: clean), its SOP instance UID, the instances it refers to."""
+
+    problems: list[str]
+    sop: str
+    references: list[str]
+
+
+@dataclass
+class _Originals:
+    """What a de-identified file must not hold, and the dates it should: from a Record or the mapping."""
+
+    values: set[str] = field(default_factory=set)  # patient ID, name (and its parts), accession
+    uids: set[str] = field(default_factory=set)
+    #: new SOP instance UID -> (original StudyDate, date shift)
+    dates: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
 class Verifier:
-    """Checks de-identified files; with a LEDGER, against every original value its mapping records."""
+    """Checks de-identified files: against the Record of each (as a run does, before writing), or with a
+    LEDGER against every original value its mapping records for the file's pseudonym."""
 
     def __init__(self, ledger: Ledger | None = None) -> None:
         self.ledger = ledger
-        self._originals: dict[str, dict[str, set[str]]] = {}
-        self._sops: set[str] = set()
-        self._references: list[tuple[str, str]] = []
+        self._by_pseudonym: dict[str, _Originals] = {}
 
-    def check(self, data: bytes, where: str) -> list[str] | None:
-        """Problems of one file (empty: clean); None when it is not DICOM at all."""
+    def check(self, data: bytes, where: str, record: Mapping[str, Any] | None = None) -> Checked | None:
+        """DATA checked (against RECORD, a Record.as_dict(), when given); None when it is not DICOM."""
         from pydicom import dcmread
         from pydicom.errors import InvalidDicomError
 
@@ -80,44 +98,42 @@ class Verifier:
             return None
         if "SOPInstanceUID" not in ds:
             return None
-        has_pixels = stream.tell() < len(data)
+        pixels_at = stream.tell()
         problems: list[str] = []
         if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
             problems.append("PatientIdentityRemoved is not YES")
-        options = self._options(ds)
-        problems += self._private(ds, options)
-        problems += self._kept(ds, has_pixels)
+        problems += self._private(ds, self._options(ds))
+        problems += self._kept(ds, pixels_at < len(data))
         sop = str(ds.SOPInstanceUID)
-        self._sops.add(sop)
-        self._references += [(where, uid) for uid in _instance_references(ds)]
-        if self.ledger is not None:
-            problems += self._against_mapping(ds, data, sop)
-        return problems
+        originals = _of_record(record) if record is not None else self._of_mapping(ds)
+        if originals is not None:
+            problems += self._against(ds, _searched_bytes(data, pixels_at), sop, originals)
+        return Checked(problems, sop, _instance_references(ds))
 
     def report(self, files: Iterable[tuple[str, bytes]]) -> Report:
         """Check every (name, bytes) of FILES, then whether each reference leads to an instance."""
         report = Report()
+        sops: set[str] = set()
+        references: list[tuple[str, str]] = []
         for where, data in files:
-            problems = self.check(data, where)
-            if problems is None:
+            checked = self.check(data, where)
+            if checked is None:
                 report.not_dicom += 1
                 continue
             report.files += 1
-            report.findings += [Finding(where, problem) for problem in problems]
-        report.findings += self.dangling()
+            report.findings += [Finding(where, problem) for problem in checked.problems]
+            sops.add(checked.sop)
+            references += [(where, uid) for uid in checked.references]
+        report.findings += self.dangling(references, sops)
         return report
 
-    def dangling(self) -> list[Finding]:
-        """References (ReferencedSOPInstanceUID) to no instance checked here nor in the mapping."""
-        found = []
-        unknown = {uid for _, uid in self._references if uid not in self._sops}
+    def dangling(self, references: Iterable[tuple[str, str]], sops: set[str]) -> list[Finding]:
+        """References (where, ReferencedSOPInstanceUID) to no instance among SOPS nor in the mapping."""
+        references = list(references)
+        unknown = {uid for _, uid in references if uid not in sops}
         if unknown and self.ledger is not None:
             unknown -= self._new_sops(unknown)
-        for where, uid in self._references:
-            if uid in unknown:
-                found.append(Finding(where, "a reference (ReferencedSOPInstanceUID) leads to no instance"))
-        self._references.clear()
-        return found
+        return [Finding(where, DANGLING) for where, uid in references if uid in unknown]
 
     def _new_sops(self, uids: set[str]) -> set[str]:
         assert self.ledger is not None
@@ -126,12 +142,19 @@ class Verifier:
         with self.ledger.engine.connect() as conn:
             for start in range(0, len(listed), 500):
                 chunk = listed[start : start + 500]
-                known.update(
-                    conn.execute(
-                        select(mapping.c.new_sop_uid).where(mapping.c.new_sop_uid.in_(chunk))
-                    ).scalars()
-                )
+                query = select(mapping.c.new_sop_uid).where(mapping.c.new_sop_uid.in_(chunk))
+                known.update(conn.execute(query).scalars())
         return known
+
+    def _of_mapping(self, ds: Any) -> _Originals | None:
+        """What the mapping holds for the file's pseudonym (read once per patient)."""
+        if self.ledger is None:
+            return None
+        pseudonym = str(ds.get("PatientID", "") or "")
+        found = self._by_pseudonym.get(pseudonym)
+        if found is None:
+            found = self._by_pseudonym[pseudonym] = _read_originals(self.ledger, pseudonym)
+        return found
 
     @staticmethod
     def _options(ds: Any) -> set[str]:
@@ -172,55 +195,82 @@ class Verifier:
             problems += [f"{name} removed (image geometry)" for name in _GEOMETRY if name not in ds]
         return problems
 
-    def _against_mapping(self, ds: Any, data: bytes, sop: str) -> list[str]:
-        assert self.ledger is not None
+    @staticmethod
+    def _against(ds: Any, searched: bytes, sop: str, originals: _Originals) -> list[str]:
         problems: list[str] = []
-        pseudonym = str(ds.get("PatientID", "") or "")
-        values = self._originals.get(pseudonym)
-        if values is None:
-            values = self._originals[pseudonym] = originals(self.ledger, pseudonym)
-        searched = [
-            part
-            for value in values["patient"]
-            for part in _name_parts(value)
-            if len(part.encode()) >= _MIN_SEARCHED
-        ]
-        leaked = found_in(data, searched, encodings_of(ds))
-        if leaked is not None:
+        parts = [part for value in originals.values for part in _name_parts(value)]
+        wanted = [part for part in parts if len(part.encode()) >= _MIN_SEARCHED]
+        if found_in(searched, wanted, encodings_of(ds)) is not None:
             problems.append("an original identifying value (patient ID, name or accession) is in the file")
         uids = {str(elem.value) for elem in ds.iterall() if elem.VR == "UI" and elem.VM == 1}
-        if uids & values["uids"]:
+        if uids & originals.uids:
             problems.append("an original UID is still in the file (UIDs not remapped)")
-        row = self._row(sop)
-        if row is None:
+        expected = originals.dates.get(sop)
+        if expected is None:
             problems.append("not in the mapping: de-identified by another tool or another ledger?")
             return problems
-        problems += self._dates(ds, row)
-        return problems
+        return problems + _dates(ds, *expected)
 
-    def _row(self, sop: str) -> Any:
-        assert self.ledger is not None
-        with self.ledger.engine.connect() as conn:
-            return conn.execute(
-                select(mapping.c.study_date, mapping.c.date_shift)
-                .where(mapping.c.new_sop_uid == sop)
-                .limit(1)
-            ).first()
 
-    @staticmethod
-    def _dates(ds: Any, row: Any) -> list[str]:
-        original, shift = row.study_date or "", row.date_shift or 0
-        if not original:
-            return []
-        written = str(ds.get("StudyDate", "") or "")
-        how = str(ds.get("LongitudinalTemporalInformationModified", "") or "").upper()
-        if how == "MODIFIED" and written != shift_date(original, shift):
-            return ["StudyDate not shifted as the mapping says"]
-        if how == "REMOVED" and written:
-            return ["StudyDate kept although dates were to be removed"]
-        if how not in ("MODIFIED", "UNMODIFIED", "REMOVED"):
-            return ["LongitudinalTemporalInformationModified missing: were the dates handled?"]
+def _of_record(record: Mapping[str, Any]) -> _Originals:
+    """What one de-identification record says the file must not hold, and its expected date."""
+    values = {str(record.get(name) or "") for name in ("patient_id", "patient_name", "accession")}
+    uids = {str(record.get(name) or "") for name in ("study_uid", "series_uid", "sop_uid")}
+    dates = {
+        str(record.get("new_sop_uid")): (
+            str(record.get("study_date") or ""),
+            int(record.get("date_shift") or 0),
+        )
+    }
+    return _Originals({value for value in values if value}, {uid for uid in uids if uid}, dates)
+
+
+def _read_originals(ledger: Ledger, pseudonym: str) -> _Originals:
+    """Every original value the mapping holds for the patient behind PSEUDONYM, and their instances' dates."""
+    found = _Originals()
+    with ledger.engine.connect() as conn:
+        for row in conn.execute(select(pseudonyms).where(pseudonyms.c.pseudonym == pseudonym)):
+            found.values.update(value for value in (row.patient_id, row.patient_name) if value)
+        for row in conn.execute(select(mapping).where(mapping.c.pseudonym == pseudonym)):
+            found.values.update(value for value in (row.patient_id, row.patient_name, row.accession) if value)
+            found.uids.update(value for value in (row.study_uid, row.series_uid, row.sop_uid) if value)
+            found.dates[row.new_sop_uid] = (row.study_date or "", row.date_shift or 0)
+    return found
+
+
+def _searched_bytes(data: bytes, pixels_at: int) -> bytes:
+    """The bytes an identifying value could be written in: all but the pixel data (burned-in text is
+    refused, not searched), and anything after it."""
+    if pixels_at >= len(data):
+        return data
+    after = _after_pixels(data, pixels_at)
+    return data[:pixels_at] + after
+
+
+def _after_pixels(data: bytes, at: int) -> bytes:
+    """What follows the pixel data element starting at AT (explicit or implicit VR little endian); the
+    rest of the file when its end cannot be told (then it is all searched)."""
+    if data[at : at + 4] != b"\xe0\x7f\x10\x00":
+        return data[at:]
+    explicit = data[at + 4 : at + 6] in (b"OB", b"OW")
+    length = int.from_bytes(data[at + 8 : at + 12] if explicit else data[at + 4 : at + 8], "little")
+    if length == 0xFFFFFFFF:  # encapsulated: its end is the sequence delimiter, usually the file's end
+        return b"" if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else data[at:]
+    return data[at + (12 if explicit else 8) + length :]
+
+
+def _dates(ds: Any, original: str, shift: int) -> list[str]:
+    if not original:
         return []
+    written = str(ds.get("StudyDate", "") or "")
+    how = str(ds.get("LongitudinalTemporalInformationModified", "") or "").upper()
+    if how == "MODIFIED" and written != shift_date(original, shift):
+        return ["StudyDate not shifted as the mapping says"]
+    if how == "REMOVED" and written:
+        return ["StudyDate kept although dates were to be removed"]
+    if how not in ("MODIFIED", "UNMODIFIED", "REMOVED"):
+        return ["LongitudinalTemporalInformationModified missing: were the dates handled?"]
+    return []
 
 
 def _instance_references(ds: Any) -> list[str]:
@@ -233,11 +283,8 @@ def _instance_references(ds: Any) -> list[str]:
         sop_class = str(ds.get("ReferencedSOPClassUID", "") or "")
         if not sop_class or UID(sop_class).name.endswith("Storage") or not UID(sop_class).is_valid:
             value = ds.ReferencedSOPInstanceUID
-            found += (
-                [str(v) for v in value]
-                if isinstance(value, list | tuple) or value.__class__.__name__ == "MultiValue"
-                else [str(value)]
-            )
+            many = isinstance(value, list | tuple) or value.__class__.__name__ == "MultiValue"
+            found += [str(one) for one in value] if many else [str(value)]
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value:

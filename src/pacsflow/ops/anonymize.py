@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from pacsflow.anonymize.deidentify import Record
-from pacsflow.anonymize.verify import Verifier
 from pacsflow.dicomfiles import looks_like_dicom
 from pacsflow.errors import BadInput, ConfigError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.deidentifying import Deidentifying, run_records, settle, write_mapping
+from pacsflow.ops.deidentifying import (
+    Deidentifying,
+    deidentify_checked,
+    settle,
+    verified_lines,
+    write_mapping,
+)
 from pacsflow.ops.download import safe_name
 from pacsflow.ops.params import AnonymizeParams
 from pacsflow.ops.upload import ARCHIVE, FILE, FOLDER, MEMBER, NOT_DICOM, ArchiveFiles, PriorUploads
@@ -23,8 +28,6 @@ from pacsflow.wording import plural
 WRITTEN_BEFORE = "already written"
 REFUSED = "refused: may show burned-in text"
 _HEAD = 1024
-VERIFY = "verify"
-_LAST_PHASE = 1_000_000  # after every phase of the run: findings are recorded when all else is done
 
 
 def output_path(out: Path, record: Record | Mapping[str, Any]) -> Path:
@@ -53,10 +56,10 @@ class TreeWriter:
         """Raises BadInput: not readable, burned-in text possible, a leak found, or the tree not writable."""
         if not looks_like_dicom(data[:_HEAD]):
             return Outcome(status=SKIPPED, note=NOT_DICOM)
-        result = self.op.deidentifier().apply(data, where)
+        result = deidentify_checked(self.op.deidentifier(), data, where)
         record = result.record
         target = output_path(self.op.out, record)
-        found = {"id": record.orthanc_after, "study": None, "anon": record.as_dict()}
+        found = {"id": record.orthanc_after, "study": None, "anon": result.anon()}
         try:
             if target.exists() and target.stat().st_size == len(result.data):
                 return Outcome(status=SKIPPED, note=WRITTEN_BEFORE, result=found)
@@ -128,55 +131,10 @@ class Anonymize(Operation):
 
     def finish(self, run: RunInfo) -> list[str]:
         added = write_mapping(self.ledger, run, (FILE, MEMBER), f"folder:{self.out}")
-        lines = anonymize_summary(run, self.ledger, added)
-        written = (output_path(self.out, record) for record in run_records(self.ledger, run, (FILE, MEMBER)))
-        return lines + verify_files(self.ledger, run, written)
+        return anonymize_summary(run, self.ledger, added) + verified_lines(self.ledger, run, (FILE, MEMBER))
 
     def close(self) -> None:
         self.files.close()
-
-
-def verify_files(ledger: Any, run: RunInfo, paths: Iterable[Path]) -> list[str]:
-    """The verifier over the files RUN wrote (or found written): each faulted file becomes a failed item.
-    Returns the summary lines."""
-    paths = sorted(set(paths))
-
-    def files() -> Iterable[tuple[str, bytes]]:
-        for path in paths:
-            try:
-                yield path.name, path.read_bytes()
-            except OSError:
-                continue
-
-    report = Verifier(ledger).report(files())
-    record_findings(ledger, run.id, report)
-    return verification_lines(report)
-
-
-def verification_lines(report: Any) -> list[str]:
-    if report.ok:
-        return [f"verified: {plural(report.files, 'file')}, nothing identifying found"]
-    return [
-        f"VERIFICATION FAILED: {plural(len(report.findings), 'problem')} in "
-        f"{plural(len({f.where for f in report.findings}), 'file')}; each is recorded as a failed item"
-    ]
-
-
-def record_findings(ledger: Any, run_id: str, report: Any) -> None:
-    """Each file the verifier faults as a failed item of the run: exit status 1, and `run show --failed`
-    names the file and its problems."""
-    problems: dict[str, list[str]] = {}
-    for finding in report.findings:
-        problems.setdefault(finding.where, []).append(finding.problem)
-    ledger.add_items(
-        run_id,
-        [
-            PlannedItem(
-                VERIFY, f"verify/{where}", {}, phase=_LAST_PHASE, status=FAILED, note="; ".join(found)
-            )
-            for where, found in problems.items()
-        ],
-    )
 
 
 def anonymize_summary(run: RunInfo, ledger: Any, added: int) -> list[str]:

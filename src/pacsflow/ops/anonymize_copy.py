@@ -15,7 +15,7 @@ from pacsflow.errors import BadInput, NotFound, ServerError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ledger.schema import pseudonyms
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.deidentifying import Deidentifying, copy_names, settle
+from pacsflow.ops.deidentifying import Deidentifying, copy_names, deidentify_checked, settle
 from pacsflow.ops.params import AnonymizeCopyParams
 from pacsflow.ops.servers import connect, preflight_server
 from pacsflow.ops.transfer import DELETE_BATCH
@@ -126,7 +126,7 @@ class AnonymizeCopy(Operation):
             data = self.server.instance_file(original)
         except NotFound:
             raise BadInput(f"instance is no longer on {self.server.display}", where=original) from None
-        result = self._deid.get().apply(data, where=original)
+        result = deidentify_checked(self._deid.get(), data, where=original)
         if result.record.already:
             return Outcome(status=SKIPPED, note=ALREADY_OURS, result={"after": original})
         try:
@@ -138,7 +138,7 @@ class AnonymizeCopy(Operation):
                 ) from None
             raise
         check_stored(answer, where=original, expected_id=after)
-        record = {**result.record.as_dict(), "orthanc_after": answer["ID"]}
+        record = {**result.anon(), "orthanc_after": answer["ID"]}
         return Outcome(nbytes=len(result.data), result={"after": answer["ID"], "anon": record})
 
     def _holds(self, instance: str) -> bool:

@@ -9,15 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pacsflow.anonymize.deidentify import Deidentifier
+from pacsflow.anonymize.deidentify import Deidentified, Deidentifier
 from pacsflow.anonymize.keys import Keys
 from pacsflow.anonymize.mapping import MappingPseudonyms, record_instances
 from pacsflow.anonymize.profile import Profile, check_options, load_profile
+from pacsflow.anonymize.verify import Finding, Verifier
 from pacsflow.config import Settings
-from pacsflow.errors import ConfigError
+from pacsflow.errors import BadInput, ConfigError
 from pacsflow.join import JoinTable
-from pacsflow.ledger import DONE, SKIPPED, Ledger, RunInfo
+from pacsflow.ledger import DONE, FAILED, SKIPPED, Ledger, PlannedItem, RunInfo
 from pacsflow.orthanc import Orthanc, orthanc_id
+from pacsflow.wording import plural
+
+VERIFY = "verify"
+_LAST_PHASE = 1_000_000  # after every phase of the run: findings are recorded when all else is done
 
 
 def keys_of(settings: Settings, params: Any) -> Keys:
@@ -160,6 +165,59 @@ def copy_names(
 def _tag(resource: Mapping[str, Any], name: str) -> str:
     """A main DICOM tag of an Orthanc resource as it lists it ('' when absent)."""
     return str(resource.get("MainDicomTags", {}).get(name, ""))
+
+
+def deidentify_checked(deidentifier: Deidentifier, data: bytes, where: str) -> Deidentified:
+    """DATA de-identified, then read back by the verifier against its own record before anything is
+    written or sent: a result with a problem is refused (BadInput). The result knows the instances it
+    refers to, for the run's final check that every reference leads somewhere."""
+    result = deidentifier.apply(data, where)
+    checked = Verifier().check(result.data, where, None if result.record.already else result.record.as_dict())
+    if checked is None:
+        raise BadInput("the de-identified result is not readable as DICOM; not written", where=where)
+    if checked.problems:
+        problems = "; ".join(checked.problems)
+        raise BadInput(f"the de-identified result fails verification ({problems}); not written", where=where)
+    result.references = checked.references
+    return result
+
+
+def dangling_references(ledger: Ledger, run: RunInfo, kinds: tuple[str, ...]) -> list[Finding]:
+    """References in what RUN wrote or sent to instances that are neither among them nor in the mapping."""
+    sops: set[str] = set()
+    references: list[tuple[str, str]] = []
+    for record in run_records(ledger, run, kinds):
+        sops.add(record.get("new_sop_uid", ""))
+        references += [(record.get("new_sop_uid", ""), uid) for uid in record.get("references", ())]
+    return Verifier(ledger).dangling(references, sops)
+
+
+def verified_lines(ledger: Ledger, run: RunInfo, kinds: tuple[str, ...]) -> list[str]:
+    """The end of every de-identifying run: each file was verified before it was written or sent; now
+    every reference must lead to an instance. A dangling one becomes a failed item (exit status 1)."""
+    count = sum(1 for _ in run_records(ledger, run, kinds))
+    findings = dangling_references(ledger, run, kinds)
+    if findings:
+        ledger.add_items(
+            run.id,
+            [
+                PlannedItem(
+                    VERIFY,
+                    f"verify/{finding.where}",
+                    {},
+                    phase=_LAST_PHASE,
+                    status=FAILED,
+                    note=finding.problem,
+                )
+                for finding in findings
+            ],
+        )
+        return [
+            f"VERIFICATION FAILED: {plural(len(findings), 'reference')} leading to no instance (failed items)"
+        ]
+    return [
+        f"verified: {plural(count, 'file')}, each before it was written or sent; every reference resolves"
+    ]
 
 
 def run_records(ledger: Ledger, run: RunInfo, kinds: tuple[str, ...]) -> Iterator[dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsflow.errors import BadInput, ConfigError, NotFound, TransientError
-from pacsflow.ledger import DONE, SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ledger import SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.params import DownloadParams
 from pacsflow.ops.servers import connect, preflight_server
@@ -123,6 +123,7 @@ class Download(Operation):
     def _fetch_deidentified(self, instance: str, target: Path) -> Outcome:
         """Download, de-identify in memory, write (never in clear, not even as a temporary file)."""
         from pacsflow.ops.anonymize import write_atomically
+        from pacsflow.ops.deidentifying import deidentify_checked
 
         assert self._deid is not None
         if target.exists():
@@ -131,10 +132,9 @@ class Download(Operation):
             data = self.source.instance_file(instance)
         except NotFound:
             raise BadInput(f"instance is no longer on {self.source.display}", where=instance) from None
-        result = self._deid.get().apply(data, where=instance)
-        written = self.out / _relative_of(result.record)
-        write_atomically(written, result.data)
-        return Outcome(nbytes=len(result.data), result={"anon": result.record.as_dict()})
+        result = deidentify_checked(self._deid.get(), data, where=instance)
+        write_atomically(self.out / _relative_of(result.record), result.data)
+        return Outcome(nbytes=len(result.data), result={"anon": result.anon()})
 
     def _fetch(self, instance: str, target: Path) -> Outcome:
         size = self._server_size(instance)
@@ -186,17 +186,11 @@ class Download(Operation):
             f"{plural(files, 'DICOM file')} under {self.out}; {run.bytes / 1e6:.1f} MB downloaded in this run"
         ]
         if self._deid is not None:
-            from pacsflow.ops.anonymize import verify_files
-            from pacsflow.ops.deidentifying import write_mapping
+            from pacsflow.ops.deidentifying import verified_lines, write_mapping
 
             added = write_mapping(self.ledger, run, (INSTANCE,), f"folder:{self.out}")
             lines.append(f"de-identified on the way; {plural(added, 'new mapping row')}")
-            written = [
-                self.out / item.payload["path"]
-                for status in (DONE, SKIPPED)
-                for item in self.ledger.items(run.id, status=status, kind=INSTANCE)
-            ]
-            lines += verify_files(self.ledger, run, written)
+            lines += verified_lines(self.ledger, run, (INSTANCE,))
         return lines
 
     def close(self) -> None:

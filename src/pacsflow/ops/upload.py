@@ -124,7 +124,7 @@ class Sender:
         anon = None
         if self.deidentify is not None:
             deidentified = self.deidentify(data, where)
-            data, anon, uids = deidentified.data, deidentified.record.as_dict(), None
+            data, anon, uids = deidentified.data, deidentified.anon(), None
         if self.join is not None and anon is not None:
             # the de-identifier joined the CSV by the original PatientID (its pseudonyms, its values)
             label = self.join.label_for(anon["patient_id"]) or label
@@ -469,12 +469,12 @@ def open_sender(settings: Any, params: UploadParams | RosterUploadParams) -> Sen
 def deidentify_on_the_way(op: Operation, sender: Sender) -> None:
     """With `--anonymize`: fix the run's profile settings and de-identify in SENDER (the first item
     builds the Deidentifier, once the ledger is there). Raises ConfigError (no secret, not the run's)."""
-    from pacsflow.ops.deidentifying import Deidentifying, settle
+    from pacsflow.ops.deidentifying import Deidentifying, deidentify_checked, settle
 
     if not op.p.anonymize:
         return
     deidentifying = Deidentifying(op, settle(op))
-    sender.deidentify = lambda data, where: deidentifying.get().apply(data, where)
+    sender.deidentify = lambda data, where: deidentify_checked(deidentifying.get(), data, where)
 
 
 @register
@@ -533,11 +533,12 @@ def mapping_lines(op: Operation, run: RunInfo) -> list[str]:
     """With `--anonymize`: the mapping rows of what the run sent (to be found by server and Orthanc ID)."""
     if not op.p.anonymize:
         return []
-    from pacsflow.ops.deidentifying import write_mapping
+    from pacsflow.ops.deidentifying import verified_lines, write_mapping
 
     target = f"server:{op.p.to}"
     added = write_mapping(op.ledger, run, (FILE, MEMBER), target)
-    return [f"de-identified on the way; {plural(added, 'new mapping row')}"]
+    lines = [f"de-identified on the way; {plural(added, 'new mapping row')}"]
+    return lines + verified_lines(op.ledger, run, (FILE, MEMBER))
 
 
 def upload_summary(run: RunInfo, ledger: Ledger) -> list[str]:
