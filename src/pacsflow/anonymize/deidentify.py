@@ -6,10 +6,13 @@ from __future__ import annotations
 import functools
 import io
 import re
+import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from pacsflow.anonymize.dates import shift_values
 from pacsflow.anonymize.keys import Keys
@@ -251,23 +254,30 @@ class Deidentifier:
         """DATA (a DICOM file) de-identified. Raises BadInput: not readable as DICOM, burned-in text
         possible (unless allowed), or an identifying value found in the result (never written)."""
         from pydicom import dcmread
-        from pydicom.errors import InvalidDicomError
 
         stream = io.BytesIO(data)
         try:
             ds = dcmread(stream, stop_before_pixels=True, force=True)
-        except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-            raise BadInput(f"not readable as DICOM ({type(exc).__name__}: {exc})", where=where) from None
+        except _UNREADABLE as exc:
+            raise _unreadable(exc, where) from None
         pixels_at = stream.tell()
-        tail = self._pixel_tail(ds, data, pixels_at)
+        try:
+            tail = self._pixel_tail(ds, data, pixels_at)
+        except BadInput as exc:
+            raise BadInput(exc.reason, where=where) from None
         if tail is None:  # something after the pixels, or an encoding we cannot splice: the whole file
             try:
                 ds = dcmread(io.BytesIO(data), force=True)
-            except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-                raise BadInput(f"not readable as DICOM ({type(exc).__name__}: {exc})", where=where) from None
+            except _UNREADABLE as exc:
+                raise _unreadable(exc, where) from None
+            _check_end(ds, len(data), where)
         if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
             raise BadInput("not a DICOM instance (no SOPInstanceUID or StudyInstanceUID)", where=where)
-        record, context = self.dataset(ds, where)
+        _check_whole(ds, where)
+        try:
+            record, context = self.dataset(ds, where)
+        except _UNREADABLE as exc:  # a sequence is decoded only now: a damaged one fails here
+            raise _unreadable(exc, where) from None
         if record.already:
             return Deidentified(data, record)
         try:
@@ -293,12 +303,14 @@ class Deidentifier:
         if int.from_bytes(data[at : at + 2], "little") != 0x7FE0 or data[at + 2 : at + 4] != b"\x10\x00":
             return None
         implicit = syntax == "1.2.840.10008.1.2" or (not syntax and ds.original_encoding[0])
-        if implicit:
-            length, start = int.from_bytes(data[at + 4 : at + 8], "little"), at + 8
-        else:
-            length, start = int.from_bytes(data[at + 8 : at + 12], "little"), at + 12
+        start = at + (8 if implicit else 12)
+        if start > len(data):
+            raise BadInput("truncated: the file ends inside the pixel data's header")
+        length = int.from_bytes(data[start - 4 : start], "little")
         if length == 0xFFFFFFFF:  # encapsulated: the pixels end with a sequence delimiter, and the file too
             return data[at:] if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else None
+        if start + length > len(data):
+            raise BadInput(f"truncated: the pixel data lacks {start + length - len(data)} bytes")
         return data[at:] if start + length == len(data) else None
 
     # -- one dataset ----------------------------------------------------------------------------
@@ -669,6 +681,51 @@ class Deidentifier:
         if found_in(header, context.removed - context.kept, encodings_of(ds)) is not None:
             raise BadInput(
                 "an identifying value is still in the de-identified result; not written", where=where
+            )
+
+
+#: what pydicom raises on a damaged or cut-off file (struct.error: a length field cut in two)
+_UNREADABLE = (
+    InvalidDicomError,
+    BytesLengthException,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    OSError,
+    struct.error,
+)
+
+
+def _unreadable(exc: BaseException, where: str) -> BadInput:
+    if isinstance(exc, EOFError | struct.error | BytesLengthException) or "length" in str(exc).lower():
+        return BadInput(f"truncated or corrupt: not readable as DICOM ({type(exc).__name__})", where=where)
+    return BadInput(f"not readable as DICOM ({type(exc).__name__}: {exc})", where=where)
+
+
+def _check_whole(ds: Any, where: str) -> None:
+    """Raises BadInput when an element as read is shorter than its header says: the file was cut short
+    (pydicom, asked to read what it can, stops quietly at the end of the data)."""
+    for tag in ds.keys():  # noqa: SIM118 - the elements as read, not decoded
+        elem = ds.get_item(tag)
+        if (
+            getattr(elem, "is_raw", False)
+            and elem.length != 0xFFFFFFFF
+            and len(elem.value or b"") < elem.length
+        ):
+            raise BadInput(f"truncated: the file ends inside element {tag}", where=where)
+
+
+def _check_end(ds: Any, size: int, where: str) -> None:
+    """Raises BadInput when bytes follow the last element read: a cut-off element pydicom passed over."""
+    if not ds.keys():
+        return
+    last = ds.get_item(max(ds.keys()))
+    if getattr(last, "is_raw", False) and last.length != 0xFFFFFFFF and last.value_tell is not None:
+        left = size - (last.value_tell + last.length)
+        if left > 0:
+            raise BadInput(
+                f"truncated or damaged: {left} bytes after the last element cannot be read", where=where
             )
 
 
