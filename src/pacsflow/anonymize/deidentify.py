@@ -246,6 +246,7 @@ class Deidentifier:
         self.method = [f"{METHOD} {version}".strip(), f"PS3.15 {profile.edition} E.1-1 Basic Profile"]
         self.method += [name.replace("_", " ") for name in profile.options]
         self._uids: dict[str, str] = {}
+        self._marks: dict[bool, list[Any]] = {}
         self._lock = threading.Lock()
 
     # -- bytes in, bytes out --------------------------------------------------------------------
@@ -655,12 +656,23 @@ class Deidentifier:
         ds.preamble = b"\0" * 128
 
     def _mark(self, ds: Any) -> None:
-        """PatientIdentityRemoved, DeidentificationMethod and its codes: what was applied, for readers
-        and for our own re-runs."""
+        """PatientIdentityRemoved, DeidentificationMethod and its codes, LongitudinalTemporalInformation
+        Modified: what was applied, for readers and for our own re-runs. The same for every instance:
+        encoded once per encoding and put in as read elements (written as they are)."""
+        implicit = bool(getattr(ds, "original_encoding", (False, True))[0])
+        marks = self._marks.get(implicit)
+        if marks is None:
+            marks = self._marks[implicit] = self._encoded_marks(implicit)
+        for elem in marks:
+            ds[elem.tag] = elem
+
+    def _encoded_marks(self, implicit: bool) -> list[Any]:
+        from pydicom import dcmread
         from pydicom.dataset import Dataset
 
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self.method
+        marks = Dataset()
+        marks.PatientIdentityRemoved = "YES"
+        marks.DeidentificationMethod = self.method
         codes = []
         for value, meaning in self.profile.codes():
             code = Dataset()
@@ -668,13 +680,18 @@ class Deidentifier:
             code.CodingSchemeDesignator = _CODING_SCHEME
             code.CodeMeaning = meaning
             codes.append(code)
-        ds.DeidentificationMethodCodeSequence = codes
+        marks.DeidentificationMethodCodeSequence = codes
         if self.profile.keeps_dates:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            marks.LongitudinalTemporalInformationModified = "UNMODIFIED"
         elif self.profile.shifts_dates:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            marks.LongitudinalTemporalInformationModified = "MODIFIED"
         else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+            marks.LongitudinalTemporalInformationModified = "REMOVED"
+        buffer = io.BytesIO()
+        marks.save_as(buffer, implicit_vr=implicit, little_endian=True)
+        read = dcmread(io.BytesIO(buffer.getvalue()), force=True)
+        # as read elements, with no position in any file: writers encode nothing, they copy the bytes
+        return [read.get_item(tag)._replace(value_tell=None) for tag in read.keys()]  # noqa: SIM118
 
     def _check_leaks(self, header: bytes, ds: Any, context: _Context, where: str) -> None:
         """Refuse a result whose header still holds a value the profile removed or replaced."""

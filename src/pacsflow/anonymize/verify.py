@@ -102,13 +102,15 @@ class Verifier:
         problems: list[str] = []
         if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
             problems.append("PatientIdentityRemoved is not YES")
-        problems += self._private(ds, self._options(ds))
+        scan = _Scan()
+        scan.walk(ds)
+        problems += self._private(ds, scan.private, self._options(ds))
         problems += self._kept(ds, pixels_at < len(data))
         sop = str(ds.SOPInstanceUID)
         originals = _of_record(record) if record is not None else self._of_mapping(ds)
         if originals is not None:
-            problems += self._against(ds, _searched_bytes(data, pixels_at), sop, originals)
-        return Checked(problems, sop, _instance_references(ds))
+            problems += self._against(ds, _searched_bytes(data, pixels_at), sop, originals, scan.uids)
+        return Checked(problems, sop, scan.references)
 
     def report(self, files: Iterable[tuple[str, bytes]]) -> Report:
         """Check every (name, bytes) of FILES, then whether each reference leads to an instance."""
@@ -163,17 +165,15 @@ class Verifier:
         return {_CODE_OPTIONS[code] for code in codes if code in _CODE_OPTIONS}
 
     @staticmethod
-    def _private(ds: Any, options: set[str]) -> list[str]:
+    def _private(ds: Any, private: list[tuple[Any, int, int]], options: set[str]) -> list[str]:
+        """Private elements left, but those the Retain Safe Private option keeps (if the file says so)."""
         from pacsflow.anonymize.profile import load_profile
 
         profile = load_profile(("retain_safe_private",)) if "retain_safe_private" in options else None
         left = 0
-        for elem in ds.iterall():
-            group, element = int(elem.tag) >> 16, int(elem.tag) & 0xFFFF
-            if group % 2 == 0 or element < 0x1000:
-                continue
+        for parent, group, element in private:
             if profile is not None:
-                creator = _creator(ds, group, element)
+                creator = _creator(parent, group, element)
                 if creator is not None and profile.is_safe_private(creator, group, element):
                     continue
             left += 1
@@ -196,13 +196,12 @@ class Verifier:
         return problems
 
     @staticmethod
-    def _against(ds: Any, searched: bytes, sop: str, originals: _Originals) -> list[str]:
+    def _against(ds: Any, searched: bytes, sop: str, originals: _Originals, uids: set[str]) -> list[str]:
         problems: list[str] = []
         parts = [part for value in originals.values for part in _name_parts(value)]
         wanted = [part for part in parts if len(part.encode()) >= _MIN_SEARCHED]
         if found_in(searched, wanted, encodings_of(ds)) is not None:
             problems.append("an original identifying value (patient ID, name or accession) is in the file")
-        uids = {str(elem.value) for elem in ds.iterall() if elem.VR == "UI" and elem.VM == 1}
         if uids & originals.uids:
             problems.append("an original UID is still in the file (UIDs not remapped)")
         expected = originals.dates.get(sop)
@@ -273,23 +272,50 @@ def _dates(ds: Any, original: str, shift: int) -> list[str]:
     return []
 
 
-def _instance_references(ds: Any) -> list[str]:
-    """ReferencedSOPInstanceUIDs at any depth that name a stored instance (their ReferencedSOPClassUID is a
-    storage class): references to a patient or a study (detached management classes) are not instances."""
-    from pydicom.uid import UID
+class _Scan:
+    """One pass over a dataset at every depth, decoding only what the checks read: UIDs (to find
+    originals left), private elements (counted), and references to stored instances (ReferencedSOP
+    InstanceUIDs whose ReferencedSOPClassUID is a storage class; a patient or study reference is not)."""
 
-    found: list[str] = []
-    if "ReferencedSOPInstanceUID" in ds:
+    def __init__(self) -> None:
+        self.uids: set[str] = set()
+        self.private: list[tuple[Any, int, int]] = []
+        self.references: list[str] = []
+
+    def walk(self, ds: Any) -> None:
+        for tag in ds.keys():  # noqa: SIM118 - the elements as read: iterating a Dataset decodes them all
+            raw = ds.get_item(tag)
+            group, element = tag.group, tag.element
+            if group % 2 == 1 and element >= 0x1000:
+                self.private.append((ds, group, element))
+            vr = raw.VR or _vr(int(tag))
+            if vr == "UI":
+                value = ds[tag].value
+                values = [value] if isinstance(value, str) else list(value or [])
+                self.uids.update(str(one) for one in values)
+            elif vr == "SQ":
+                for item in ds[tag].value or []:
+                    self.walk(item)
+        if 0x00081155 in ds:
+            self._reference(ds)
+
+    def _reference(self, ds: Any) -> None:
+        from pydicom.uid import UID
+
         sop_class = str(ds.get("ReferencedSOPClassUID", "") or "")
         if not sop_class or UID(sop_class).name.endswith("Storage") or not UID(sop_class).is_valid:
             value = ds.ReferencedSOPInstanceUID
             many = isinstance(value, list | tuple) or value.__class__.__name__ == "MultiValue"
-            found += [str(one) for one in value] if many else [str(value)]
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                found += _instance_references(item)
-    return found
+            self.references += [str(one) for one in value] if many else [str(value)]
+
+
+def _vr(tag: int) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
 def _creator(ds: Any, group: int, element: int) -> str | None:

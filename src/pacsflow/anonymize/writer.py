@@ -25,7 +25,11 @@ def write_header(ds: Any, source: bytes) -> bytes | None:
     out.is_little_endian, out.is_implicit_VR = True, False
     out.write(ds.preamble or b"\0" * 128)
     out.write(b"DICM")
-    write_file_meta_info(out, ds.file_meta, enforce_standard=True)
+    meta = _meta_bytes(ds.file_meta)
+    if meta is None:
+        write_file_meta_info(out, ds.file_meta, enforce_standard=True)
+    else:
+        out.write(meta)
     out.is_implicit_VR = implicit
     encodings = ds.get("SpecificCharacterSet")
     for tag in sorted(ds.keys()):
@@ -38,3 +42,39 @@ def write_header(ds: Any, source: bytes) -> bytes | None:
         else:
             write_data_element(out, elem, encodings)
     return out.getvalue()
+
+
+#: the file meta elements _meta_bytes writes itself, with their VRs and padding (PS3.10 7.1)
+_META = {
+    0x00020001: ("OB", b"\0"),
+    0x00020002: ("UI", b"\0"),
+    0x00020003: ("UI", b"\0"),
+    0x00020010: ("UI", b"\0"),
+    0x00020012: ("UI", b"\0"),
+    0x00020013: ("SH", b" "),
+}
+_REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
+
+
+def _meta_bytes(meta: Any) -> bytes | None:
+    """The file meta group as PS3.10 writes it (explicit VR little endian, with its group length), when it
+    holds only the usual elements; None otherwise (pydicom's writer then checks and writes it)."""
+    tags = {int(tag) for tag in meta.keys()} - {0x00020000}  # noqa: SIM118 - tags, not decoded elements
+    if not tags <= _META.keys() or not all(tag in tags for tag in _REQUIRED_META):
+        return None
+    body = bytearray()
+    for tag in sorted(tags):
+        vr, pad = _META[tag]
+        value = meta[tag].value
+        raw = value if isinstance(value, bytes) else str(value).encode("ascii")
+        if len(raw) % 2:
+            raw += pad
+        body += (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+        body += vr.encode()
+        if vr == "OB":
+            body += b"\0\0" + len(raw).to_bytes(4, "little")
+        else:
+            body += len(raw).to_bytes(2, "little")
+        body += raw
+    group_length = b"\x02\x00\x00\x00UL\x04\x00" + len(body).to_bytes(4, "little")
+    return group_length + bytes(body)
