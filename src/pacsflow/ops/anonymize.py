@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pacsflow.anonymize.deidentify import Record
+from pacsflow.anonymize.deidentify import Deidentifier, Record
 from pacsflow.dicomfiles import looks_like_dicom
 from pacsflow.errors import BadInput, ConfigError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
@@ -21,6 +21,7 @@ from pacsflow.ops.deidentifying import (
 )
 from pacsflow.ops.download import safe_name
 from pacsflow.ops.params import AnonymizeParams
+from pacsflow.ops.processes import Processes
 from pacsflow.ops.upload import ARCHIVE, FILE, FOLDER, MEMBER, NOT_DICOM, ArchiveFiles, PriorUploads
 from pacsflow.progress import Units
 from pacsflow.wording import plural
@@ -54,19 +55,26 @@ class TreeWriter:
 
     def send(self, data: bytes, where: str, join_key: str | None = None, uids: Any = None) -> Outcome:
         """Raises BadInput: not readable, burned-in text possible, a leak found, or the tree not writable."""
-        if not looks_like_dicom(data[:_HEAD]):
-            return Outcome(status=SKIPPED, note=NOT_DICOM)
-        result = deidentify_checked(self.op.deidentifier(), data, where)
-        record = result.record
-        target = output_path(self.op.out, record)
-        found = {"id": record.orthanc_after, "study": None, "anon": result.anon()}
-        try:
-            if target.exists() and target.stat().st_size == len(result.data):
-                return Outcome(status=SKIPPED, note=WRITTEN_BEFORE, result=found)
-            write_atomically(target, result.data)
-        except OSError as exc:
-            raise BadInput(f"cannot write the de-identified file ({exc.strerror})", where=where) from None
-        return Outcome(status=DONE, nbytes=len(result.data), result=found)
+        return write_into(self.op.deidentifier(), data, where, self.op.out)
+
+
+def write_into(deidentifier: Deidentifier, data: bytes, where: str, out: Path) -> Outcome:
+    """DATA de-identified, verified and written into the tree under OUT (skipped when that file is there).
+
+    Raises BadInput: not readable, burned-in text possible, a leak found, or the tree not writable."""
+    if not looks_like_dicom(data[:_HEAD]):
+        return Outcome(status=SKIPPED, note=NOT_DICOM)
+    result = deidentify_checked(deidentifier, data, where)
+    record = result.record
+    target = output_path(out, record)
+    found = {"id": record.orthanc_after, "study": None, "anon": result.anon()}
+    try:
+        if target.exists() and target.stat().st_size == len(result.data):
+            return Outcome(status=SKIPPED, note=WRITTEN_BEFORE, result=found)
+        write_atomically(target, result.data)
+    except OSError as exc:
+        raise BadInput(f"cannot write the de-identified file ({exc.strerror})", where=where) from None
+    return Outcome(status=DONE, nbytes=len(result.data), result=found)
 
 
 def write_atomically(target: Path, data: bytes) -> None:
@@ -99,6 +107,9 @@ class Anonymize(Operation):
         self.out = Path(self.p.out)
         self._deid = Deidentifying(self, settle(self))
         self.files = ArchiveFiles(TreeWriter(self))  # type: ignore[arg-type]
+        #: worker processes for the plain files of a large run (see ops.processes); None: this process.
+        #: Started now, before the engine starts its threads, so that they can be forked at once.
+        self._processes = Processes.for_paths(self, self._deid.keys, self.paths)
 
     def deidentifier(self) -> Any:
         return self._deid.get()
@@ -127,7 +138,12 @@ class Anonymize(Operation):
             return self.files.do_member(item, None)
         if item.kind == FOLDER:
             raise BadInput("a folder that could not be listed", where=item.payload.get("path", item.key))
-        return self.files.do_file(item, None)
+        if self._processes is not None:
+            path = item.payload.get("path", item.key)
+            outcome = self._processes.write_file(path, str(self.out), self.run_id)
+            if outcome is not None:
+                return outcome
+        return self.files.do_file(item, None)  # an archive, not DICOM, a special file, or a small run
 
     def finish(self, run: RunInfo) -> list[str]:
         added = write_mapping(self.ledger, run, (FILE, MEMBER), f"folder:{self.out}")
@@ -135,6 +151,8 @@ class Anonymize(Operation):
 
     def close(self) -> None:
         self.files.close()
+        if self._processes is not None:
+            self._processes.close()
 
 
 def anonymize_summary(run: RunInfo, ledger: Any, added: int) -> list[str]:

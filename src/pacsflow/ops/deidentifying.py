@@ -94,25 +94,28 @@ class Deidentifying:
         if self._deidentifier is None:
             with self._lock:
                 if self._deidentifier is None:
-                    from pacsflow import __version__
-
-                    p = self.op.p
-                    join = join_of(p)
-                    given = {
-                        key: row["PatientID"] for key, row in join.values.items() if row.get("PatientID")
-                    }
-                    pseudonyms = MappingPseudonyms(
-                        self.op.ledger, self.keys, p.pseudonym, run_id=self.op.run_id, given=given
-                    )
-                    self._deidentifier = Deidentifier(
-                        profile_of(p),
-                        self.keys,
-                        pseudonyms,
-                        allow_burned_in=p.allow_burned_in,
-                        join=join if join.values else None,
-                        version=__version__,
+                    self._deidentifier = build_deidentifier(
+                        self.op.ledger, self.keys, self.op.p, self.op.run_id
                     )
         return self._deidentifier
+
+
+def build_deidentifier(ledger: Ledger, keys: Keys, params: Any, run_id: str | None) -> Deidentifier:
+    """The Deidentifier of a run with PARAMS (its profile options, pseudonym format, CSV), its pseudonyms
+    from the mapping in LEDGER. Raises ConfigError for a CSV that cannot be used."""
+    from pacsflow import __version__
+
+    join = join_of(params)
+    given = {key: row["PatientID"] for key, row in join.values.items() if row.get("PatientID")}
+    pseudonyms = MappingPseudonyms(ledger, keys, params.pseudonym, run_id=run_id, given=given)
+    return Deidentifier(
+        profile_of(params),
+        keys,
+        pseudonyms,
+        allow_burned_in=params.allow_burned_in,
+        join=join if join.values else None,
+        version=__version__,
+    )
 
 
 @dataclass(frozen=True)
