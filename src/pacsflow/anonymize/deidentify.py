@@ -159,6 +159,8 @@ class _Context:
     identifiers: list[str] = field(default_factory=list)
     #: the same as the file's character sets write them: kept text is decoded only if it holds one
     needles: list[bytes] = field(default_factory=list)
+    #: text elements the profile cleans, cleaned again of every value removed anywhere once all are known
+    cleaned: list[Any] = field(default_factory=list)
     #: a Structured Report (its document modules make some sequences Type 2), and how deep the walk is
     sr: bool = False
     depth: int = 0
@@ -364,6 +366,7 @@ class Deidentifier:
         )
         context.needles = _encoded(context.identifiers, encodings_of(ds))
         self._walk(ds, context)
+        self._clean_texts(context)
         self._meta(ds)
         self._mark(ds)
         if self.join is not None:
@@ -568,6 +571,8 @@ class Deidentifier:
             new = self._uids_of(elem, old, only_instances=action == "U?")
         elif action == "C":
             new = self._clean(vr, old, context)
+            if vr in _DESCRIBING_VRS:
+                context.cleaned.append(elem)
         else:  # an action code this pacsflow does not know: remove rather than guess
             new = None
             action = "X"
@@ -615,6 +620,18 @@ class Deidentifier:
         if vr == "PN":
             return ""
         return _cut(old, context.identifiers)
+
+    def _clean_texts(self, context: _Context) -> None:
+        """Text the profile cleans (C) rid of every identifying value the walk took out anywhere in the
+        instance (a phone number, a birth date in a comment), once all of them are known."""
+        if not context.cleaned:
+            return
+        found = sorted((value for value in context.removed - context.kept if _long_enough(value)), key=len)
+        identifiers = sorted(set(found) | set(context.identifiers), key=len, reverse=True)
+        for elem in context.cleaned:
+            cleaned = _cut(elem.value, identifiers)
+            if cleaned != elem.value:
+                elem.value = cleaned
 
     @staticmethod
     def _note_removed(elem: Any, context: _Context) -> None:
@@ -690,12 +707,20 @@ class Deidentifier:
         buffer = io.BytesIO()
         marks.save_as(buffer, implicit_vr=implicit, little_endian=True)
         read = dcmread(io.BytesIO(buffer.getvalue()), force=True)
-        # as read elements, with no position in any file: writers encode nothing, they copy the bytes
-        return [read.get_item(tag)._replace(value_tell=None) for tag in read.keys()]  # noqa: SIM118
+        # as read elements at no position in any file (0): writers copy their bytes, encoding nothing
+        return [read.get_item(tag)._replace(value_tell=0) for tag in read.keys()]  # noqa: SIM118
 
     def _check_leaks(self, header: bytes, ds: Any, context: _Context, where: str) -> None:
-        """Refuse a result whose header still holds a value the profile removed or replaced."""
-        if found_in(header, context.removed - context.kept, encodings_of(ds)) is not None:
+        """Refuse a result whose header still holds a value the profile removed or replaced, unless that
+        value is the whole of an element the profile keeps (a date kept by Retain Full Dates elsewhere,
+        an institution kept by its option): those are decoded only when a search finds something."""
+        encodings = encodings_of(ds)
+        suspects = context.removed - context.kept
+        found = found_in(header, suspects, encodings)
+        if found is None:
+            return
+        kept = {value.strip() for elem in ds.iterall() if elem.VR != "SQ" for value in _values(elem.value)}
+        if found_in(header, suspects - kept, encodings) is not None:
             raise BadInput(
                 "an identifying value is still in the de-identified result; not written", where=where
             )

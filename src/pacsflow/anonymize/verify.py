@@ -104,12 +104,15 @@ class Verifier:
             problems.append("PatientIdentityRemoved is not YES")
         scan = _Scan()
         scan.walk(ds)
-        problems += self._private(ds, scan.private, self._options(ds))
+        options = self._options(ds)
+        problems += self._private(ds, scan.private, options)
         problems += self._kept(ds, pixels_at < len(data))
         sop = str(ds.SOPInstanceUID)
         originals = _of_record(record) if record is not None else self._of_mapping(ds)
         if originals is not None:
-            problems += self._against(ds, _searched_bytes(data, pixels_at), sop, originals, scan.uids)
+            # the Retain UIDs option keeps them on purpose (the file says it was applied)
+            uids = set() if "retain_uids" in options else scan.uids
+            problems += self._against(ds, _searched_bytes(data, pixels_at), sop, originals, uids)
         return Checked(problems, sop, scan.references)
 
     def report(self, files: Iterable[tuple[str, bytes]]) -> Report:

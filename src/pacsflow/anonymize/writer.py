@@ -36,12 +36,18 @@ def write_header(ds: Any, source: bytes) -> bytes | None:
         if tag.element == 0 and tag.group > 6:
             continue  # group lengths are retired (PS3.5 7.2)
         elem = ds.get_item(tag)
-        if getattr(elem, "is_raw", False) and elem.length != _UNDEFINED and elem.value_tell is not None:
-            header = 8 if implicit or elem.VR not in _LONG_VRS else 12
-            out.write(source[elem.value_tell - header : elem.value_tell + elem.length])
-        else:
-            write_data_element(out, elem, encodings)
+        if getattr(elem, "is_raw", False) and elem.length != _UNDEFINED and elem.value_tell:
+            start = elem.value_tell - (8 if implicit or elem.VR not in _LONG_VRS else 12)
+            # copied only from where the source holds this very element (a value put in, not read, is not)
+            if start >= 0 and source[start : start + 4] == _tag_bytes(tag):
+                out.write(source[start : elem.value_tell + elem.length])
+                continue
+        write_data_element(out, elem, encodings)
     return out.getvalue()
+
+
+def _tag_bytes(tag: int) -> bytes:
+    return (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
 
 
 #: the file meta elements _meta_bytes writes itself, with their VRs and padding (PS3.10 7.1)
@@ -69,7 +75,7 @@ def _meta_bytes(meta: Any) -> bytes | None:
         raw = value if isinstance(value, bytes) else str(value).encode("ascii")
         if len(raw) % 2:
             raw += pad
-        body += (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+        body += _tag_bytes(tag)
         body += vr.encode()
         if vr == "OB":
             body += b"\0\0" + len(raw).to_bytes(4, "little")
