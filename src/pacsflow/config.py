@@ -175,10 +175,7 @@ class AnonymizeConfig(BaseModel):
     def _known_options(cls, value: list[str]) -> list[str]:
         from pacsflow.anonymize.profile import check_options
 
-        try:
-            check_options(value)
-        except ConfigError as exc:
-            raise ValueError(exc.reason) from None
+        _checked(check_options, value)
         return value
 
     @field_validator("uid_root")
@@ -186,20 +183,22 @@ class AnonymizeConfig(BaseModel):
     def _root(cls, value: str) -> str:
         from pacsflow.anonymize.keys import check_uid_root
 
-        try:
-            return check_uid_root(value)
-        except ConfigError as exc:
-            raise ValueError(exc.reason) from None
+        return _checked(check_uid_root, value)
 
     @field_validator("pseudonym")
     @classmethod
     def _format(cls, value: str) -> str:
         from pacsflow.anonymize.keys import check_format
 
-        try:
-            return check_format(value)
-        except ConfigError as exc:
-            raise ValueError(exc.reason) from None
+        return _checked(check_format, value)
+
+
+def _checked(check: Callable[[Any], Any], value: Any) -> Any:
+    """CHECK(VALUE), its ConfigError as the ValueError a validator raises (pydantic then names the key)."""
+    try:
+        return check(value)
+    except ConfigError as exc:
+        raise ValueError(exc.reason) from None
 
 
 class Settings(BaseSettings):

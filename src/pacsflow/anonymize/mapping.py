@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -222,12 +223,22 @@ def export(ledger: Ledger, path: Path, kind: str = "mapping") -> int:
 
 
 def _rows(ledger: Ledger, columns: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+    when = columns.index("created_at") if "created_at" in columns else None
     with ledger.engine.connect() as conn:
         result = conn.execution_options(yield_per=2000).execute(
             select(*(mapping.c[name] for name in columns)).order_by(mapping.c.id)
         )
         for row in result:
-            yield tuple(row)
+            values = list(row)
+            if when is not None:  # a time people read: ISO 8601 in UTC
+                values[when] = _iso(values[when])
+            yield tuple(values)
+
+
+def _iso(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
 
 
 def _uid_pairs(ledger: Ledger) -> Iterator[tuple[str, str]]:

@@ -251,6 +251,30 @@ GiveUpOption = typer.Option(
     help="stop (exit 1, all pending) when a server stays unreachable this long, e.g. 90s, 30m, 2h "
     "[default: config give_up_after, 1h]",
 )
+# de-identification on the way (upload, transfer, download): see pacsflow.anonymize
+AnonymizeOption = typer.Option(
+    False, "--anonymize", help="de-identify each instance on the way, never sent or written in clear"
+)
+ProfileOption = typer.Option(
+    None, "--option", help="PS3.15 option, e.g. clean-descriptors (repeatable; replaces [anonymize] options)"
+)
+BurnedInOption = typer.Option(
+    False, "--allow-burned-in", help="also take instances that may show burned-in text (check their pixels)"
+)
+
+
+def deidentify_params(anonymize: bool, option: list[str] | None, allow_burned_in: bool) -> dict[str, Any]:
+    """The parameters `--anonymize`, `--option` and `--allow-burned-in` give a run. Raises ConfigError
+    for the last two without the first."""
+    if not anonymize:
+        if option or allow_burned_in:
+            from pacsflow.errors import ConfigError
+
+            raise ConfigError("--option and --allow-burned-in go with --anonymize")
+        return {}
+    return {"anonymize": True, "options": option or None, "allow_burned_in": allow_burned_in}
+
+
 CredentialsOption = typer.Option(
     None,
     "--credentials",

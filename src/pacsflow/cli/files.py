@@ -8,13 +8,17 @@ import typer
 
 from pacsflow.cli.app import (
     AccessionOption,
+    AnonymizeOption,
+    BurnedInOption,
     GiveUpOption,
     PatientOption,
     PlanOnlyOption,
+    ProfileOption,
     QueryOption,
     StudyOption,
     WorkersOption,
     app,
+    deidentify_params,
     errors_to_exit,
     parse_query,
     start_run,
@@ -77,15 +81,9 @@ def upload(
     csv_file: Path | None = typer.Option(None, "--csv", help="CSV of values to write into the DICOM (join)"),
     csv_key: str | None = typer.Option(None, "--csv-key", help="its key column: PatientID, or the roster ID"),
     label: str | None = typer.Option(None, "--label", help="Orthanc label for every study (Orthanc 1.12+)"),
-    anonymize: bool = typer.Option(
-        False, "--anonymize", help="de-identify every file before it is sent ([anonymize] settings)"
-    ),
-    option: list[str] = typer.Option(
-        None, "--option", help="with --anonymize: PS3.15 option (repeatable; default: [anonymize] options)"
-    ),
-    allow_burned_in: bool = typer.Option(
-        False, "--allow-burned-in", help="with --anonymize: also files that may show burned-in text"
-    ),
+    anonymize: bool = AnonymizeOption,
+    option: list[str] = ProfileOption,
+    allow_burned_in: bool = BurnedInOption,
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
     give_up_after: str | None = GiveUpOption,
@@ -96,16 +94,13 @@ def upload(
     Example: pacsflow upload --roster Final.csv --root /data/patients --to main --batch-size 20
     Example: pacsflow upload scans/ --to research --anonymize
     """
-    if (option or allow_burned_in) and not anonymize:
-        raise ConfigError("--option and --allow-burned-in go with --anonymize")
     common = {
         "to": to,
         "label": label,
         "csv": str(csv_file.resolve()) if csv_file else None,
         "csv_key": csv_key,
+        **deidentify_params(anonymize, option, allow_burned_in),
     }
-    if anonymize:
-        common.update(anonymize=True, options=option or None, allow_burned_in=allow_burned_in)
     if roster is None:
         if root or batch_size or where or errors:
             raise ConfigError("--root, --batch-size, --where and --errors go with --roster")
@@ -139,15 +134,9 @@ def download(
     accession: list[str] = AccessionOption,
     patient: list[str] = PatientOption,
     query: list[str] = QueryOption,
-    anonymize: bool = typer.Option(
-        False, "--anonymize", help="de-identify each instance before it is written ([anonymize] settings)"
-    ),
-    option: list[str] = typer.Option(
-        None, "--option", help="with --anonymize: PS3.15 option (repeatable; default: [anonymize] options)"
-    ),
-    allow_burned_in: bool = typer.Option(
-        False, "--allow-burned-in", help="with --anonymize: also instances that may show burned-in text"
-    ),
+    anonymize: bool = AnonymizeOption,
+    option: list[str] = ProfileOption,
+    allow_burned_in: bool = BurnedInOption,
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
     give_up_after: str | None = GiveUpOption,
@@ -159,8 +148,6 @@ def download(
     Example: pacsflow download --from main --out export/ --query StudyDate=2024-01-01-
     Example: pacsflow download --from main --out research/ --anonymize
     """
-    if (option or allow_burned_in) and not anonymize:
-        raise ConfigError("--option and --allow-burned-in go with --anonymize")
     params = {
         "from": source,
         "out": str(out.resolve()),
@@ -168,7 +155,6 @@ def download(
         "accessions": accession or None,
         "patients": patient or None,
         "query": parse_query(query),
+        **deidentify_params(anonymize, option, allow_burned_in),
     }
-    if anonymize:
-        params.update(anonymize=True, options=option or None, allow_burned_in=allow_burned_in)
     start_run(ctx, "download", params, workers, plan_only, give_up_after)

@@ -9,9 +9,11 @@ import typer
 
 from pacsflow.cli.app import (
     AccessionOption,
+    BurnedInOption,
     GiveUpOption,
     PatientOption,
     PlanOnlyOption,
+    ProfileOption,
     QueryOption,
     StudyOption,
     WorkersOption,
@@ -38,14 +40,8 @@ def anonymize(
     ctx: typer.Context,
     paths: list[Path] = typer.Argument(None, help="files, folders (recursive) and ZIP/TAR archives"),
     out: Path | None = typer.Option(None, "--out", help="folder for the de-identified tree"),
-    option: list[str] = typer.Option(
-        None,
-        "--option",
-        help="PS3.15 option, e.g. clean-descriptors (repeatable; default: [anonymize] options)",
-    ),
-    allow_burned_in: bool = typer.Option(
-        False, "--allow-burned-in", help="also take files that may show burned-in text (check their pixels)"
-    ),
+    option: list[str] = ProfileOption,
+    allow_burned_in: bool = BurnedInOption,
     pseudonym: str | None = typer.Option(
         None, "--pseudonym", help="pseudonym format: ANON-{n:06d} (counter) or ANON-{hash} (keyed)"
     ),

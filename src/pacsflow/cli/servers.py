@@ -10,13 +10,17 @@ import typer
 
 from pacsflow.cli.app import (
     AccessionOption,
+    AnonymizeOption,
+    BurnedInOption,
     GiveUpOption,
     PatientOption,
     PlanOnlyOption,
+    ProfileOption,
     QueryOption,
     StudyOption,
     WorkersOption,
     app,
+    deidentify_params,
     errors_to_exit,
     parse_query,
     report,
@@ -70,15 +74,9 @@ def transfer(
     modality: str | None = typer.Option(
         None, "--modality", help="with --via dicom: the source's name for it"
     ),
-    anonymize: bool = typer.Option(
-        False, "--anonymize", help="de-identify each instance on the way (to a server; [anonymize] settings)"
-    ),
-    option: list[str] = typer.Option(
-        None, "--option", help="with --anonymize: PS3.15 option (repeatable; default: [anonymize] options)"
-    ),
-    allow_burned_in: bool = typer.Option(
-        False, "--allow-burned-in", help="with --anonymize: also instances that may show burned-in text"
-    ),
+    anonymize: bool = AnonymizeOption,
+    option: list[str] = ProfileOption,
+    allow_burned_in: bool = BurnedInOption,
     workers: int | None = WorkersOption,
     plan_only: bool = PlanOnlyOption,
     give_up_after: str | None = GiveUpOption,
@@ -89,7 +87,8 @@ def transfer(
     Example: pacsflow transfer --from main --to backup --patient PF001 --accession A123
     Example: pacsflow transfer --from main --to research --anonymize
     """
-    if anonymize:
+    deidentify = deidentify_params(anonymize, option, allow_burned_in)
+    if deidentify:
         if via not in (None, "rest") or peer or modality:
             raise ConfigError("--anonymize copies through pacsflow itself: not with --via peer or dicom")
         selection = {
@@ -103,13 +102,11 @@ def transfer(
             "to": destination,
             **selection,
             "all": not any(selection.values()),
-            "options": option or None,
-            "allow_burned_in": allow_burned_in,
+            "options": deidentify["options"],
+            "allow_burned_in": deidentify["allow_burned_in"],
         }
         start_run(ctx, "anonymize-copy", params, workers, plan_only, give_up_after)
         return
-    if option or allow_burned_in:
-        raise ConfigError("--option and --allow-burned-in go with --anonymize")
     params = {
         "from": source,
         "to": destination,

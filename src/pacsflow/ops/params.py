@@ -246,19 +246,28 @@ class _MaybeDeidentify(_Deidentify):
         return data
 
 
-class _UploadCommon(_MaybeDeidentify, OpParams):
-    """What both kinds of upload take: the server, a label, a CSV join, and de-identification on the way."""
+class _CsvJoin(BaseModel):
+    """A CSV joined to the DICOM (R4): its key column names a patient (or a roster row), its other
+    columns are DICOM keywords whose values are written in; when de-identifying, the key is the original
+    PatientID and the PatientID column is that patient's pseudonym."""
 
-    to: str = Field(description="Orthanc server (name or URL)")
-    label: str | None = Field(None, description="Orthanc label for every study (Orthanc 1.12+)")
     csv: PathText | None = Field(None, description="CSV of values to write into the DICOM (join)")
-    csv_key: str | None = Field(None, description="its key column: PatientID, or the roster ID")
+    csv_key: str | None = Field(
+        None, description="its key column: the PatientID (the original one when de-identifying) or roster ID"
+    )
 
     @model_validator(mode="after")
     def _join(self) -> Self:
         if (self.csv is None) != (self.csv_key is None):
             raise _Invalid("--csv and --csv-key go together", "csv", "csv_key")
         return self
+
+
+class _UploadCommon(_MaybeDeidentify, _CsvJoin, OpParams):
+    """What both kinds of upload take: the server, a label, a CSV join, and de-identification on the way."""
+
+    to: str = Field(description="Orthanc server (name or URL)")
+    label: str | None = Field(None, description="Orthanc label for every study (Orthanc 1.12+)")
 
 
 class UploadParams(_UploadCommon):
@@ -429,24 +438,13 @@ class DownloadParams(_MaybeDeidentify, SelectParams):
     out: PathText = Field(description="folder: Patient/Study/Series/instance.dcm")
 
 
-class AnonymizeParams(_Deidentify, OpParams):
+class AnonymizeParams(_Deidentify, _CsvJoin, OpParams):
     """anonymize: de-identify files, folders and archives into a clean tree (PS3.15 Basic Profile)."""
 
     operation = "anonymize"
 
     paths: list[PathText] = Field(description="files, folders (recursive) and ZIP/TAR archives")
     out: PathText = Field(description="folder for the de-identified tree Pseudonym/Study/Series/SOP.dcm")
-    csv: PathText | None = Field(
-        None,
-        description="CSV by original PatientID: its PatientID column is the pseudonym, others written in",
-    )
-    csv_key: str | None = Field(None, description="its key column (the original PatientID)")
-
-    @model_validator(mode="after")
-    def _join(self) -> Self:
-        if (self.csv is None) != (self.csv_key is None):
-            raise _Invalid("--csv and --csv-key go together", "csv", "csv_key")
-        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -456,7 +454,7 @@ class AnonymizeParams(_Deidentify, OpParams):
         return data
 
 
-class AnonymizeCopyParams(_Deidentify, SelectParams):
+class AnonymizeCopyParams(_Deidentify, _CsvJoin, SelectParams):
     """anonymize-copy (`anonymize --on`, `transfer --anonymize`): de-identified copies of studies, on the
     server itself or onto another, with the same pseudonyms and UIDs as local runs; with delete_original,
     each original instance whose copy was verified is deleted."""
@@ -466,10 +464,6 @@ class AnonymizeCopyParams(_Deidentify, SelectParams):
     source: str = Field(alias="from", description="Orthanc server (name or URL) whose studies are copied")
     to: str | None = Field(None, description="Orthanc server to copy onto (default: the same server)")
     all: bool = Field(False, description="every study (not already a de-identified copy)")
-    csv: PathText | None = Field(
-        None, description="CSV by original PatientID: column PatientID is the pseudonym, others written in"
-    )
-    csv_key: str | None = Field(None, description="its key column (the original PatientID)")
     delete_original: bool = Field(
         False, description="delete each original instance once its copy is verified"
     )
