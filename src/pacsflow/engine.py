@@ -345,7 +345,7 @@ class Engine:
             threading.Thread(
                 target=self._worker_loop, args=(op, work), name=f"pacsflow-worker-{n}", daemon=True
             )
-            for n in range(self.workers)
+            for n in range(op.threads(self.workers))
         ]
         for thread in threads:
             thread.start()

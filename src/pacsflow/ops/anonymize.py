@@ -114,6 +114,10 @@ class Anonymize(Operation):
     def deidentifier(self) -> Any:
         return self._deid.get()
 
+    def threads(self, workers: int) -> int:
+        # while one thread takes a process's result, another has its next file waiting for it
+        return 2 * workers if self._processes is not None else workers
+
     def preflight(self) -> None:
         """Raises ConfigError: an input that does not exist, an output inside an input, or one that is
         not a folder."""

@@ -99,6 +99,11 @@ class Operation(ABC):
     #: down holds only its own items; False pauses the whole run while any of its remotes is down
     remotes_per_item: ClassVar[bool] = False
 
+    def threads(self, workers: int) -> int:
+        """How many threads work the run's items for WORKERS workers: one each, unless the operation
+        hands its work to processes (then a thread waits for each, and one more keeps each busy)."""
+        return workers
+
     def item_remotes(self, item: Item) -> Collection[str] | None:
         """The remotes ITEM talks to (names as in Unreachable.remote); None: all of the run's."""
         return None
