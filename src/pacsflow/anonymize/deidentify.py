@@ -83,6 +83,10 @@ class Pseudonyms(Protocol):
 
     def patient(self, patient_id: str, patient_name: str) -> Patient: ...
 
+    def is_pseudonym(self, value: str) -> bool:
+        """Whether VALUE is a pseudonym given out here (a file naming it is our own output)."""
+        ...
+
 
 class KeyedPseudonyms:
     """Pseudonyms from the keyed hash alone ({hash} formats): no mapping needed to stay consistent."""
@@ -380,11 +384,16 @@ class Deidentifier:
                 setattr(ds, keyword, value)
 
     def _already_ours(self, ds: Any) -> bool:
+        """Our own output of this project: it says pacsflow de-identified it, and its PatientID is a
+        pseudonym this mapping gave out. Anything else is de-identified (again): the marks alone could
+        be copied onto a file that still names its patient."""
         if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
             return False
         method = ds.get("DeidentificationMethod", "")
         values = [method] if isinstance(method, str) else list(method or [])
-        return any(str(value).startswith(METHOD) for value in values)
+        if not any(str(value).startswith(METHOD) for value in values):
+            return False
+        return self.pseudonyms.is_pseudonym(str(ds.get("PatientID", "") or "").strip())
 
     def _record(
         self, original: Any, ds: Any, patient: Patient, *, already: bool = False, shift: int | None = None

@@ -66,6 +66,7 @@ class MappingPseudonyms:
         self.run_id = run_id
         self.given = given or {}
         self._known: dict[str, Patient] = {}
+        self._pseudonyms: set[str] = set()
         self._lock = threading.Lock()
 
     def patient(self, patient_id: str, patient_name: str) -> Patient:
@@ -78,6 +79,18 @@ class MappingPseudonyms:
             known = self._known.get(patient_id) or self._find_or_add(patient_id, patient_name)
             self._known[patient_id] = known
         return known
+
+    def is_pseudonym(self, value: str) -> bool:
+        """Whether the mapping gave out VALUE as a pseudonym (read once per value)."""
+        if not value:
+            return False
+        if value in self._pseudonyms:
+            return True
+        with self.ledger.engine.connect() as conn:
+            found = conn.execute(select(pseudonyms.c.id).where(pseudonyms.c.pseudonym == value)).first()
+        if found is not None:
+            self._pseudonyms.add(value)
+        return found is not None
 
     def _find_or_add(self, patient_id: str, patient_name: str) -> Patient:
         for _attempt in range(20):
