@@ -4,8 +4,10 @@ local path's pseudonyms and UIDs, no second copy on a rerun, deletions only of w
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from pacsflow.orthanc import Orthanc
@@ -27,6 +29,12 @@ def upload_corpus(client: Orthanc, root: Path, *, burned_in: bool = False) -> Co
     for planted in corpus.files:
         client.upload(planted.path.read_bytes())
     return corpus
+
+
+def patient_of_instance(client: Orthanc, instance: str) -> str:
+    return client.resource("instances", instance)["MainDicomTags"].get("PatientID", "") or str(
+        pydicom.dcmread(io.BytesIO(client.instance_file(instance)), stop_before_pixels=True).PatientID
+    )
 
 
 def study_ids(client: Orthanc) -> set[str]:
@@ -135,3 +143,33 @@ def test_local_download_and_transfer_paths_give_the_same_pseudonyms_and_uids(
     again = cli("transfer", "--from", "a", "--to", "b", "--anonymize", cwd=workdir)
     assert again.returncode == 0 and "16 of them there before" in again.stdout
     assert cli("mapping", "check", cwd=workdir).returncode == 0
+
+
+def test_an_original_whose_copy_fails_verification_is_not_deleted(
+    workdir: Path, anon_config: Path, client_a: Orthanc
+) -> None:
+    corpus = upload_corpus(client_a, workdir / "corpus")
+    first = cli("anonymize", "--on", "a", "--all", cwd=workdir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    row = export_rows(workdir)[0]
+    spoiled_original = client_a.get_json(f"/instances/{row['orthanc_before']}/study")["ID"]
+    originals = set(client_a.instance_ids_of("studies", spoiled_original))
+    # someone puts one copy back with the patient's name in it, under the same pseudonym and UIDs
+    copy = pydicom.dcmread(io.BytesIO(client_a.instance_file(row["orthanc_after"])))
+    copy.ImageComments = corpus.patients[row["patient_id"]]["PatientName"].split("=")[0]
+    client_a.delete_resource("instances", row["orthanc_after"])
+    buffer = io.BytesIO()
+    copy.save_as(buffer, enforce_file_format=True)
+    client_a.upload(buffer.getvalue())
+    other_originals = set(client_a.ids("instances")) - originals - {row["orthanc_after"]}
+    other_originals = {
+        one for one in other_originals if not patient_of_instance(client_a, one).startswith("ANON-")
+    }
+
+    deleting = cli("anonymize", "--on", "a", "--all", "--delete-original", cwd=workdir)
+    assert deleting.returncode == 1
+    failed = cli("run", "show", "last", "--failed", cwd=workdir).stdout
+    assert "fails verification" in failed and "nothing deleted" in failed
+    left = set(client_a.ids("instances"))
+    assert originals <= left  # the study whose copy failed keeps every original
+    assert other_originals and not other_originals & left  # the others' verified originals are gone

@@ -47,3 +47,24 @@ def test_copied_marks_do_not_spare_a_file_that_names_its_patient(workdir: Path, 
     assert str(ds.PatientID) != planted.patient and str(ds.PatientID).startswith("ANON-")
     assert str(ds.SOPInstanceUID) != planted.sop_uid
     assert planted.patient.encode() not in written.read_bytes()
+
+
+def test_a_file_posing_as_our_output_is_cleaned_of_what_was_added(workdir: Path, corpus: Corpus) -> None:
+    first = cli("anonymize", "corpus", "--out", "once", cwd=workdir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    ours = sorted((workdir / "once").rglob("*.dcm"))[0]
+    posing = pydicom.dcmread(ours)  # our marks and a real pseudonym, with a name and a birth date added
+    posing.PatientName = "Intruder^Real"
+    posing.PatientBirthDate = "19500101"
+    posing.OtherPatientIDs = "MRN-4711"
+    (workdir / "posing").mkdir()
+    posing.save_as(workdir / "posing" / "one.dcm", enforce_file_format=True)
+    result = cli("anonymize", "posing", "--out", "out", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [written] = (workdir / "out").rglob("*.dcm")
+    data = written.read_bytes()
+    for value in (b"Intruder", b"19500101", b"MRN-4711"):
+        assert value not in data
+    ds = pydicom.dcmread(written, stop_before_pixels=True)
+    assert str(ds.PatientName) == str(ds.PatientID) == str(posing.PatientID)  # its pseudonym kept
+    assert str(ds.SOPInstanceUID) == str(posing.SOPInstanceUID)  # its UIDs kept (remapped once only)

@@ -16,7 +16,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from pacsflow.anonymize.dates import shift_values
 from pacsflow.anonymize.keys import Keys
-from pacsflow.anonymize.profile import Profile
+from pacsflow.anonymize.profile import Profile, load_profile
 from pacsflow.anonymize.search import encodings_of, found_in
 from pacsflow.anonymize.writer import write_header
 from pacsflow.errors import BadInput
@@ -168,6 +168,8 @@ class _Context:
     #: a Structured Report (its document modules make some sequences Type 2), and how deep the walk is
     sr: bool = False
     depth: int = 0
+    #: our own output walked again: its pseudonym, UIDs, accession number and dates stay as they are
+    ours: bool = False
 
 
 def burned_in_reason(ds: Any) -> str | None:
@@ -253,6 +255,11 @@ class Deidentifier:
         self.method += [name.replace("_", " ") for name in profile.options]
         self._uids: dict[str, str] = {}
         self._marks: dict[bool, list[Any]] = {}
+        #: attributes kept only because an option says so: their values are not leaks where they recur
+        basic = load_profile(())
+        self._kept_by_option = {
+            tag for tag, action in profile.exact.items() if action == "K" and basic.exact.get(tag) != "K"
+        }
         self._lock = threading.Lock()
 
     # -- bytes in, bytes out --------------------------------------------------------------------
@@ -285,8 +292,6 @@ class Deidentifier:
             record, context = self.dataset(ds, where)
         except _UNREADABLE as exc:  # a sequence is decoded only now: a damaged one fails here
             raise _unreadable(exc, where) from None
-        if record.already:
-            return Deidentified(data, record)
         try:
             header = write_header(ds, data) if tail is not None else None
             if header is None:
@@ -323,11 +328,11 @@ class Deidentifier:
     # -- one dataset ----------------------------------------------------------------------------
 
     def dataset(self, ds: Any, where: str = "file") -> tuple[Record, _Context]:
-        """De-identify DS in place; returns what became of it. Raises BadInput for burned-in text."""
+        """De-identify DS in place; returns what became of it. Raises BadInput for burned-in text, a file
+        without a PatientID, a patient the CSV lacks."""
         patient_id = str(ds.get("PatientID", "") or "").strip()
         patient_name = str(ds.get("PatientName", "") or "")
-        ours = self._already_ours(ds)
-        if not ours and not self.allow_burned_in:
+        if not self.allow_burned_in:
             reason = burned_in_reason(ds)
             if reason is not None:
                 raise BadInput(
@@ -335,9 +340,6 @@ class Deidentifier:
                     "(--allow-burned-in takes it after you have checked its pixels)",
                     where=where,
                 )
-        if ours:
-            record = self._record(ds, ds, Patient(patient_id, 0), already=True)
-            return record, _Context(Patient(patient_id, 0), 0)
         original = {
             "StudyInstanceUID": str(ds.get("StudyInstanceUID", "")),
             "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "")),
@@ -347,35 +349,51 @@ class Deidentifier:
             "PatientID": patient_id,
             "PatientName": patient_name,
         }
-        if self.join is not None and patient_id not in self.join.values:
-            # a pseudonymisation table that lacks a patient must not let them through under another name
-            raise BadInput(
-                f"no row for its patient in {self.join.path.name} (column {self.join.key_column}); "
-                "not de-identified",
-                where=where,
+        # Our own output is walked again too (what was added to it since is cleaned), keeping its
+        # pseudonym, UIDs and dates: genuine output comes out byte for byte as it went in.
+        ours = self._already_ours(ds)
+        if ours:
+            patient, shift = Patient(patient_id, 0), 0
+        else:
+            if not patient_id:
+                raise BadInput(
+                    "no PatientID: it cannot get a pseudonym (and dates) of its own; not de-identified",
+                    where=where,
+                )
+            if self.join is not None and patient_id not in self.join.values:
+                # a pseudonymisation table that lacks a patient must not let them through under another name
+                raise BadInput(
+                    f"no row for its patient in {self.join.path.name} (column {self.join.key_column}); "
+                    "not de-identified",
+                    where=where,
+                )
+            patient = self.pseudonyms.patient(patient_id, patient_name)
+            # a file another de-identifier already moved in time keeps its dates: shifting twice loses
+            # them; the flag counts only on a file that also says its identity was removed
+            moved = str(ds.get("LongitudinalTemporalInformationModified", "")).upper() == "MODIFIED"
+            removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+            shift = 0 if moved and removed else patient.date_shift
+        context = _Context(
+            patient, shift, sr=str(ds.get("SOPClassUID", "")).startswith(_SR_CLASSES), ours=ours
+        )
+        if not ours:
+            context.identifiers = sorted(
+                {part for part in _name_parts(patient_name) if len(part) >= 2}
+                | {value for value in (patient_id, original["AccessionNumber"]) if _long_enough(value)},
+                key=len,
+                reverse=True,
             )
-        patient = self.pseudonyms.patient(patient_id, patient_name)
-        # a file another de-identifier already moved in time keeps its dates: shifting twice loses them
-        shift = (
-            0
-            if str(ds.get("LongitudinalTemporalInformationModified", "")).upper() == "MODIFIED"
-            else (patient.date_shift)
+        # raw kept text is decoded when it holds an identifier long enough not to match by chance
+        context.needles = _encoded(
+            [one for one in context.identifiers if _long_enough(one)], encodings_of(ds)
         )
-        context = _Context(patient, shift, sr=str(ds.get("SOPClassUID", "")).startswith(_SR_CLASSES))
-        context.identifiers = sorted(
-            {part for part in _name_parts(patient_name) if _long_enough(part)}
-            | {value for value in (patient_id, original["AccessionNumber"]) if _long_enough(value)},
-            key=len,
-            reverse=True,
-        )
-        context.needles = _encoded(context.identifiers, encodings_of(ds))
         self._walk(ds, context)
         self._clean_texts(context)
         self._meta(ds)
         self._mark(ds)
-        if self.join is not None:
+        if self.join is not None and not ours:
             self._join(ds, patient_id)
-        return self._record(original, ds, patient, shift=shift), context
+        return self._record(original, ds, patient, shift=shift, already=ours), context
 
     def _join(self, ds: Any, patient_id: str) -> None:
         assert self.join is not None
@@ -459,7 +477,8 @@ class Deidentifier:
                 self._note_removed(elem, context)
                 del ds[tag]
                 continue
-            vr = raw.VR or _dictionary_vr(tag_int)
+            # a known attribute written as UN (implicit VR, or a tool that did not know it) is what it is
+            vr = raw.VR if raw.VR and raw.VR != "UN" else _dictionary_vr(tag_int)
             action = self._action(tag_int, vr, context)
             if (
                 vr != "SQ"
@@ -485,12 +504,12 @@ class Deidentifier:
         """Whether an element as read can stay as it is without even being decoded: kept by the profile,
         and its bytes hold none of the patient's identifiers; or a UID that is a class or standard UID."""
         if action == "K":
-            if tag == 0x00101010:  # PatientAge: capped when kept
-                return False
-            value = raw.value or b""
+            if tag == 0x00101010 or tag in self._kept_by_option or vr in ("DA", "DT", "UI"):
+                return False  # PatientAge is capped; what an option keeps is remembered as kept on purpose
+            value = (raw.value or b"").lower()  # a name in capitals is the same name
             return vr not in _DESCRIBING_VRS or not any(needle in value for needle in context.needles)
         if action == "U?":
-            if _KEYWORD_KEEPS_UID.search(_keyword(tag)):
+            if context.ours or _KEYWORD_KEEPS_UID.search(_keyword(tag)):
                 return True
             values = (raw.value or b"").rstrip(b"\0 ").decode("ascii", "replace").split("\\")
             return all(_is_standard_uid(value) for value in values)
@@ -520,6 +539,10 @@ class Deidentifier:
                 return _SEQUENCE.get(action, action)
             # curves and overlays are removed outright: an overlay without its data is no overlay
             return action if repeating and action == "X" else _ELEMENT.get(action, action)
+        if tag >> 16 == 0x0010 or not _keyword(tag):
+            # the patient module's attributes the table does not list (alternative-calendar dates...) and
+            # attributes no dictionary here knows: nobody vouched for them, so they go
+            return "X"
         if vr == "PN":
             return "Z"  # a person's name the table does not list is still a name
         if vr in ("DA", "DT"):
@@ -570,8 +593,10 @@ class Deidentifier:
         old = elem.value
         if action == "P":
             new: Any = context.patient.pseudonym
+        elif vr == "UI" and context.ours and action in ("U", "U?", "D"):
+            new = old  # our own UIDs: remapped once
         elif action == "A":
-            new = self.keys.accession(str(old)) if str(old or "").strip() else old
+            new = self.keys.accession(str(old)) if str(old or "").strip() and not context.ours else old
         elif action == "Z":
             new = "" if vr in _TEXT_VRS else None
         elif action == "D":
@@ -720,16 +745,9 @@ class Deidentifier:
         return [read.get_item(tag)._replace(value_tell=0) for tag in read.keys()]  # noqa: SIM118
 
     def _check_leaks(self, header: bytes, ds: Any, context: _Context, where: str) -> None:
-        """Refuse a result whose header still holds a value the profile removed or replaced, unless that
-        value is the whole of an element the profile keeps (a date kept by Retain Full Dates elsewhere,
-        an institution kept by its option): those are decoded only when a search finds something."""
-        encodings = encodings_of(ds)
-        suspects = context.removed - context.kept
-        found = found_in(header, suspects, encodings)
-        if found is None:
-            return
-        kept = {value.strip() for elem in ds.iterall() if elem.VR != "SQ" for value in _values(elem.value)}
-        if found_in(header, suspects - kept, encodings) is not None:
+        """Refuse a result whose header still holds a value the profile removed or replaced, unless an
+        option kept the same value on purpose elsewhere (dates, UIDs, an institution: context.kept)."""
+        if found_in(header, context.removed - context.kept, encodings_of(ds)) is not None:
             raise BadInput(
                 "an identifying value is still in the de-identified result; not written", where=where
             )
@@ -806,11 +824,12 @@ def _keyword(tag: int) -> str:
 
 
 def _encoded(values: list[str], encodings: list[str]) -> list[bytes]:
+    """VALUES as ENCODINGS write them, ASCII letters in lower case (compared with lowered bytes)."""
     found: set[bytes] = set()
     for value in values:
         for encoding in encodings:
             try:
-                found.add(value.encode(encoding))
+                found.add(value.encode(encoding).lower())
             except (UnicodeEncodeError, LookupError):
                 continue
     return [needle for needle in found if needle]
@@ -825,10 +844,14 @@ def _cap_age(text: str) -> str:
 
 
 def _cut(value: Any, identifiers: list[str]) -> Any:
-    """Text with each of the patient's own identifiers cut out (descriptions under Clean Descriptors)."""
+    """Text with each of the patient's own identifiers cut out (descriptions under Clean Descriptors), in
+    any case; a short one (a surname like Lee) only as a whole word, so that other words stay whole."""
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         return [_cut(item, identifiers) for item in value]
     text = str(value)
     for identifier in identifiers:
-        text = re.sub(re.escape(identifier), "", text, flags=re.IGNORECASE)
+        pattern = re.escape(identifier)
+        if len(identifier) < 4:
+            pattern = rf"(?<!\w){pattern}(?!\w)"
+        text = re.sub(pattern, "", text, flags=re.IGNORECASE)
     return re.sub(r"\s{2,}", " ", text).strip()

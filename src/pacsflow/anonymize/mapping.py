@@ -80,6 +80,11 @@ class MappingPseudonyms:
             self._known[patient_id] = known
         return known
 
+    @staticmethod
+    def _taken(conn: Any, pseudonym: str) -> bool:
+        query = select(pseudonyms.c.id).where(pseudonyms.c.pseudonym == pseudonym)
+        return conn.execute(query).first() is not None
+
     def is_pseudonym(self, value: str) -> bool:
         """Whether the mapping gave out VALUE as a pseudonym (read once per value)."""
         if not value:
@@ -128,6 +133,9 @@ class MappingPseudonyms:
                     if "{n" in self.pattern:
                         number = (conn.execute(select(func.max(pseudonyms.c.n))).scalar() or 0) + 1
                     pseudonym = self.pattern.format(n=number or 0, hash=self.keys.patient_hash(patient_id))
+                    while number is not None and self._taken(conn, pseudonym):
+                        number += 1  # a CSV gave this number's pseudonym to someone: count on past it
+                        pseudonym = self.pattern.format(n=number, hash="")
                     source = COUNTER if number is not None else KEYED
                 taken = conn.execute(
                     select(pseudonyms.c.patient_id).where(pseudonyms.c.pseudonym == pseudonym)
@@ -201,9 +209,10 @@ def _record_fields(record: dict[str, Any]) -> dict[str, Any]:
 def write_private_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> int:
     """Write a CSV that holds identities: mode 0600 from its first byte, replaced atomically."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.part")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
     count = 0
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary.unlink(missing_ok=True)  # never write into a file (or through a link) someone left there
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)

@@ -20,13 +20,15 @@ def encodings_of(ds: Any) -> list[str]:
 
 
 def found_in(data: bytes, values: Iterable[str], encodings: list[str]) -> str | None:
-    """The first of VALUES present in DATA in any of ENCODINGS, or None."""
+    """The first of VALUES present in DATA in any of ENCODINGS, whatever the case of its ASCII letters
+    ("SMITHSON" for Smithson), or None. Stateful encodings (ISO 2022 escapes) are not searched reliably."""
+    lowered = data.lower()
     for value in values:
         for encoding in encodings:
             try:
                 needle = value.encode(encoding)
             except (UnicodeEncodeError, LookupError):
                 continue
-            if needle and needle in data:
+            if needle and needle.lower() in lowered:
                 return value
     return None

@@ -115,11 +115,12 @@ class Verifier:
             problems += self._against(ds, _searched_bytes(data, pixels_at), sop, originals, uids)
         return Checked(problems, sop, scan.references)
 
-    def report(self, files: Iterable[tuple[str, bytes]]) -> Report:
-        """Check every (name, bytes) of FILES, then whether each reference leads to an instance."""
+    def report(self, files: Iterable[tuple[str, bytes]], *, references: bool = True) -> Report:
+        """Check every (name, bytes) of FILES, then (with REFERENCES) whether each reference leads to an
+        instance among them or in the mapping."""
         report = Report()
         sops: set[str] = set()
-        references: list[tuple[str, str]] = []
+        found_references: list[tuple[str, str]] = []
         for where, data in files:
             checked = self.check(data, where)
             if checked is None:
@@ -128,8 +129,9 @@ class Verifier:
             report.files += 1
             report.findings += [Finding(where, problem) for problem in checked.problems]
             sops.add(checked.sop)
-            references += [(where, uid) for uid in checked.references]
-        report.findings += self.dangling(references, sops)
+            found_references += [(where, uid) for uid in checked.references]
+        if references:
+            report.findings += self.dangling(found_references, sops)
         return report
 
     def dangling(self, references: Iterable[tuple[str, str]], sops: set[str]) -> list[Finding]:

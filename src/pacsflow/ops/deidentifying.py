@@ -147,6 +147,11 @@ def copy_names(
     patient's pseudonym from the mapping (recorded now if new) and the keyed UIDs."""
     tags = info.get("PatientMainDicomTags", {})
     patient_id, patient_name = str(tags.get("PatientID", "")).strip(), str(tags.get("PatientName", ""))
+    join = deidentifier.join
+    if join is not None and patient_id not in join.values:  # before the mapping gives them a pseudonym
+        raise BadInput(f"no row for its patient in {join.path.name} (column {join.key_column})", where=study)
+    if not patient_id:
+        raise BadInput("no PatientID: it cannot get a pseudonym of its own; not de-identified", where=study)
     pseudonym = deidentifier.pseudonyms.patient(patient_id, patient_name).pseudonym
     new_study = deidentifier.new_uid(_tag(info, "StudyInstanceUID"))
     series = {
