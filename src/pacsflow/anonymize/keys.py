@@ -8,7 +8,7 @@ import hmac
 import re
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pacsflow.errors import ConfigError
 
@@ -56,7 +56,7 @@ def check_format(pattern: str) -> str:
 class Keys:
     """Derivations under one secret. Each purpose has its own domain, so a UID never equals an ID."""
 
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a log line or a traceback's locals
     uid_root: str = "2.25"
     max_shift_days: int = 3650
 

@@ -106,6 +106,7 @@ class Verifier:
         scan.walk(ds)
         options = self._options(ds)
         problems += self._private(ds, scan.private, options)
+        problems += _orphan_creators(scan)
         problems += self._kept(ds, pixels_at < len(data))
         sop = str(ds.SOPInstanceUID)
         originals = _of_record(record) if record is not None else self._of_mapping(ds)
@@ -285,6 +286,7 @@ class _Scan:
     def __init__(self) -> None:
         self.uids: set[str] = set()
         self.private: list[tuple[Any, int, int]] = []
+        self.creators: list[tuple[Any, int, int]] = []
         self.references: list[str] = []
 
     def walk(self, ds: Any) -> None:
@@ -293,6 +295,8 @@ class _Scan:
             group, element = tag.group, tag.element
             if group % 2 == 1 and element >= 0x1000:
                 self.private.append((ds, group, element))
+            elif group % 2 == 1 and 0x0010 <= element <= 0x00FF:
+                self.creators.append((ds, group, element))
             vr = raw.VR or _vr(int(tag))
             if vr == "UI":
                 value = ds[tag].value
@@ -312,6 +316,13 @@ class _Scan:
             value = ds.ReferencedSOPInstanceUID
             many = isinstance(value, list | tuple) or value.__class__.__name__ == "MultiValue"
             self.references += [str(one) for one in value] if many else [str(value)]
+
+
+def _orphan_creators(scan: _Scan) -> list[str]:
+    """Private creators (gggg,0010-00FF) whose block keeps no element: a vendor's name left behind."""
+    used = {(id(parent), group, element >> 8) for parent, group, element in scan.private}
+    left = [one for one in scan.creators if (id(one[0]), one[1], one[2]) not in used]
+    return [f"{len(left)} private creators left without their block"] if left else []
 
 
 def _vr(tag: int) -> str:

@@ -69,12 +69,21 @@ def write_into(deidentifier: Deidentifier, data: bytes, where: str, out: Path) -
     target = output_path(out, record)
     found = {"id": record.orthanc_after, "study": None, "anon": result.anon()}
     try:
-        if target.exists() and target.stat().st_size == len(result.data):
+        if (
+            target.exists()
+            and target.stat().st_size == len(result.data)
+            and target.read_bytes() == result.data
+        ):
             return Outcome(status=SKIPPED, note=WRITTEN_BEFORE, result=found)
         write_atomically(target, result.data)
     except OSError as exc:
         raise BadInput(f"cannot write the de-identified file ({exc.strerror})", where=where) from None
     return Outcome(status=DONE, nbytes=len(result.data), result=found)
+
+
+def _same_file(target: Path, data: bytes) -> bool:
+    """Whether TARGET holds DATA already (a rerun): the same bytes, not just the same size."""
+    return target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data
 
 
 def write_atomically(target: Path, data: bytes) -> None:

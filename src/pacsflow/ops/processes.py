@@ -12,12 +12,12 @@ import signal
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pacsflow.anonymize.keys import Keys
-from pacsflow.errors import BadInput
+from pacsflow.errors import BadInput, TransientError
 from pacsflow.ops.base import Outcome
 
 log = logging.getLogger("pacsflow")
@@ -25,6 +25,8 @@ log = logging.getLogger("pacsflow")
 MIN_ITEMS = 200
 #: a file this large is read in the run's own process (an archive, a huge multi-frame image)
 _MAX_BYTES = 256 * 1024 * 1024
+#: seconds one file may take in a worker process before its item is tried again later
+FILE_TIMEOUT = 300
 _state: dict[str, Any] = {}  # in each worker process: its Deidentifier and output folder
 
 
@@ -32,7 +34,7 @@ _state: dict[str, Any] = {}  # in each worker process: its Deidentifier and outp
 class Setup:
     """What a worker process needs to build the run's Deidentifier (sent once, when it starts)."""
 
-    ledger_url: str
+    ledger_url: str = field(repr=False)  # may hold a database password
     keys: Keys
     params: Any  # the run's parameter model (options, pseudonym format, CSV)
 
@@ -110,7 +112,12 @@ class Processes:
             return None
         try:
             future: Future[tuple[str, Any]] = pool.submit(_write_file, path, out, run_id)
-            kind, value = future.result()
+            kind, value = future.result(timeout=FILE_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            raise TransientError(
+                f"not de-identified within {FILE_TIMEOUT} s", where=Path(path).name
+            ) from None
         except BrokenProcessPool:
             log.warning("a de-identifying process died; going on in the run's own process")
             self.pool = None
