@@ -88,20 +88,6 @@ class Pseudonyms(Protocol):
         ...
 
 
-class KeyedPseudonyms:
-    """Pseudonyms from the keyed hash alone ({hash} formats): no mapping needed to stay consistent."""
-
-    def __init__(self, keys: Keys, pattern: str = "ANON-{hash}") -> None:
-        self.keys = keys
-        self.pattern = pattern
-
-    def patient(self, patient_id: str, patient_name: str) -> Patient:
-        return Patient(
-            self.pattern.format(n=0, hash=self.keys.patient_hash(patient_id)),
-            self.keys.date_shift(patient_id),
-        )
-
-
 @dataclass
 class Record:
     """One instance de-identified: its original and new identities, for the mapping and the summary."""
