@@ -23,7 +23,8 @@ from pacsflow.errors import BadInput
 from pacsflow.join import LABEL, JoinTable
 from pacsflow.orthanc import orthanc_id
 
-#: what DeidentificationMethod says: a re-run knows its own output by it and leaves it alone
+#: what DeidentificationMethod starts with: with a pseudonym of this mapping, a re-run knows its own output
+#: by it (walked again, its pseudonym, UIDs and dates kept)
 METHOD = "pacsflow"
 _CODING_SCHEME = "DCM"
 # Table E.1-1's actions as written for a single element and for a sequence. Removal (X) of a single
@@ -66,7 +67,6 @@ _META_REMOVED = (
     "PrivateInformation",
 )
 PATIENT_ID, PATIENT_NAME, ACCESSION = 0x00100020, 0x00100010, 0x00080050
-PIXEL_DATA = 0x7FE00010
 _MIN_LEAK = 4  # shorter values ("M", "YES", "1") stand in any file; longer ones are checked for leaks
 
 
@@ -105,7 +105,7 @@ class Record:
     new_sop_uid: str
     study_date: str
     date_shift: int
-    #: True when the input was already our own output: it is passed on unchanged
+    #: True when the input was our own output: walked again with its identities kept, no mapping row
     already: bool = False
 
     @property
@@ -196,7 +196,7 @@ def _values(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _name_parts(text: str) -> list[str]:
+def name_parts(text: str) -> list[str]:
     """A person name's groups, components and their run-together forms (山田太郎, Tarou Yamada): any of
     them may appear alone in a description."""
     parts = [text]
@@ -364,7 +364,7 @@ class Deidentifier:
         )
         if not ours:
             context.identifiers = sorted(
-                {part for part in _name_parts(patient_name) if len(part) >= 2}
+                {part for part in name_parts(patient_name) if len(part) >= 2}
                 | {value for value in (patient_id, original["AccessionNumber"]) if _long_enough(value)},
                 key=len,
                 reverse=True,
@@ -662,7 +662,7 @@ class Deidentifier:
         for value in _values(elem.value):
             if elem.VR == "UI" and _is_standard_uid(value):
                 continue
-            parts = _name_parts(value) if elem.VR == "PN" else [value.strip()]
+            parts = name_parts(value) if elem.VR == "PN" else [value.strip()]
             context.removed.update(part for part in parts if _long_enough(part))
 
     def _note_removed_sequence(self, elem: Any, context: _Context) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pacsflow.anonymize.dates import shift_date
-from pacsflow.anonymize.deidentify import _name_parts
+from pacsflow.anonymize.deidentify import name_parts
 from pacsflow.anonymize.profile import OPTIONS
 from pacsflow.anonymize.search import encodings_of, found_in
 from pacsflow.ledger import Ledger
@@ -204,7 +204,7 @@ class Verifier:
     @staticmethod
     def _against(ds: Any, searched: bytes, sop: str, originals: _Originals, uids: set[str]) -> list[str]:
         problems: list[str] = []
-        parts = [part for value in originals.values for part in _name_parts(value)]
+        parts = [part for value in originals.values for part in name_parts(value)]
         wanted = [part for part in parts if len(part.encode()) >= _MIN_SEARCHED]
         if found_in(searched, wanted, encodings_of(ds)) is not None:
             problems.append("an original identifying value (patient ID, name or accession) is in the file")
