@@ -88,6 +88,18 @@ def test_a_new_ledger_is_at_the_newest_revision_with_exactly_the_schema(new_url:
     ledger.close()
 
 
+def test_the_migrations_make_exactly_the_tables_a_new_ledger_is_created_with(new_url: str) -> None:
+    # a new ledger is made from schema.py without Alembic: its revisions, run from nothing, must agree
+    engine = create_engine(new_url)
+    with engine.connect() as conn, conn.begin():
+        migrate_module._migrate(conn, "new", MIGRATIONS)
+    assert _revisions(new_url) == [REVISION]
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    engine.dispose()
+    assert _revisions(new_url) == [REVISION]
+
+
 def test_a_ledger_from_before_migrations_upgrades_and_reads_back_the_same(tmp_path: Path) -> None:
     url = _v1_copy(tmp_path)
     assert _revisions(url) is None
@@ -244,11 +256,12 @@ print("alembic" in sys.modules)
 """
 
 
-def test_opening_a_ledger_logs_nothing_and_an_up_to_date_one_needs_no_alembic(tmp_path: Path) -> None:
+def test_opening_a_ledger_logs_nothing_and_needs_no_alembic_new_or_up_to_date(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    for alembic_imported in ("True", "False"):  # a new ledger is made by the migrations; then it is at head
+    for _ in ("new", "up to date"):  # a new ledger is made from schema.py at once; then it is at head
         opened = subprocess.run([sys.executable, "-c", OPEN, url], capture_output=True, text=True, check=True)
-        assert (opened.stdout.strip(), opened.stderr) == (alembic_imported, "")
+        assert (opened.stdout.strip(), opened.stderr) == ("False", "")
+    assert _revisions(url) == [REVISION]
 
 
 OPEN_AT_ONCE = """
