@@ -112,7 +112,9 @@ def test_inventory_takes_the_selectors_of_transfer(
     result = cli("inventory", "--from", "a", "--out", "one.csv", "--patient", patient, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert list(read_csv(workdir / "one.csv")[1]) == [small["unknown"]["SeriesInstanceUID"]]
-    result = cli("inventory", "--from", "a", "--out", "ct.csv", "--query", "Modality=CT", cwd=workdir)
+    result = cli(
+        "inventory", "--from", "a", "--out", "ct.csv", "--query", "Modality=CT", "-w", "1", cwd=workdir
+    )
     assert result.returncode == 0, result.stderr
     assert len(read_csv(workdir / "ct.csv")[1]) == 2  # patient 0's study is CT, patient 1's MR
     both = cli(

@@ -217,8 +217,8 @@ def series_rows_from_server(
 ) -> list[SeriesRow]:
     """The rows of STUDIES (Orthanc IDs) on SERVER, WORKERS requests at a time, sorted (see sort_key).
 
-    A study or series deleted while it is read is left out (logged). Raises what the server's answers
-    raise (Unreachable, ServerError...), after the requests in flight end.
+    A study deleted while it is read is left out (logged), a series deleted meanwhile has no size. Raises
+    what the server's answers raise (Unreachable, ServerError...), once the requests in flight end.
     """
     rows: list[SeriesRow] = []
     gone = 0
@@ -354,9 +354,12 @@ def is_server(pacsflow: Pacsflow, spec: str) -> bool:
     return "://" in spec or find_name(spec, pacsflow.settings.servers) is not None
 
 
-def inventory(pacsflow: Pacsflow, spec: str, selection: Selection | None = None) -> Inventory:
-    """The rows of SPEC: a server (its studies SELECTION chooses; none: every study) or a download run
-    of the ledger (ID, unique prefix or 'last'; no selection then).
+def inventory(
+    pacsflow: Pacsflow, spec: str, selection: Selection | None = None, *, workers: int | None = None
+) -> Inventory:
+    """The rows of SPEC: a server (its studies SELECTION chooses; none: every study), read WORKERS
+    requests at a time (default: the settings'), or a download run of the ledger (ID, unique prefix or
+    'last'; no selection then).
 
     Raises ConfigError for a SPEC that is neither (one line naming both tries), a run that recorded no
     series, a selection with a run; PreflightError or Unauthorized for a server that cannot be used, and
@@ -367,10 +370,11 @@ def inventory(pacsflow: Pacsflow, spec: str, selection: Selection | None = None)
         from pacsflow.ops.servers import connect, preflight_server
         from pacsflow.selection import Selection, resolve
 
-        with connect(settings, spec, settings.workers) as server:
+        workers = workers or settings.workers
+        with connect(settings, spec, workers) as server:
             preflight_server(server)
             studies = resolve(server, selection or Selection())
-            rows = series_rows_from_server(server, studies, workers=settings.workers)
+            rows = series_rows_from_server(server, studies, workers=workers)
             return Inventory(rows, f"server {server.display}")
     run = _find_run(pacsflow, spec)
     if selection is not None and (selection.named or selection.query):

@@ -39,6 +39,7 @@ def inventory(
     accession: list[str] = AccessionOption,
     patient: list[str] = PatientOption,
     query: list[str] = QueryOption,
+    workers: int | None = WorkersOption,
 ) -> None:
     """One CSV row per series: patient, study and series identifiers, dates, modality, description,
     instances expected and present, size, and status (complete, incomplete, extra or unknown).
@@ -67,7 +68,7 @@ def inventory(
             "query": parse_query(query),
         }
     )
-    found = take_inventory(session(ctx), source, Selection.of(chosen))
+    found = take_inventory(session(ctx), source, Selection.of(chosen), workers=workers)
     try:
         write_csv(out, found.rows)
     except OSError as exc:
