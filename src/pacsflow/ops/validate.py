@@ -22,7 +22,7 @@ from pacsflow.inventory import (
     study_rows,
     summary,
 )
-from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
+from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, Ledger, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.params import ValidateParams
 from pacsflow.ops.servers import connect, preflight_server
@@ -131,7 +131,7 @@ def _series_item(row: SeriesRow) -> PlannedItem:
     return PlannedItem(SERIES, key, identity, phase=1, status=status, note=note, result=_counts(row))
 
 
-def rows_of_run(ledger: Any, run_id: str) -> list[SeriesRow]:
+def rows_of_run(ledger: Ledger, run_id: str) -> list[SeriesRow]:
     """The series a validate run has checked (done, skipped as unknown, or failed), with their counts,
     sorted as an inventory is; a series gone from the server, or not looked at yet, is left out."""
     rows = []
