@@ -1,0 +1,92 @@
+"""Where downloaded instances go: Patient/Date_Description_StudyUID/Number_Description/Number_SOPUID.dcm,
+and the per-patient ZIP names `<PatientID>__seriesCount<N>.zip`, every name safe on any filesystem."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+#: what a name keeps as it is: letters and digits of any script, and . _ -; the rest becomes _
+_KEEP = re.compile(r"[\w.-]", re.UNICODE)
+_MAX_PART = 64
+DEFAULT_DELIMITER = "__seriesCount"
+
+
+def safe_part(value: str, fallback: str, limit: int = _MAX_PART, *, distinct: bool = True) -> str:
+    """VALUE as one path component: separators, `..`, spaces and control characters replaced, cut to
+    LIMIT characters; FALLBACK when VALUE is empty. With DISTINCT (identifiers), a value that had to
+    change gets a short hash of itself appended, so that two different values (`A/B` and `A_B`) never
+    share a name; a description, whose folder is told apart by a UID, is only cleaned."""
+    value = value.strip()
+    if not value:
+        return fallback
+    cleaned = "".join(char if _KEEP.fullmatch(char) and char.isprintable() else "_" for char in value)
+    cleaned = cleaned.strip(".") or "_"
+    if cleaned == value and len(value) <= limit:
+        return value
+    if not distinct:
+        return cleaned[:limit].strip(".") or fallback
+    digest = hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned[: limit - 9]}~{digest}"
+
+
+def _tags(resource: Mapping[str, Any], key: str = "MainDicomTags") -> Mapping[str, Any]:
+    return resource.get(key) or {}
+
+
+def _joined(*parts: str) -> str:
+    return "_".join(part for part in parts if part)
+
+
+def patient_folder(study: Mapping[str, Any]) -> str:
+    """The patient's folder of an Orthanc study resource (its PatientID)."""
+    return safe_part(str(_tags(study, "PatientMainDicomTags").get("PatientID", "")), "unknown-patient")
+
+
+def study_folder(study: Mapping[str, Any]) -> str:
+    tags = _tags(study)
+    uid = safe_part(str(tags.get("StudyInstanceUID", "")), str(study.get("ID", "study")))
+    date = safe_part(str(tags.get("StudyDate", "")), "", 8)
+    description = safe_part(str(tags.get("StudyDescription", "")), "", 40, distinct=False)
+    return _joined(date, description, uid)
+
+
+def series_folders(series: list[Mapping[str, Any]]) -> dict[str, str]:
+    """Each series' folder, by Orthanc series ID: Number_Description; series of a study that would share
+    a folder (the same number and description) get a short hash of their UID appended."""
+    names = {}
+    for one in series:
+        tags = _tags(one)
+        number = safe_part(str(tags.get("SeriesNumber", "")), "", 12)
+        description = safe_part(str(tags.get("SeriesDescription", "")), "", 40, distinct=False)
+        names[one["ID"]] = _joined(number, description) or "series"
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    for one in series:
+        name = names[one["ID"]]
+        if counts[name] > 1:
+            uid = str(_tags(one).get("SeriesInstanceUID", "")) or one["ID"]
+            names[one["ID"]] = f"{name}~{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
+    return names
+
+
+def instance_file(instance: Mapping[str, Any]) -> str:
+    """Number_SOPUID.dcm (the number zero-padded, so that names sort in instance order)."""
+    tags = _tags(instance)
+    number = str(tags.get("InstanceNumber", "")).strip()
+    number = number.zfill(5) if number.isdigit() else safe_part(number, "0", 12)
+    return (
+        f"{number}_{safe_part(str(tags.get('SOPInstanceUID', '')), str(instance.get('ID', 'instance')))}.dcm"
+    )
+
+
+def patient_zip_pattern(patient: str, delimiter: str) -> re.Pattern[str]:
+    """The names of PATIENT's (a safe_part) per-patient ZIPs, whatever their series count."""
+    return re.compile(re.escape(f"{patient}{delimiter}") + r"(\d+)\.zip")
+
+
+def patient_zip_name(patient: str, delimiter: str, series: int) -> str:
+    return f"{patient}{delimiter}{series}.zip"
