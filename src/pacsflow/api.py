@@ -30,7 +30,7 @@ from pacsflow.errors import ConfigError, NoLedger, PacsflowError, Unauthorized, 
 from pacsflow.events import ITEM_DONE, ITEM_FAILED, Event
 from pacsflow.heartbeat import Heartbeat
 from pacsflow.ledger import FAILED, Ledger, RunInfo
-from pacsflow.ops.base import operation_class
+from pacsflow.ops.base import Operation, operation_class
 from pacsflow.outages import Outages
 from pacsflow.pacing import configure_limits
 from pacsflow.progress import Progress, make_progress
@@ -220,10 +220,28 @@ class Pacsflow:
 
     # -- runs -----------------------------------------------------------------------------------
 
+    def prepare(self, operation: str, params: Mapping[str, Any], *, workers: int | None = None) -> Operation:
+        """OPERATION built with PARAMS and checked against its servers (its preflight), as `start` does
+        first, but with no run made yet: a face can show what the run would do (`Delete.summary`), ask,
+        and then give the operation to `start` in place of its name, or close it.
+
+        Raises what `start` raises before its run exists.
+        """
+        settings = self.settings
+        params = scrub_params(settings, {"workers": workers or settings.workers, **params})
+        op = operation_class(operation)(settings, params)
+        try:
+            with folders_named_in_errors():
+                op.preflight()
+        except BaseException:
+            op.close()
+            raise
+        return op
+
     def start(
         self,
-        operation: str,
-        params: Mapping[str, Any],
+        operation: str | Operation,
+        params: Mapping[str, Any] | None = None,
         *,
         workers: int | None = None,
         plan_only: bool = False,
@@ -231,15 +249,20 @@ class Pacsflow:
         stop: threading.Event | None = None,
         handlers: Handlers = (),
     ) -> RunResult:
-        """Check, plan and (unless PLAN_ONLY) work a new run of OPERATION with PARAMS.
+        """Check, plan and (unless PLAN_ONLY) work a new run of OPERATION with PARAMS (OPERATION: a
+        name, or what `prepare` gave, whose own parameters are used).
 
         Servers given as URLs with a password are stored without it (the ledger may be a shared
         database): the password stays in this session's memory. Raises ConfigError for bad parameters
         or settings, PreflightError/Unauthorized when a server cannot be used at all.
         """
         settings = self.settings
-        params = scrub_params(settings, {"workers": workers or settings.workers, **params})
-        op = operation_class(operation)(settings, params)  # checks the parameters before any side effect
+        if isinstance(operation, Operation):
+            op = operation
+            workers = workers or getattr(op.p, "workers", None)
+        else:
+            params = scrub_params(settings, {"workers": workers or settings.workers, **(params or {})})
+            op = operation_class(operation)(settings, params)  # checks the parameters before any side effect
         self._open_ledger(create=True)
         engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
         with folders_named_in_errors():
@@ -302,21 +325,23 @@ class Pacsflow:
             return []
         return [replace(run, status=self.ledger.shown_status(run)) for run in found]
 
-    def show(self, run_ref: str, *, failed: bool = False, limit: int = 50) -> list[str]:
-        """A run's parameters (secrets hidden), counts, timing, and with FAILED its failures: the lines
-        of `pacsflow run show` (the same as `view` holds).
+    def show(self, run_ref: str, *, failed: bool = False, limit: int = 50, items: bool = False) -> list[str]:
+        """A run's parameters (secrets hidden), counts, timing, with FAILED its failures and with ITEMS
+        its items and what each did: the lines of `pacsflow run show` (the same as `view` holds).
 
         Raises ConfigError for an unknown or ambiguous run reference."""
         from pacsflow.runview import render_view
 
-        return render_view(self.view(run_ref, failed=failed, limit=limit))
+        return render_view(self.view(run_ref, failed=failed, limit=limit, items=items))
 
-    def view(self, run_ref: str, *, failed: bool = False, limit: int = 50) -> dict[str, Any]:
+    def view(
+        self, run_ref: str, *, failed: bool = False, limit: int = 50, items: bool = False
+    ) -> dict[str, Any]:
         """What `show` prints, as plain data (`run show --json`, a web page): see runview.run_view for
         its keys. Raises ConfigError for an unknown or ambiguous run reference."""
         from pacsflow.runview import run_view
 
-        return run_view(self.ledger, run_ref, failed=failed, limit=limit)
+        return run_view(self.ledger, run_ref, failed=failed, limit=limit, items=items)
 
     def check(self, targets: Sequence[str] = ()) -> tuple[list[str], bool]:
         """One line per server or modality (all configured when none named), and whether all are fine.
