@@ -408,7 +408,7 @@ def test_runs_and_run_show_as_json(workdir: Path, orthanc_a: LocalOrthanc, clien
 
     shown = cli("run", "show", upload["id"], "--failed", "--json", cwd=workdir)
     view = json.loads(shown.stdout)
-    assert set(view) == RUN_KEYS | {"params", "elapsed", "error", "failed_items"}
+    assert set(view) == RUN_KEYS | {"params", "elapsed", "error", "failed_items", "listed_items"}
     assert PASSWORD not in shown.stdout and view["params"]["to"] == f"http://127.0.0.1:{orthanc_a.http_port}"
     [failure] = view["failed_items"]
     assert set(failure) == {"number", "kind", "label", "name", "attempts", "error"}

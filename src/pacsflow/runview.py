@@ -90,6 +90,9 @@ def item_name(item: Item) -> str:
         return f"{payload['id']} to {redact_url(str(payload.get('to', '')))}"
     if kind == "delete" and "id" in payload:
         return f"{payload['id']} from the source"
+    if kind == "deletion" and "ids" in payload:
+        ids = payload["ids"]
+        return f"study {ids[0]}" if len(ids) == 1 else f"{len(ids)} studies: {ids[0]} and {len(ids) - 1} more"
     return key
 
 
@@ -101,10 +104,14 @@ def printable(text: str | None) -> str | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def run_view(ledger: Ledger, run_ref: str, *, failed: bool = False, limit: int = 50) -> dict[str, Any]:
+def run_view(
+    ledger: Ledger, run_ref: str, *, failed: bool = False, limit: int = 50, items: bool = False
+) -> dict[str, Any]:
     """One run for `run show` (text or --json): `run_record`'s keys, its parameters (secrets hidden),
-    elapsed seconds and error of its last process, and with FAILED up to LIMIT failed items (else
-    `failed_items` is None). Raises ConfigError for an unknown or ambiguous RUN_REF."""
+    elapsed seconds and error of its last process, with FAILED up to LIMIT failed items (else
+    `failed_items` is None), and with ITEMS its first LIMIT items of every status with their notes and
+    results, the run's record of what each did (else `listed_items` is None). Raises ConfigError for an
+    unknown or ambiguous RUN_REF."""
     run = ledger.run(run_ref)
     summary = run.summary or {}
     view = run_record(run, ledger.shown_status(run))
@@ -124,6 +131,21 @@ def run_view(ledger: Ledger, run_ref: str, *, failed: bool = False, limit: int =
                 "error": printable(item.last_error),
             }
             for item in ledger.items(run.id, status=FAILED, limit=limit)
+        ]
+    view["listed_items"] = None
+    if items:
+        first = ledger.first_item_id(run.id) or 1
+        view["listed_items"] = [
+            {
+                "number": item.id - first + 1,
+                "kind": item.kind,
+                "label": item_label(item.kind, item.id - first + 1, item.key),
+                "name": printable(item_name(item)),
+                "status": item.status,
+                "note": printable(item.last_error),
+                "result": item.result,
+            }
+            for item in ledger.items(run.id, limit=limit)
         ]
     return view
 
@@ -153,7 +175,38 @@ def render_view(view: dict[str, Any]) -> list[str]:
         lines.extend(f"  {one['label']} {one['name']}: {one['error']}" for one in failures)
         if len(failures) < shown:
             lines.append(f"  ... and {shown - len(failures)} more (--limit)")
+    listed = view.get("listed_items")
+    if listed is not None:
+        lines.append(f"items ({len(listed)} of {view['items']}):" if listed else "no items")
+        for one in listed:
+            note = f" ({one['note']})" if one["note"] else ""
+            lines.append(f"  {one['label']} {one['name']}: {one['status']}{note}")
+            lines.extend(f"    {line}" for line in result_lines(one["result"]))
+        if len(listed) < view["items"]:
+            lines.append(f"  ... and {view['items'] - len(listed)} more (--limit)")
     return lines
+
+
+def result_lines(result: dict[str, Any] | None) -> list[str]:
+    """An item's result as lines: `name: key=value ...` for each record of a list (a deletion's studies),
+    and its single values together on one line."""
+    lines: list[str] = []
+    single: list[str] = []
+    for key, value in (result or {}).items():
+        name = key.replace("_", " ")
+        if isinstance(value, list) and value and all(isinstance(one, dict) for one in value):
+            lines.extend(f"{name}: {_pairs(one)}" for one in value)
+        elif isinstance(value, list):
+            lines.append(f"{name}: {', '.join(map(str, value))}")
+        elif isinstance(value, dict):
+            lines.append(f"{name}: {_pairs(value)}")
+        else:
+            single.append(f"{key}={value}")
+    return ([" ".join(single)] if single else []) + [printable(line) or "" for line in lines]
+
+
+def _pairs(record: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in record.items())
 
 
 def _local(iso: str) -> str:

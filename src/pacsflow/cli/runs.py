@@ -65,17 +65,20 @@ def run_show(
     ctx: typer.Context,
     run_ref: str = RunArgument,
     failed: bool = typer.Option(False, "--failed", help="list the failed items with their reasons"),
-    limit: int = typer.Option(50, "--limit", "-n", min=1, help="how many failed items to list"),
+    items: bool = typer.Option(
+        False, "--items", help="list the items with what each did (a delete: each study it deleted)"
+    ),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="how many items to list"),
     as_json: bool = JsonOption,
 ) -> None:
-    """Show a run: its parameters, counts, and (with --failed) what failed and why.
+    """Show a run: its parameters, counts, (with --failed) what failed and why, (with --items) its items.
 
     Example: pacsflow run show last --failed --json
     """
     if as_json:
-        _print_json(session(ctx).view(run_ref, failed=failed, limit=limit))
+        _print_json(session(ctx).view(run_ref, failed=failed, limit=limit, items=items))
         return
-    for line in session(ctx).show(run_ref, failed=failed, limit=limit):
+    for line in session(ctx).show(run_ref, failed=failed, limit=limit, items=items):
         typer.echo(line)
 
 
