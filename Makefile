@@ -4,7 +4,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := orthanc dcmtk postgresql dicom3tools
+APT_PACKAGES := orthanc dcmtk postgresql dicom3tools e2fsprogs unzip
 
 .PHONY: demo test lint bench system venv clean
 
@@ -23,7 +23,7 @@ bench: system $(STAMP)
 
 # Debian packages, installed only when a binary is missing (fast when already set up).
 system:
-	@if [ ! -x /usr/sbin/Orthanc ] || ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null || ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	@if [ ! -x /usr/sbin/Orthanc ] || ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null || ! command -v chattr >/dev/null || ! command -v unzip >/dev/null || ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \

@@ -28,8 +28,15 @@ def fill(client: Orthanc) -> list[str]:
     return [client.upload(instance_bytes(SHAPE, 0, 0, 0, i))["ID"] for i in range(SHAPE.instances)]
 
 
-def downloaded(out: Path) -> dict[str, Path]:
-    return {path.stem: path for path in out.rglob("*.dcm")}
+def downloaded(out: Path, client: Orthanc) -> dict[str, Path]:
+    """The files under OUT by Orthanc instance ID (their names end with the SOPInstanceUID)."""
+    by_uid = {path.stem.split("_", 1)[1]: path for path in out.rglob("*.dcm")}
+    found = {}
+    for instance in client.ids("instances"):
+        uid = client.resource("instances", instance)["MainDicomTags"]["SOPInstanceUID"]
+        if uid in by_uid:
+            found[instance] = by_uid[uid]
+    return found
 
 
 def leftovers(out: Path) -> list[Path]:
@@ -48,13 +55,14 @@ def test_rerun_fetches_truncated_and_altered_files_again_and_skips_whole_ones(
     truncated, altered, whole = fill(client_a)
     first = run_cli("download", "--from", "a", "--out", "dl", cwd=workdir)
     assert first.returncode == 0, first.stdout + first.stderr
-    files = downloaded(workdir / "dl")
+    files = downloaded(workdir / "dl", client_a)
     files[truncated].write_bytes(files[truncated].read_bytes()[:-100])
     flip_last_byte(files[altered])
     untouched = files[whole].stat()
     again = run_cli("download", "--from", "a", "--out", "dl", cwd=workdir)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "3 done, 1 skipped" in again.stdout  # the study, the two damaged files; the whole one skipped
+    # the study, the two damaged files and the study's check; the whole file skipped
+    assert "4 done, 1 skipped" in again.stdout
     for instance in (truncated, altered, whole):
         assert files[instance].read_bytes() == client_a.instance_file(instance)
     assert files[whole].stat().st_mtime_ns == untouched.st_mtime_ns  # not written again
@@ -73,12 +81,12 @@ def test_rerun_on_a_server_without_md5_checks_the_size(workdir: Path, without_md
     with Orthanc(without_md5.server_config()) as client:
         truncated, altered, _ = fill(client)
         assert run_cli("download", "--from", without_md5.url, "--out", "dl", cwd=workdir).returncode == 0
-        files = downloaded(workdir / "dl")
+        files = downloaded(workdir / "dl", client)
         files[truncated].write_bytes(files[truncated].read_bytes()[:-100])
         flip_last_byte(files[altered])
         again = run_cli("download", "--from", without_md5.url, "--out", "dl", cwd=workdir)
         assert again.returncode == 0, again.stdout + again.stderr
-        assert "2 done, 2 skipped" in again.stdout  # without an MD5, same size is all it can tell
+        assert "3 done, 2 skipped" in again.stdout  # without an MD5, same size is all it can tell
         assert files[truncated].read_bytes() == client.instance_file(truncated)
         assert files[altered].read_bytes() != client.instance_file(altered)
 
@@ -118,13 +126,13 @@ def test_each_attempt_writes_its_own_temporary_file(
     out = workdir / "dl"
     exit_code, flaky = run_download(settings, out)
     assert exit_code == EXIT_OK
-    files = downloaded(out)
+    files = downloaded(out, client_a)
     for instance in instances:
         first, second = flaky.names[instance]
         assert first != second  # after a lease takeover, two workers never share one file
         for name in (first, second):
             assert Path(name).parent == files[instance].parent
-            assert re.fullmatch(re.escape(f"{instance}.dcm.") + r"[0-9a-f]+\.part", Path(name).name)
+            assert re.fullmatch(re.escape(f"{files[instance].name}.") + r"[0-9a-f]+\.part", Path(name).name)
         assert files[instance].read_bytes() == client_a.instance_file(instance)
     assert leftovers(out) == []  # the broken attempts' files are gone
 
@@ -136,10 +144,10 @@ def test_a_file_shorter_than_the_server_says_is_never_kept(
     out = workdir / "dl"
     exit_code, flaky = run_download(settings, out, short=True)
     assert exit_code == EXIT_FAILED
-    assert downloaded(out) == {} and leftovers(out) == []
+    assert downloaded(out, client_a) == {} and leftovers(out) == []
     assert len(flaky.names[instance]) == 3  # a short file is a transient fault: tried again, then failed
     ledger = Ledger(settings.ledger)
-    (failed,) = ledger.items(ledger.runs()[0].id, status=FAILED)
+    (failed,) = ledger.items(ledger.runs()[0].id, status=FAILED, kind="instance")
     size = len(client_a.instance_file(instance))
     assert failed.last_error == f"{instance}: got 4 bytes, the server holds {size}"
 
@@ -159,7 +167,7 @@ def test_download_chooses_studies_by_uid_patient_accession_or_query(
         out = workdir / f"dl-{len(list(workdir.glob('dl-*')))}"
         result = run_cli("download", "--from", "a", "--out", str(out), *selectors, cwd=workdir)
         assert result.returncode == 0, result.stdout + result.stderr
-        folders = {path.parent.parent.name for path in out.rglob("*.dcm")}
+        folders = {path.parent.parent.name.rsplit("_", 1)[1] for path in out.rglob("*.dcm")}
         return {study for study, tags in studies.items() if tags["StudyInstanceUID"] in folders}
 
     assert fetched("--study", studies[first]["StudyInstanceUID"]) == {first}

@@ -159,6 +159,11 @@ STORED: list[tuple[str, dict[str, Any]]] = [
             "workers": 4,
         },
     ),
+    (
+        "delete",
+        {"workers": 4, "on": "main", "studies": ["6b9e-1"], "query": None, "all": False, "matched": 1},
+    ),
+    ("delete", {"workers": 4, "on": "main", "studies": None, "query": None, "all": True, "matched": 5}),
 ]
 
 
@@ -287,7 +292,12 @@ def _changed(operation: str, **changes: Any) -> dict[str, Any]:
             ("shape.pixels",),
         ),
         ("download", _changed("download", workers=0), "--workers 0: must be at least 1", ("workers",)),
-        ("download", _changed("download", out=_DROP), "--out is required", ("out",)),
+        (
+            "download",
+            _changed("download", out=_DROP),
+            "give one of --out DIR, --zip FILE or --per-patient-zip DIR",
+            ("out", "zip", "per_patient_zip"),
+        ),
         ("clone", _changed("clone", start_change="soon"), "start_change 'soon'", ("start_change",)),
     ],
 )
@@ -302,10 +312,10 @@ def test_bad_values_raise_a_config_error_naming_the_parameter(
 
 def test_several_problems_are_named_in_one_error() -> None:
     with pytest.raises(ParamsError) as caught:
-        validate_params("download", {"from": "main", "workers": 0, "studies": "6b9e"})
+        validate_params("transfer", {"from": "main", "workers": 0, "studies": "6b9e"})
     text = str(caught.value)
-    assert "--out is required" in text and "--workers 0" in text and "--study" in text
-    assert set(caught.value.params) == {"out", "workers", "studies"}
+    assert "--to is required" in text and "--workers 0" in text and "--study" in text
+    assert set(caught.value.params) == {"to", "workers", "studies"}
 
 
 def test_values_that_may_hold_secrets_or_patient_data_are_not_quoted() -> None:

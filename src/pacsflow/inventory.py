@@ -266,8 +266,11 @@ def _present(ledger: Ledger, run_id: str) -> dict[str, tuple[int, int]]:
     from pacsflow.ledger.schema import items
 
     series = items.c.payload["series"].as_string()
+    # the server's size of each file (in its payload): an instance skipped as already there moved no
+    # bytes in this run, but it is there all the same
+    size = items.c.payload["size"].as_integer()
     query = (
-        select(series, func.count(), func.coalesce(func.sum(items.c.bytes), 0))
+        select(series, func.count(), func.coalesce(func.sum(func.coalesce(size, items.c.bytes)), 0))
         .where(
             items.c.run_id == run_id,
             items.c.kind == RUN_INSTANCE,
@@ -280,11 +283,13 @@ def _present(ledger: Ledger, run_id: str) -> dict[str, tuple[int, int]]:
 
 
 def _recorded_series(ledger: Ledger, run_id: str) -> Iterator[Mapping[str, Any]]:
-    """The series the run's study items recorded when they listed their study, each once."""
+    """The series the run's study (or patient) items recorded when they listed them, each once."""
     from pacsflow.ledger import DONE
 
     seen: set[str] = set()
-    for item in ledger.items(run_id, DONE, kind=RUN_STUDY):
+    # per-patient ZIP runs list a patient's studies in one item
+    found = [*ledger.items(run_id, DONE, kind=RUN_STUDY), *ledger.items(run_id, DONE, kind="patient")]
+    for item in found:
         for series in (item.result or {}).get("series") or ():
             key = str(series.get("id") or "")
             if key and key not in seen:

@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -80,6 +80,11 @@ class Capabilities:
     def c_get(self) -> bool:
         """Orthanc can itself issue C-GET to a modality (1.12.6+)."""
         return self.version_tuple >= (1, 12, 6)
+
+    @property
+    def bulk_delete(self) -> bool:
+        """`POST /tools/bulk-delete` deletes many resources in one request (1.9.4+; unknown IDs ignored)."""
+        return self.version_tuple >= (1, 9, 4)
 
     @property
     def gzips_everything(self) -> bool:
@@ -295,8 +300,13 @@ class Orthanc:
         except NotFound:
             return []
 
-    def find(self, level: str, query: dict[str, str], *, expand: bool = False) -> list[Any]:
-        body = {"Level": level, "Query": query, "Expand": expand}
+    def find(
+        self, level: str, query: dict[str, str], *, expand: bool = False, labels: Sequence[str] = ()
+    ) -> list[Any]:
+        """/tools/find; with LABELS, only resources that carry every one of them (Orthanc 1.12+)."""
+        body: dict[str, Any] = {"Level": level, "Query": query, "Expand": expand}
+        if labels:
+            body |= {"Labels": list(labels), "LabelsConstraint": "All"}
         return self.post_json("/tools/find", body)
 
     def delete_resource(self, level: str, resource_id: str) -> None:

@@ -177,6 +177,8 @@ class Selection:
     accessions: tuple[str, ...] = ()
     patients: tuple[str, ...] = ()
     query: Mapping[str, str] | None = None
+    #: Orthanc labels (1.12+) every chosen study carries: they narrow what the rest chose
+    labels: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, params: Any) -> Selection:
@@ -186,6 +188,7 @@ class Selection:
             tuple(getattr(params, "accessions", None) or ()),
             tuple(getattr(params, "patients", None) or ()),
             getattr(params, "query", None) or None,
+            tuple(getattr(params, "labels", None) or ()),
         )
 
     @property
@@ -241,6 +244,22 @@ def resolve(server: Orthanc, selection: Selection, *, require_match: bool = True
     return list(found)
 
 
+def _labelled(server: Orthanc, selection: Selection, *, require_match: bool) -> list[str]:
+    """The studies carrying every label of SELECTION among those the rest of it chooses. Raises
+    ConfigError on a server without labels (before Orthanc 1.12)."""
+    capabilities = server.capabilities()
+    if not capabilities.labels:
+        raise ConfigError(
+            f"--label needs Orthanc 1.12 or newer; {server.display} runs {capabilities.version}"
+        )
+    labelled = server.find("Study", study_level(selection.query or {}), labels=selection.labels)
+    if not selection.named:
+        return list(labelled)
+    unlabelled = Selection(selection.studies, selection.accessions, selection.patients, selection.query)
+    chosen = set(labelled)
+    return [study for study in resolve(server, unlabelled, require_match=require_match) if study in chosen]
+
+
 def _matches(server: Orthanc, name: str, value: str, every: set[str] | None) -> list[str]:
     """The studies one selector value names on SERVER."""
     if name == "studies" and ORTHANC_ID.fullmatch(value.lower()):
@@ -271,6 +290,6 @@ def first_look(server: Orthanc, params: Any) -> list[str] | None:
     it is resumed (`matched` set at its start: a resume does not ask again, since a study done and gone
     meanwhile must not stop the rest)."""
     selection = Selection.of(params)
-    if not selection.named or getattr(params, "matched", None) is not None:
+    if not (selection.named or selection.labels) or getattr(params, "matched", None) is not None:
         return None
     return resolve(server, selection)

@@ -236,6 +236,9 @@ StudyOption = typer.Option(
 )
 AccessionOption = typer.Option(None, "--accession", help="AccessionNumber (repeatable)")
 PatientOption = typer.Option(None, "--patient", help="PatientID: all its studies (repeatable)")
+LabelOption = typer.Option(
+    None, "--label", help="Orthanc label the studies carry (repeatable: all of them; Orthanc 1.12+)"
+)
 QueryOption = typer.Option(
     None, "--query", help="TAG=VALUE the studies match (repeatable; * ok); not with the three above"
 )

@@ -11,6 +11,7 @@ from pacsflow.cli.app import (
     AnonymizeOption,
     BurnedInOption,
     GiveUpOption,
+    LabelOption,
     PatientOption,
     PlanOnlyOption,
     ProfileOption,
@@ -129,11 +130,25 @@ def upload(
 def download(
     ctx: typer.Context,
     source: str = typer.Option(..., "--from", help="Orthanc server"),
-    out: Path = typer.Option(..., "--out", help="folder: Patient/Study/Series/instance.dcm"),
+    out: Path | None = typer.Option(
+        None, "--out", help="folder: PatientID/Date_Description_StudyUID/Number_Description/Number_SOPUID.dcm"
+    ),
+    zip_file: Path | None = typer.Option(
+        None, "--zip", help="one ZIP file, same layout, stored entries (written as FILE.part, then renamed)"
+    ),
+    per_patient_zip: Path | None = typer.Option(
+        None, "--per-patient-zip", help="folder of one ZIP per patient: <PatientID>__seriesCount<N>.zip"
+    ),
+    delimiter: str | None = typer.Option(
+        None,
+        "--delimiter",
+        help="between PatientID and series count in per-patient ZIP names [__seriesCount]",
+    ),
     study: list[str] = StudyOption,
     accession: list[str] = AccessionOption,
     patient: list[str] = PatientOption,
     query: list[str] = QueryOption,
+    label: list[str] = LabelOption,
     anonymize: bool = AnonymizeOption,
     option: list[str] = ProfileOption,
     allow_burned_in: bool = BurnedInOption,
@@ -141,20 +156,28 @@ def download(
     plan_only: bool = PlanOnlyOption,
     give_up_after: str | None = GiveUpOption,
 ) -> None:
-    """Download studies into a folder tree.
+    """Download studies (all of them, or those chosen) into a folder tree, one ZIP, or one ZIP per patient.
+
+    A rerun fetches only what is missing or differs from the server (size and MD5); a patient who gained
+    series gets a new ZIP, and only then is the old one removed. Every series' count is checked at the end.
 
     Example: pacsflow download --from main --out export/
+    Example: pacsflow download --from main --zip export.zip --query StudyDate=20240101-20241231
+    Example: pacsflow download --from main --per-patient-zip zips/ --query Modality=CT
     Example: pacsflow download --from main --out export/ --patient PF001 --patient PF002
-    Example: pacsflow download --from main --out export/ --query StudyDate=2024-01-01-
     Example: pacsflow download --from main --out research/ --anonymize
     """
     params = {
         "from": source,
-        "out": str(out.resolve()),
+        "out": str(out.resolve()) if out else None,
+        "zip": str(zip_file.resolve()) if zip_file else None,
+        "per_patient_zip": str(per_patient_zip.resolve()) if per_patient_zip else None,
+        "delimiter": delimiter,
         "studies": study or None,
         "accessions": accession or None,
         "patients": patient or None,
         "query": parse_query(query),
+        "labels": label or None,
         **deidentify_params(anonymize, option, allow_burned_in),
     }
     start_run(ctx, "download", params, workers, plan_only, give_up_after)

@@ -130,11 +130,13 @@ def operation_class(name: str) -> type[Operation]:
     from pacsflow.ops import (  # noqa: F401 - they register themselves
         anonymize,
         anonymize_copy,
+        delete,
         download,
         populate,
         roster,
         transfer,
         upload,
+        validate,
     )
 
     try:

@@ -340,7 +340,7 @@ class SelectParams(OpParams):
 
     #: parameters newer than the runs some ledgers hold: left out of the stored dict while unset, so
     #: that those runs' parameters stay exactly as they were stored
-    LATER: ClassVar[frozenset[str]] = frozenset({"accessions", "patients", "matched"})
+    LATER: ClassVar[frozenset[str]] = frozenset({"accessions", "patients", "matched", "labels"})
 
     studies: list[str] | None = Field(
         None, description="Orthanc study IDs or StudyInstanceUIDs (default: every study)"
@@ -352,6 +352,9 @@ class SelectParams(OpParams):
     )
     matched: int | None = Field(
         None, ge=0, description="found at the start: studies the selectors named (not looked up again)"
+    )
+    labels: list[str] | None = Field(
+        None, description="Orthanc labels every chosen study carries (Orthanc 1.12+); narrow the rest"
     )
 
     @field_validator("studies", "accessions", "patients", mode="before")
@@ -429,13 +432,34 @@ class ForwardParams(OpParams):
 
 
 class DownloadParams(_MaybeDeidentify, SelectParams):
-    """download: fetch studies into a folder tree Patient/Study/Series/<instance>.dcm."""
+    """download: fetch studies into a folder tree, one ZIP, or one ZIP per patient (see pacsflow.layout)."""
 
     operation = "download"
-    LATER = SelectParams.LATER | {"query"}  # download took no query before
+    # download took no query, ZIPs or labels before: unset, they stay out of what older runs stored
+    LATER = SelectParams.LATER | {"query", "zip", "per_patient_zip", "delimiter", "out"}
 
     source: str = Field(alias="from", description="Orthanc server (name or URL)")
-    out: PathText = Field(description="folder: Patient/Study/Series/instance.dcm")
+    out: PathText | None = Field(None, description="folder: Patient/Study/Series/instance.dcm")
+    zip: PathText | None = Field(None, description="one ZIP file with the same layout, stored entries")
+    per_patient_zip: PathText | None = Field(
+        None, description="folder of one ZIP per patient, <PatientID><delimiter><series count>.zip"
+    )
+    delimiter: str | None = Field(
+        None, description="between PatientID and series count in per-patient ZIP names (__seriesCount)"
+    )
+
+    @model_validator(mode="after")
+    def _one_output(self) -> Self:
+        outputs = [name for name in ("out", "zip", "per_patient_zip") if getattr(self, name)]
+        if len(outputs) != 1:
+            raise _Invalid(
+                "give one of --out DIR, --zip FILE or --per-patient-zip DIR", "out", "zip", "per_patient_zip"
+            )
+        if self.delimiter is not None and not self.per_patient_zip:
+            raise _Invalid("--delimiter goes with --per-patient-zip", "delimiter")
+        if self.delimiter is not None and (not self.delimiter or "/" in self.delimiter):
+            raise _Invalid("--delimiter: a non-empty text without /", "delimiter")
+        return self
 
 
 class AnonymizeParams(_Deidentify, _CsvJoin, OpParams):
@@ -479,6 +503,27 @@ class AnonymizeCopyParams(_Deidentify, _CsvJoin, SelectParams):
         return self
 
 
+class DeleteParams(SelectParams):
+    """delete: remove studies from an Orthanc server, each deletion verified and recorded in the ledger.
+    Nothing here means "every study": that takes `all`, said on purpose."""
+
+    operation = "delete"
+
+    on: str = Field(description="Orthanc server (name or URL) to delete from")
+    all: bool = Field(False, description="every study on the server")
+
+    @model_validator(mode="after")
+    def _something_chosen(self) -> Self:
+        named = any(getattr(self, name) for name in SELECTORS) or bool(self.query)
+        named = named or bool(getattr(self, "labels", None))
+        if named == self.all:
+            raise _Invalid(
+                "give --study, --accession, --patient or --query, or --all (not both)",
+                *(["all"] if self.all else ["studies"]),
+            )
+        return self
+
+
 #: the model of each operation, by the name its runs are stored under
 MODELS: dict[str, type[OpParams]] = {
     "populate": PopulateParams,
@@ -490,6 +535,7 @@ MODELS: dict[str, type[OpParams]] = {
     "download": DownloadParams,
     "anonymize": AnonymizeParams,
     "anonymize-copy": AnonymizeCopyParams,
+    "delete": DeleteParams,
 }
 
 
@@ -511,3 +557,11 @@ def validate_params(operation: str, data: Mapping[str, Any] | BaseModel) -> dict
     Raises ParamsError (a ConfigError) naming each bad parameter, ConfigError for an unknown operation.
     """
     return params_model(operation).parse(data).stored()
+
+
+class ValidateParams(SelectParams):
+    """validate: check each chosen series' instance count against the count Orthanc expects for it."""
+
+    operation = "validate"
+
+    on: str = Field(description="Orthanc server (name or URL) whose series are checked")

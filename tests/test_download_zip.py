@@ -1,0 +1,304 @@
+"""download: the folder layout, one ZIP, one ZIP per patient (rebuilt when a patient gains series), each
+series' count checked, and what bad input, a full disk and Ctrl-C leave behind."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import signal
+import subprocess
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydicom import Dataset
+
+from pacsflow.config import Settings
+from pacsflow.engine import EXIT_OK, Engine
+from pacsflow.ledger import FAILED, Ledger
+from pacsflow.ops.download import Download
+from pacsflow.orthanc import Orthanc
+from pacsflow.synthetic import Shape, encode, make_instance
+from tests.conftest import PACSFLOW, cli, run_cli
+
+SHAPE = Shape(patients=2, series=2, instances=3, pixels=16, seed=57)
+
+
+def upload(client: Orthanc, shape: Shape = SHAPE, patient_id: str | None = None, **tags: object) -> list[str]:
+    """Every instance of SHAPE on the server (PatientID and other tags replaced where given)."""
+    ids = []
+    for p in range(shape.patients):
+        for se in range(shape.series):
+            for i in range(shape.instances):
+                ids.append(
+                    client.upload(encode(changed(make_instance(shape, p, 0, se, i), patient_id, **tags)))[
+                        "ID"
+                    ]
+                )
+    return ids
+
+
+def changed(ds: Dataset, patient_id: str | None = None, **tags: object) -> Dataset:
+    if patient_id is not None:
+        ds.PatientID = patient_id
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def zip_entries(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        assert {info.compress_type for info in archive.infolist()} <= {zipfile.ZIP_STORED}
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def server_files(client: Orthanc) -> dict[str, bytes]:
+    """Every file on the server by its SOPInstanceUID."""
+    files = {}
+    for instance in client.ids("instances"):
+        uid = client.resource("instances", instance)["MainDicomTags"]["SOPInstanceUID"]
+        files[uid] = client.instance_file(instance)
+    return files
+
+
+def by_sop(entries: dict[str, bytes]) -> dict[str, bytes]:
+    return {
+        name.rsplit("/", 1)[1].split("_", 1)[1].removesuffix(".dcm"): data for name, data in entries.items()
+    }
+
+
+def test_the_folder_layout_names_patient_study_series_and_instance(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    shape = Shape(patients=1, series=1, instances=2, pixels=16, seed=58)
+    upload(client_a, shape)
+    ds = make_instance(shape, 0, 0, 0, 0)
+    result = run_cli("download", "--from", "a", "--out", "dl", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    description = str(ds.StudyDescription).replace(" ", "_")
+    study = f"{ds.StudyDate}_{description}_"
+    files = sorted(path.relative_to(workdir / "dl").as_posix() for path in (workdir / "dl").rglob("*.dcm"))
+    assert len(files) == 2
+    patient, study_folder, series_folder, name = files[0].split("/")
+    assert patient == ds.PatientID
+    assert study_folder.startswith(study) and study_folder.endswith(f"_{ds.StudyInstanceUID}")
+    assert series_folder == "1_series_1"
+    assert name == f"00001_{ds.SOPInstanceUID}.dcm"
+    assert files[1].endswith(f"/00002_{make_instance(shape, 0, 0, 0, 1).SOPInstanceUID}.dcm")
+
+
+def test_one_zip_holds_every_instance_and_a_rerun_fetches_only_what_is_new(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    upload(client_a)
+    result = run_cli("download", "--from", "a", "--zip", "all.zip", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    entries = zip_entries(workdir / "all.zip")
+    assert by_sop(entries) == server_files(client_a)  # 12 instances, byte for byte
+    assert all(name.count("/") == 3 for name in entries)  # the folder layout inside
+    assert sorted(path.name for path in workdir.iterdir() if "zip" in path.name) == ["all.zip"]  # no .part
+    unchanged = (workdir / "all.zip").stat().st_mtime_ns
+
+    again = run_cli("download", "--from", "a", "--zip", "all.zip", cwd=workdir)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0.0 MB downloaded" in again.stdout
+    assert (workdir / "all.zip").stat().st_mtime_ns == unchanged  # nothing to add: not written again
+
+    newer = Shape(patients=1, series=1, instances=1, pixels=16, seed=59)
+    new_file = encode(make_instance(newer, 0, 0, 0, 0))
+    client_a.upload(new_file)
+    third = run_cli("download", "--from", "a", "--zip", "all.zip", cwd=workdir)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert f"{len(new_file) / 1e6:.1f} MB downloaded" in third.stdout  # only the new instance fetched
+    assert by_sop(zip_entries(workdir / "all.zip")) == server_files(client_a)
+
+
+def test_one_zip_per_patient_is_rebuilt_when_the_patient_gains_a_series(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    upload(client_a)
+    first = [make_instance(SHAPE, p, 0, 0, 0).PatientID for p in range(2)]
+    result = run_cli("download", "--from", "a", "--per-patient-zip", "zips", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    zips = workdir / "zips"
+    assert sorted(path.name for path in zips.iterdir()) == sorted(f"{pid}__seriesCount2.zip" for pid in first)
+    untouched = zips / f"{first[1]}__seriesCount2.zip"
+    mtime = untouched.stat().st_mtime_ns
+    assert len(zip_entries(untouched)) == 6
+
+    # the first patient gets a third series
+    extra = make_instance(Shape(patients=1, series=1, instances=1, pixels=16, seed=60), 0, 0, 0, 0)
+    base = make_instance(SHAPE, 0, 0, 0, 0)
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate", "StudyDescription"):
+        setattr(extra, keyword, getattr(base, keyword))
+    client_a.upload(encode(extra))
+    again = run_cli("download", "--from", "a", "--per-patient-zip", "zips", cwd=workdir)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted(path.name for path in zips.iterdir()) == sorted(
+        [f"{first[0]}__seriesCount3.zip", f"{first[1]}__seriesCount2.zip"]
+    )  # the new ZIP written, then the old one removed
+    assert len(zip_entries(zips / f"{first[0]}__seriesCount3.zip")) == 7
+    assert untouched.stat().st_mtime_ns == mtime  # the other patient's ZIP is left as it was
+
+    custom = run_cli("download", "--from", "a", "--per-patient-zip", "z2", "--delimiter", "_n", cwd=workdir)
+    assert custom.returncode == 0, custom.stdout + custom.stderr
+    # the run's inventory: every series, all of it present
+    listed = run_cli("inventory", "--from", "last", "--out", "inv.csv", cwd=workdir)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    with open(workdir / "inv.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 and {row["status"] for row in rows} == {"complete"}
+    assert sorted(int(row["present_instances"]) for row in rows) == [1, 3, 3, 3, 3]
+    assert (workdir / "inv.csv").stat().st_mode & 0o777 == 0o600
+    assert sorted(path.name for path in (workdir / "z2").iterdir()) == sorted(
+        [f"{first[0]}_n3.zip", f"{first[1]}_n2.zip"]
+    )
+
+
+def test_awkward_patient_ids_give_safe_distinct_zip_names(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    awkward = ["../up", "a/b", "a_b", "two words", "Zoë-Ø", ".."]
+    for n, patient_id in enumerate(awkward):
+        shape = Shape(patients=1, series=1, instances=1, pixels=16, seed=62 + n)
+        client_a.upload(encode(changed(make_instance(shape, 0, 0, 0, 0), patient_id)))
+    result = run_cli("download", "--from", "a", "--per-patient-zip", "zips", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = sorted(path.name for path in (workdir / "zips").iterdir())
+    assert len(names) == len(awkward)  # six patients, six ZIPs: none written over another
+    assert "a_b__seriesCount1.zip" in names and "Zoë-Ø__seriesCount1.zip" in names  # kept as they are
+    assert all("/" not in name and not name.startswith(".") and " " not in name for name in names)
+    assert [path for path in workdir.iterdir() if path.name.startswith("up")] == []  # nothing escaped
+    for path in (workdir / "zips").iterdir():
+        (entry,) = zip_entries(path)
+        assert not entry.startswith(("/", "..")) and "/../" not in entry
+
+
+def test_a_series_short_of_its_expected_count_fails_the_check(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    shape = Shape(patients=1, series=1, instances=3, pixels=16, seed=70)
+    for i in range(2):  # 3 images x 1 temporal position: Orthanc expects 3; the server holds 2
+        tags = {"ImagesInAcquisition": 3, "NumberOfTemporalPositions": 1}
+        client_a.upload(encode(changed(make_instance(shape, 0, 0, 0, i), **tags)))
+    result = run_cli("download", "--from", "a", "--out", "dl", cwd=workdir)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "with series short of their expected instances" in result.stdout
+    assert len(list((workdir / "dl").rglob("*.dcm"))) == 2  # what there is, is downloaded
+    ledger = Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}")
+    (failed,) = ledger.items(ledger.runs()[0].id, status=FAILED)
+    ds = make_instance(shape, 0, 0, 0, 0)
+    assert failed.kind == "check"
+    assert failed.last_error.endswith(f"incomplete: series 1 {ds.Modality} series 1: 2 of 3 instances")
+    shown = run_cli("run", "show", ledger.runs()[0].id, "--failed", cwd=workdir)
+    assert "2 of 3 instances" in shown.stdout and ds.PatientID not in shown.stdout
+
+
+def test_unknown_study_and_empty_query_say_so_and_write_nothing(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    upload(client_a, Shape(patients=1, series=1, instances=1, pixels=16, seed=71))
+    unknown = cli(
+        "download", "--from", "a", "--zip", "x.zip", "--study", "0" * 8 + "-00000000" * 4, cwd=workdir
+    )
+    assert unknown.returncode == 2 and "--study matches no study on a" in unknown.stderr
+    empty = run_cli("download", "--from", "a", "--zip", "y.zip", "--query", "PatientID=NOBODY", cwd=workdir)
+    assert empty.returncode == 0, empty.stdout + empty.stderr
+    assert "the selection matches no study" in empty.stderr
+    assert not (workdir / "x.zip").exists()
+    assert (
+        zip_entries(workdir / "y.zip") == {}
+    )  # an empty selection gives an empty archive, not a missing one
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """FOLDER where no one may create a file: immutable for root (who ignores modes), mode 0500 else."""
+    folder.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
+    try:
+        yield
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o700)
+
+
+def test_a_read_only_folder_is_refused_before_anything_starts(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    upload(client_a, Shape(patients=1, series=1, instances=1, pixels=16, seed=72))
+    locked = workdir / "locked"
+    with read_only(locked):
+        for output in (
+            ["--out", str(locked)],
+            ["--zip", str(locked / "a.zip")],
+            ["--per-patient-zip", str(locked)],
+        ):
+            result = cli("download", "--from", "a", *output, cwd=workdir)
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert f"cannot write into {locked}" in result.stderr
+        assert list(locked.iterdir()) == []
+
+
+def test_a_full_disk_stops_the_run_leaves_no_partial_file_and_resumes(
+    workdir: Path, settings: Settings, client_a: Orthanc
+) -> None:
+    upload(client_a, Shape(patients=1, series=1, instances=4, pixels=16, seed=73))
+    out = workdir / "dl"
+    op = Download(settings, {"from": "a", "out": str(out)})
+    real = op.source.stream_instance_file
+    calls = []
+
+    def full(instance: str, fh: object, chunk_size: int = 1 << 20) -> int:
+        calls.append(instance)
+        if len(calls) >= 2:  # a real full disk cannot be made here: the write fails as it would
+            fh.write(b"DICM")  # type: ignore[attr-defined]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(instance, fh, chunk_size)
+
+    op.source.stream_instance_file = full  # type: ignore[method-assign]
+    ledger = Ledger(settings.ledger)
+    result = Engine(ledger, settings, workers=1).start(op)
+    assert result.exit_code != EXIT_OK and result.status == "stopped"
+    assert "no space left" in str(result.error)
+    assert [p.name for p in out.rglob("*") if p.is_file() and p.suffix != ".dcm"] == []  # no .part left
+    assert ledger.run(result.run_id).counts.get(FAILED, 0) == 0  # nothing failed for good: it waits
+    resumed = Engine(ledger, settings).resume(result.run_id)
+    assert resumed.exit_code == EXIT_OK
+    assert len(list(out.rglob("*.dcm"))) == 4
+
+
+def test_ctrl_c_mid_zip_leaves_no_zip_under_its_name_and_a_resume_finishes_it(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    shape = Shape(patients=2, series=2, instances=25, pixels=128, seed=74)
+    upload(client_a, shape)
+    process = subprocess.Popen(
+        [*PACSFLOW, "download", "--from", "a", "--zip", "big.zip", "--workers", "1"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    part = workdir / "big.zip.part"
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size > 200_000) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0, err
+    assert not (workdir / "big.zip").exists()  # never a half archive under the final name
+    run_id = Ledger(f"sqlite:///{workdir / '.pacsflow' / 'ledger.db'}").runs()[0].id
+    resumed = run_cli("resume", run_id, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert by_sop(zip_entries(workdir / "big.zip")) == server_files(client_a)
+    assert not part.exists()
