@@ -22,6 +22,7 @@ from pacsflow.ledger import FAILED, Ledger
 from pacsflow.ops.download import Download
 from pacsflow.orthanc import Orthanc
 from pacsflow.synthetic import Shape, encode, make_instance
+from pacsflow.zipappend import scan
 from tests.conftest import PACSFLOW, cli, run_cli
 
 SHAPE = Shape(patients=2, series=2, instances=3, pixels=16, seed=57)
@@ -302,3 +303,36 @@ def test_ctrl_c_mid_zip_leaves_no_zip_under_its_name_and_a_resume_finishes_it(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert by_sop(zip_entries(workdir / "big.zip")) == server_files(client_a)
     assert not part.exists()
+
+
+def test_a_study_deleted_while_downloading_fails_its_items_and_no_zip_is_written(
+    workdir: Path, settings: Settings, client_a: Orthanc
+) -> None:
+    upload(client_a, Shape(patients=2, series=1, instances=2, pixels=16, seed=75))
+    doomed = client_a.ids("studies")[0]
+    op = Download(settings, {"from": "a", "zip": str(workdir / "all.zip")})
+    real = op._listing
+
+    def listed_then_deleted(study: str):  # the study goes from the server once its instances are planned
+        listing = real(study)
+        if study == doomed:
+            client_a.delete_resource("studies", study)
+        return listing
+
+    op._listing = listed_then_deleted  # type: ignore[method-assign]
+    ledger = Ledger(settings.ledger)
+    result = Engine(ledger, settings).start(op)
+    assert result.exit_code == 1
+    failed = ledger.items(result.run_id, status=FAILED)
+    assert sorted(item.kind for item in failed) == ["archive", "check", "instance", "instance"]
+    assert {item.last_error.split(": ", 1)[1] for item in failed if item.kind == "instance"} == {
+        f"instance is no longer on a ({client_a.display.split('(')[1]}"
+    }
+    (archive,) = [item for item in failed if item.kind == "archive"]
+    assert "ZIP not written: 2 of 4 instances are missing" in archive.last_error
+    assert not (workdir / "all.zip").exists()  # never a ZIP that lacks what it should hold
+    assert len(zip_entries_of_part(workdir / "all.zip.part")) == 2  # the other study's, kept for a retry
+
+
+def zip_entries_of_part(part: Path) -> list[str]:
+    return [entry.name for entry in scan(part)[0]]
