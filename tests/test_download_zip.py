@@ -336,3 +336,30 @@ def test_a_study_deleted_while_downloading_fails_its_items_and_no_zip_is_written
 
 def zip_entries_of_part(part: Path) -> list[str]:
     return [entry.name for entry in scan(part)[0]]
+
+
+def test_de_identified_per_patient_zips_are_named_by_pseudonym(
+    workdir: Path, config_file: Path, client_a: Orthanc
+) -> None:
+    upload(client_a, Shape(patients=2, series=2, instances=1, pixels=16, seed=76))
+    secret = {"PACSFLOW_ANONYMIZE__SECRET": "download-test-secret-0123456789ab"}
+    result = run_cli(
+        "download", "--from", "a", "--per-patient-zip", "zips", "--anonymize", cwd=workdir, env=secret
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = sorted(path.name for path in (workdir / "zips").iterdir())
+    assert len(names) == 2 and all(
+        name.startswith("ANON-") and name.endswith("__seriesCount2.zip") for name in names
+    )
+    originals = [
+        make_instance(Shape(patients=2, series=2, instances=1, pixels=16, seed=76), p, 0, 0, 0)
+        for p in (0, 1)
+    ]
+    for path in (workdir / "zips").iterdir():
+        entries = zip_entries(path)
+        assert len(entries) == 2
+        for name, data in entries.items():
+            assert name.split("/", 1)[0] == path.name.split("__", 1)[0]  # the pseudonym's folder inside
+            for ds in originals:  # no original identifier in a name or in the bytes
+                for value in (str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)):
+                    assert value not in name and value.encode() not in data
