@@ -152,7 +152,11 @@ def test_download_tree_matches_server(workdir: Path, config_file: Path, client_a
     result = run_cli("download", "--from", "a", "--out", "dl", cwd=workdir)
     assert result.returncode == 0, result.stderr
     files = sorted((workdir / "dl").rglob("*.dcm"))
-    assert sorted(f.stem for f in files) == sorted(client_a.ids("instances"))
+    uids = [
+        client_a.resource("instances", one)["MainDicomTags"]["SOPInstanceUID"]
+        for one in client_a.ids("instances")
+    ]
+    assert sorted(f.stem.split("_", 1)[1] for f in files) == sorted(uids)  # Number_SOPInstanceUID.dcm
     assert all(f.relative_to(workdir / "dl").parts[0].startswith("PF000-") for f in files)
     assert not list((workdir / "dl").rglob("*.part"))
     again = run_cli("download", "--from", "a", "--out", "dl", cwd=workdir)
