@@ -289,7 +289,7 @@ class Download(Operation):
         """The size of the server's file and its MD5 (None where the server keeps none: Orthanc's
         StoreMD5ForAttachments is on by default)."""
         try:
-            info = self.source.get_json(f"/instances/{instance}/attachments/dicom/info")
+            info = self.source.file_info(instance)
         except NotFound:
             raise BadInput(f"instance is no longer on {self.source.display}", where=instance) from None
         md5 = str(info.get("UncompressedMD5") or "").lower() or None
