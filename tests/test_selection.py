@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pacsflow.errors import ConfigError, public_text
-from pacsflow.ops.params import validate_params
-from pacsflow.orthanc import Orthanc
+from pacsflow.ops.params import DownloadParams, validate_params
+from pacsflow.orthanc import Capabilities, Orthanc
 from pacsflow.selection import (
     Selection,
     check_query,
@@ -186,3 +186,38 @@ class _Attrs:
 
     def __init__(self, data: dict[str, object]) -> None:
         self.__dict__.update(data)
+
+
+def test_labels_on_orthanc_before_1_12_are_refused_before_the_run(client_a: Orthanc) -> None:
+    with pytest.raises(ConfigError, match=r"--label needs Orthanc 1.12 or newer; .* runs 1\.10"):
+        first_look(
+            client_a, DownloadParams.model_validate({"from": "a", "out": "x", "labels": ["screening"]})
+        )
+
+
+class LabelledServer:
+    """Orthanc 1.12's answers to a find with labels (Debian's 1.10 has none: this is the request only)."""
+
+    display = "new"
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, object]] = []
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities("1.12.4", 24, "new")
+
+    def find(self, level: str, query: dict[str, str], *, expand: bool = False, labels: tuple[str, ...] = ()):
+        self.bodies.append({"Level": level, "Query": query, "Labels": list(labels)})
+        return ["s1", "s2"] if labels else ["s2", "s3"]
+
+
+def test_labels_narrow_a_query_and_named_studies() -> None:
+    server = LabelledServer()
+    assert resolve(server, Selection(query={"Modality": "CT"}, labels=("screening",))) == ["s1", "s2"]  # type: ignore[arg-type]
+    assert server.bodies[-1] == {
+        "Level": "Study",
+        "Query": {"ModalitiesInStudy": "CT"},
+        "Labels": ["screening"],
+    }
+    # --patient P (whose studies are s2 and s3) with --label: only the labelled one
+    assert resolve(server, Selection(patients=("P",), labels=("screening",))) == ["s2"]  # type: ignore[arg-type]

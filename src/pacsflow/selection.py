@@ -217,8 +217,10 @@ def resolve(server: Orthanc, selection: Selection, *, require_match: bool = True
 
     With REQUIRE_MATCH a selector that matches nothing raises ConfigError naming its flag (and which one
     of several); the values go to `detail` (patient data: shown with --log-phi only). Raises what the
-    server's answers raise.
+    server's answers raise; ConfigError for labels on a server without them (before Orthanc 1.12).
     """
+    if selection.labels:
+        return _labelled(server, selection, require_match=require_match)
     if not selection.named:
         if selection.query:
             return list(server.find("Study", study_level(selection.query)))
