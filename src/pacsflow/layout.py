@@ -54,22 +54,16 @@ def study_folder(study: Mapping[str, Any]) -> str:
 
 
 def series_folders(series: list[Mapping[str, Any]]) -> dict[str, str]:
-    """Each series' folder, by Orthanc series ID: Number_Description; series of a study that would share
-    a folder (the same number and description) get a short hash of their UID appended."""
+    """Each series' folder, by Orthanc series ID: Number_Description. Two series of a study with the
+    same number and description share a folder (their files keep apart by SOPInstanceUID): a name that
+    depended on the study's other series would change when one is added, and a rerun would not find
+    what it wrote before."""
     names = {}
     for one in series:
         tags = _tags(one)
         number = safe_part(str(tags.get("SeriesNumber", "")), "", 12)
         description = safe_part(str(tags.get("SeriesDescription", "")), "", 40, distinct=False)
         names[one["ID"]] = _joined(number, description) or "series"
-    counts: dict[str, int] = {}
-    for name in names.values():
-        counts[name] = counts.get(name, 0) + 1
-    for one in series:
-        name = names[one["ID"]]
-        if counts[name] > 1:
-            uid = str(_tags(one).get("SeriesInstanceUID", "")) or one["ID"]
-            names[one["ID"]] = f"{name}~{hashlib.sha1(uid.encode()).hexdigest()[:8]}"
     return names
 
 

@@ -78,12 +78,13 @@ def local_header(name: str, size: int, crc: int, dos_time: int, dos_date: int) -
     return header + encoded + extra
 
 
-def scan(path: Path) -> tuple[list[Entry], int]:
-    """The complete entries at the start of PATH (an archive being built), and where they end: a torn
-    last entry, or anything that is not a local header, ends the scan."""
+def scan(path: Path, start: int = 0, *, verify: bool = False) -> tuple[list[Entry], int]:
+    """The complete entries of PATH (an archive being built) from offset START, and where they end: a
+    torn entry, anything that is not a local header, or (with VERIFY) an entry whose bytes do not match
+    their CRC ends the scan."""
     entries: list[Entry] = []
     size = path.stat().st_size
-    at = 0
+    at = start
     with open(path, "rb") as fh:
         while at + _LOCAL.size <= size:
             fh.seek(at)
@@ -98,12 +99,26 @@ def scan(path: Path) -> tuple[list[Entry], int]:
                 break
             name = tail[:name_length].decode("utf-8" if flags & _UTF8_NAMES else "cp437")
             entry_size = _zip64_size(tail[name_length:]) if stored == _MAX32 else stored
+            if entry_size is None:
+                break
             end = at + _LOCAL.size + name_length + extra_length + entry_size
-            if entry_size is None or end > size:
+            if end > size or (verify and _crc_of(fh, entry_size) != crc):
                 break
             entries.append(Entry(name, at, entry_size, crc, dos_time, dos_date))
             at = end
     return entries, at
+
+
+def _crc_of(fh: IO[bytes], size: int) -> int:
+    """The CRC-32 of the next SIZE bytes of FH, read in pieces (an entry may be gigabytes)."""
+    crc = 0
+    while size > 0:
+        chunk = fh.read(min(size, 1 << 20))
+        if not chunk:
+            return -1
+        crc = zlib.crc32(chunk, crc)
+        size -= len(chunk)
+    return crc
 
 
 def _zip64_size(extra: bytes) -> int | None:
@@ -117,20 +132,21 @@ def _zip64_size(extra: bytes) -> int | None:
 
 
 class ZipBuilder:
-    """One archive being built at part_of(FINAL) by any number of threads (and processes: appends hold
-    an exclusive lock on the file). Entries are appended once each, by name; close() writes the central
-    directory of the entries asked for and renames the file to FINAL."""
+    """One archive being built at part_of(FINAL) by any number of threads, and processes: every change
+    to the file holds an exclusive lock on it, and each process reads back what the others appended.
+    Entries are appended once each, by name; close() writes the central directory of the entries asked
+    for and renames the file to FINAL."""
 
     def __init__(self, final: Path) -> None:
         self.final = final
         self.part = part_of(final)
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] | None = None  # read from the part file on first use
-        self._end = 0
+        self._end = 0  # where the entries read so far end
 
     def names(self) -> set[str]:
         with self._lock:
-            return set(self._entries_now())
+            return set(self._current())
 
     def append(self, name: str, data: bytes | memoryview) -> bool:
         """DATA as entry NAME, flushed to the file before this returns; False when NAME is there
@@ -138,16 +154,12 @@ class ZipBuilder:
         complete entry)."""
         crc = zlib.crc32(data)  # outside the lock: the slow part, and it needs nothing shared
         with self._lock:
-            if name in self._entries_now():
-                return False
             self.part.parent.mkdir(parents=True, exist_ok=True)
             with open(self.part, "a+b") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)  # another process of the same run may append too
-                fh.seek(0, os.SEEK_END)
-                if fh.tell() != self._end:  # it did: read what it added
-                    self._entries = None
-                    if name in self._entries_now(fh):
-                        return False
+                entries = self._current(fh)
+                if name in entries:
+                    return False
                 dos_time, dos_date = _dos_time(time.time())
                 header = local_header(name, len(data), crc, dos_time, dos_date)
                 try:
@@ -157,53 +169,55 @@ class ZipBuilder:
                 except OSError:
                     fh.truncate(self._end)
                     raise
-                assert self._entries is not None
-                self._entries[name] = Entry(name, self._end, len(data), crc, dos_time, dos_date)
+                entries[name] = Entry(name, self._end, len(data), crc, dos_time, dos_date)
                 self._end += len(header) + len(data)
         return True
 
-    def _entries_now(self, locked: IO[bytes] | None = None) -> dict[str, Entry]:
-        """The entries in the part file (read once, or again after another process appended); a torn
-        last entry is cut off, through LOCKED when this thread holds the file's lock already."""
-        if self._entries is None:
-            if self.part.exists():
-                found, self._end = scan(self.part)
-                if self._end != self.part.stat().st_size:
-                    if locked is not None:
-                        locked.truncate(self._end)
-                    else:
-                        with open(self.part, "r+b") as fh:
-                            fcntl.flock(fh, fcntl.LOCK_EX)
-                            fh.truncate(self._end)
-            else:
-                found, self._end = [], 0
-            self._entries = {}
-            for entry in found:
-                self._entries.setdefault(entry.name, entry)  # a name written twice: the first counts
+    def _current(self, locked: IO[bytes] | None = None) -> dict[str, Entry]:
+        """The complete entries of the part file: all of them read (their CRCs checked: a leftover file
+        may hold damaged bytes) the first time, then only what other processes appended since. A torn or
+        damaged tail is cut off when this thread holds the file's lock (LOCKED), and left alone
+        otherwise: another process may be writing it."""
+        try:
+            size = self.part.stat().st_size
+        except FileNotFoundError:
+            self._entries, self._end = {}, 0
+            return self._entries
+        if self._entries is not None and size == self._end:
+            return self._entries
+        if self._entries is None or size < self._end:  # first look, or the file was made anew
+            if locked is None:  # what the checked scan cuts off must go now, under the file's lock
+                with open(self.part, "r+b") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                    return self._current(fh)
+            self._entries, self._end = {}, 0
+            found, end = scan(self.part, verify=True)
+        else:
+            found, end = scan(self.part, self._end)
+        for entry in found:
+            self._entries.setdefault(entry.name, entry)  # a name written twice: the first counts
+        self._end = end
+        if end < size and locked is not None:
+            locked.truncate(end)
         return self._entries
 
     def close(self, names: Iterable[str]) -> int:
         """Write the central directory of NAMES (all appended before) in the order given, and rename the
         archive to FINAL. Returns its size. Raises KeyError for a name never appended, OSError."""
         with self._lock:
-            entries = self._entries_now()
-            chosen = [entries[name] for name in names]
             self.part.parent.mkdir(parents=True, exist_ok=True)
             with open(self.part, "a+b") as fh:  # made here when no entry was ever appended
                 fcntl.flock(fh, fcntl.LOCK_EX)
+                entries = self._current(fh)
+                chosen = [entries[name] for name in names]
                 fh.truncate(self._end)
                 fh.write(central_directory(chosen, self._end))
                 fh.flush()
                 os.fsync(fh.fileno())
                 size = fh.tell()
-            os.replace(self.part, self.final)
+                os.replace(self.part, self.final)  # under the lock: no process appends to a closed file
             self._entries, self._end = None, 0
         return size
-
-    def discard(self) -> None:
-        with self._lock:
-            self.part.unlink(missing_ok=True)
-            self._entries, self._end = None, 0
 
 
 def central_directory(entries: list[Entry], start: int) -> bytes:

@@ -11,6 +11,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from pacsflow.errors import BadInput, ConfigError, NotFound, PacsflowError, Tran
 from pacsflow.layout import DEFAULT_DELIMITER, patient_zip_name
 from pacsflow.ledger import DONE, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
-from pacsflow.ops.download_archives import Archives
+from pacsflow.ops.download_archives import Archives, series_folder
 from pacsflow.ops.download_listing import StudyListing, list_study
 from pacsflow.ops.params import DownloadParams
 from pacsflow.ops.servers import connect, preflight_server
@@ -187,7 +188,14 @@ class Download(Operation):
                 where=payload["patient"],
             )
         folder = listings[0].patient_folder
-        series = sum(len(listing.series) for listing in listings)
+        planned = {entry.name for listing in listings for entry in listing.instances}
+        # the ZIP keeps what the patient's earlier ZIP holds that the server no longer lists: its
+        # series count counts those series too
+        earlier = self.archives.latest_of(self.target, folder)
+        kept = [name for name in (earlier.sizes if earlier is not None else ()) if name not in planned]
+        planned_series = {one.id for listing in listings for one in listing.series}
+        planned_folders = {series_folder(name) for name in planned}
+        series = len(planned_series) + len({series_folder(name) for name in kept} - planned_folders)
         final = self.target / patient_zip_name(folder, self.delimiter, series)
         children: list[PlannedItem] = []
         names: list[str] = []
@@ -245,14 +253,16 @@ class Download(Operation):
             return Outcome(status=SKIPPED, note=ALREADY)
         earlier = self.archives.earlier(final, patient)
         if self._deid is not None:
-            if earlier is not None and name in earlier.sizes:
+            if earlier is not None and name in earlier.sizes and earlier.read(name) is not None:
                 return Outcome(status=SKIPPED, note=ALREADY)
             data, nbytes, found = self._deidentified(instance)
         else:
             size, md5 = self._server_file(instance)
             if earlier is not None and earlier.sizes.get(name) == size:
-                kept = self.archives.read_earlier(earlier, name)
-                if md5 is None or hashlib.md5(kept, usedforsecurity=False).hexdigest() == md5:
+                kept = earlier.read(name)  # None when damaged: fetched again
+                if kept is not None and (
+                    md5 is None or hashlib.md5(kept, usedforsecurity=False).hexdigest() == md5
+                ):
                     return Outcome(status=SKIPPED, note=ALREADY)
             data = self._get(instance)
             _check_file(data, size, md5, instance)
@@ -321,14 +331,26 @@ class Download(Operation):
         problems = []
         counts = []
         for one in payload["series"]:
+            if not payload.get("zip"):
+                self._sweep(one["names"])
             present = sum(1 for name in one["names"] if present_in(name))
             expected = one["expected"] if one["expected"] is not None else one["listed"]
             counts.append({"id": one["id"], "present": present, "expected": expected})
-            if present != expected:
+            if present < expected:
                 problems.append(f"{_series_label(one)}: {present} of {expected} instances")
+            elif present > expected:  # the server holds more than the series' own tags announce
+                problems.append(f"{_series_label(one)}: {present} instances, {expected} expected")
         if problems:
-            raise BadInput("incomplete: " + "; ".join(problems), where=payload["study"])
+            raise BadInput("counts differ: " + "; ".join(problems), where=payload["study"])
         return Outcome(result={"series": counts})
+
+    def _sweep(self, names: list[str]) -> None:
+        """Temporary files an attempt killed mid-file left beside NAMES (every fetch of the run is over
+        when its checks run: no worker is writing them)."""
+        for name in names:
+            target = self.folder / name
+            for stale in target.parent.glob(f"{glob_escape(target.name)}.*.part"):
+                stale.unlink(missing_ok=True)
 
     def _present(self, payload: Mapping[str, Any]) -> Any:
         """A test of whether a file of the study is there: on disk with the server's size (any size once
@@ -358,7 +380,16 @@ class Download(Operation):
         payload = item.payload
         final = Path(payload["zip"])
         names = payload.get("names")
-        if names is None:  # the one --zip archive: every instance of the run
+        if names is None:  # the one --zip archive: every instance of every study of the run
+            unlisted = [
+                one for one in self.ledger.items(item.run_id, kind=STUDY) if one.status not in (DONE, SKIPPED)
+            ]
+            if unlisted:
+                raise BadInput(
+                    f"ZIP not written: {plural(len(unlisted), 'study')} could not be listed (see the failed "
+                    "items; `pacsflow retry RUN` tries them again)",
+                    where=final.name,
+                )
             names = [one.payload["name"] for one in self.ledger.items(item.run_id, kind=INSTANCE)]
         outcome, count = self.archives.close(final, names, payload.get("patient"))
         note = "unchanged" if outcome == "unchanged" else None
@@ -371,8 +402,8 @@ class Download(Operation):
         failed_checks = [item for item in self.ledger.items(run.id, status="failed", kind=CHECK)]
         if failed_checks:
             lines.append(
-                f"{plural(len(failed_checks), 'study')} with series short of their expected instances: "
-                f"`pacsflow run show {run.id} --failed`"
+                f"{plural(len(failed_checks), 'study')} with series whose instance count is not the "
+                f"expected one: `pacsflow run show {run.id} --failed`"
             )
         if self._deid is not None:
             from pacsflow.ops.deidentifying import verified_lines, write_mapping
