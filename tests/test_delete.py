@@ -12,7 +12,8 @@ import pytest
 
 from pacsflow.config import Settings
 from pacsflow.engine import EXIT_FAILED, EXIT_OK, Engine
-from pacsflow.ledger import DONE, FAILED, Ledger
+from pacsflow.errors import TransientError
+from pacsflow.ledger import DONE, FAILED, Ledger, PlannedItem
 from pacsflow.ops.delete import Delete
 from pacsflow.orthanc import Capabilities, Orthanc
 from pacsflow.synthetic import Shape, instance_bytes, patient_id
@@ -261,3 +262,47 @@ def test_on_a_terminal_it_asks_first(workdir: Path, config_file: Path, client_a:
 def test_help_shows_examples(workdir: Path) -> None:
     result = cli("delete", "--help", cwd=workdir)
     assert result.returncode == 0 and "\n  Example: pacsflow delete --on " in result.stdout
+
+
+def test_a_delete_whose_answer_was_lost_is_recorded_by_its_retry(
+    workdir: Path, settings: Settings, client_a: Orthanc
+) -> None:
+    studies = fill(client_a)
+    op = Delete(settings, {"on": "a", "patients": [patient_id(SHAPE, 0)]})
+    op.preflight()
+    op.summary()  # what the command shows before it asks: the counts go with the items
+    real, calls = op._delete, []
+
+    def lost_answer(batch: list[str]) -> None:
+        real(batch)  # the server deletes...
+        calls.append(batch)
+        if len(calls) == 1:  # ...and the answer never arrives
+            raise TransientError("timed out on POST /tools/bulk-delete")
+
+    op._delete = lost_answer  # type: ignore[method-assign]
+    ledger = Ledger(settings.ledger)
+    result = Engine(ledger, settings).start(op)
+    assert result.exit_code == EXIT_OK
+    (item,) = ledger.items(result.run_id)
+    assert {one["id"] for one in item.result["deleted_by_an_earlier_attempt"]} == {
+        studies[0, 0],
+        studies[0, 1],
+    }
+    assert "deleted 2 studies (4 instances" in result.lines[0]
+    assert on_server(client_a) == {studies[1, 0], studies[1, 1]}
+
+
+def test_a_run_stopped_while_listing_deletes_only_what_it_listed(
+    workdir: Path, settings: Settings, client_a: Orthanc, caplog: pytest.LogCaptureFixture
+) -> None:
+    studies = fill(client_a)
+    ledger = Ledger(settings.ledger)
+    # confirmed for three studies, stopped after listing one of them (status stays "planning")
+    run_id = ledger.create_run("delete", {"on": "a", "all": True, "matched": 3})
+    ledger.add_items(run_id, [PlannedItem("deletion", "d/1", {"ids": [studies[0, 0]]})])
+    client_a.upload(instance_bytes(Shape(patients=1, series=1, instances=1, pixels=16, seed=99), 0, 0, 0, 0))
+    result = Engine(ledger, settings).resume(run_id)
+    assert result.exit_code == EXIT_OK
+    assert len(on_server(client_a)) == 4  # three of the first four, and the study that came later
+    assert studies[0, 0] not in on_server(client_a)
+    assert "only the 1 it listed are deleted, not the other 2" in caplog.text

@@ -136,6 +136,8 @@ class Delete(Operation):
         self.server = connect(settings, self.p.on, self.p.workers or settings.workers)
         #: the studies this run deletes, found once: what the summary counts is what the plan lists
         self._studies: list[str] | None = None
+        #: each study as the summary counted it (none when it counted the whole server at once)
+        self._facts: dict[str, StudyFacts] = {}
 
     def preflight(self) -> None:
         """Find the studies at the start of a new run (a resume plans from what is left, never looks
@@ -173,6 +175,7 @@ class Delete(Operation):
                 everything=True,
             )
         facts = [found for study in studies if (found := study_facts(self.server, study)) is not None]
+        self._facts = {one.id: one for one in facts}
         return DeletionSummary(
             self.server.display,
             tuple(studies),
@@ -185,11 +188,34 @@ class Delete(Operation):
         )
 
     def plan(self) -> Iterable[PlannedItem]:
+        if self._studies is None and self.p.matched is not None:
+            yield from self._plan_resumed()
+            return
         size = BATCH_SIZE if self.server.capabilities().bulk_delete else 1
         studies = self.chosen()
         for n in range(0, len(studies), size):
             batch = studies[n : n + size]
-            yield PlannedItem(DELETION, _key(batch), {"ids": batch})
+            # what the summary counted goes with the item: a retry after a delete that took effect
+            # but whose answer was lost still records what it deleted
+            known = {study: self._facts[study].record() for study in batch if study in self._facts}
+            yield PlannedItem(
+                DELETION, _key(batch), {"ids": batch, "facts": known} if known else {"ids": batch}
+            )
+
+    def _plan_resumed(self) -> Iterable[PlannedItem]:
+        """A run stopped while it listed its studies plans nothing more: the studies confirmed at its
+        start are not looked up again (by then a query or --all would find studies no one confirmed)."""
+        listed = sum(
+            len(item.payload.get("ids", ())) for item in self.ledger.items(self.run_id or "", kind=DELETION)
+        )
+        if listed < (self.p.matched or 0):
+            log.warning(
+                "this run stopped while it listed its studies: only the %d it listed are deleted, not the "
+                "other %d it was confirmed for; run `pacsflow delete` again for those",
+                listed,
+                (self.p.matched or 0) - listed,
+            )
+        return iter(())
 
     def do(self, item: Item) -> Outcome:
         """Delete the item's studies that are still there and check that they are gone.
@@ -210,6 +236,14 @@ class Delete(Operation):
         kept = [study for study in found if self._present(study)]
         deleted = [facts for study, facts in found.items() if study not in kept]
         result: dict[str, Any] = {}
+        if item.attempts > 1:
+            # an earlier attempt's delete may have taken effect with its answer lost: what the summary
+            # counted of those studies is recorded as deleted by this run
+            counted = item.payload.get("facts") or {}
+            earlier = [counted[study] for study in gone if study in counted]
+            gone = [study for study in gone if study not in counted]
+            if earlier:
+                result["deleted_by_an_earlier_attempt"] = earlier
         if deleted:
             result["deleted"] = [facts.record() for facts in deleted]
         if gone:
@@ -251,10 +285,11 @@ class Delete(Operation):
         gone = failed = 0
         for item in self.ledger.items(run.id, kind=DELETION):
             result = item.result or {}
-            deleted += result.get("deleted", [])
+            deleted += result.get("deleted", []) + result.get("deleted_by_an_earlier_attempt", [])
             gone += len(result.get("already_deleted", []))
             if item.status == FAILED:
                 failed += len(item.payload["ids"]) - len(result.get("deleted", []))
+                failed -= len(result.get("deleted_by_an_earlier_attempt", []))
                 failed -= len(result.get("already_deleted", []))
         instances = sum(one.get("instances", 0) for one in deleted)
         line = (
