@@ -141,20 +141,19 @@ class Download(Operation):
             return self._plan_study(item.payload["study"])
         if item.kind == PATIENT:
             return self._plan_patient(item.payload)
-        if item.kind == CHECK:
-            return self._check(item.payload)
-        if item.kind == ARCHIVE:
-            return self._close(item)
         try:
+            if item.kind == CHECK:
+                return self._check(item.payload)
+            if item.kind == ARCHIVE:
+                return self._close(item)
             return self._instance(item.payload)
-        except OSError as exc:
+        except OSError as exc:  # the output, not the server (its faults are PacsflowErrors)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutputFull(
                     f"{self.folder}: no space left; the run stops (resume it once there is room)"
                 ) from None
-            raise BadInput(
-                f"cannot write ({exc.strerror})", where=str(item.payload.get("name", ""))
-            ) from None
+            where = item.payload.get("name") or item.payload.get("zip") or item.key
+            raise BadInput(f"cannot write ({exc.strerror})", where=str(where)) from None
 
     def _listing(self, study: str) -> StudyListing:
         return list_study(self.source, study, self._deid.get() if self._deid is not None else None)
