@@ -11,7 +11,6 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,8 @@ class Download(Operation):
         self.folder = self.target.parent if self.p.zip else self.target
         self.delimiter = self.p.delimiter or DEFAULT_DELIMITER
         self.archives = Archives(self.delimiter if self.p.per_patient_zip else None)
+        #: folders this process made or found (a folder removed meanwhile fails its file's item, retried)
+        self._folders: set[Path] = set()
         #: the studies the selectors named, looked up at the start (None: plan looks)
         self._chosen: list[str] | None = None
         #: with --anonymize: each instance de-identified in memory before it is written
@@ -273,13 +274,20 @@ class Download(Operation):
         size, md5 = self._server_file(instance)
         if _same_file(target, size, md5):
             return Outcome(status=SKIPPED, note=ALREADY)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._folders:  # one mkdir per folder, not per file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(target.parent)
         # A name of its own per attempt: after a lease takeover two workers may fetch the same instance,
         # and each must rename only a file it wrote whole.
         partial = target.with_name(f"{target.name}.{secrets.token_hex(6)}.part")
         digest = hashlib.md5(usedforsecurity=False)
         try:
-            with open(partial, "xb") as fh:
+            try:
+                fh = open(partial, "xb")  # noqa: SIM115 - closed by the with below
+            except FileNotFoundError:  # its folder was removed since this process made it
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(partial, "xb")  # noqa: SIM115
+            with fh:
                 written = self.source.stream_instance_file(instance, _Hashing(fh, digest))
             _check_sizes(written, size, digest.hexdigest(), md5, instance)
             os.replace(partial, target)
@@ -345,11 +353,19 @@ class Download(Operation):
 
     def _sweep(self, names: list[str]) -> None:
         """Temporary files an attempt killed mid-file left beside NAMES (every fetch of the run is over
-        when its checks run: no worker is writing them)."""
+        when its checks run: no worker is writing them). One listing per folder."""
+        by_folder: dict[Path, set[str]] = {}
         for name in names:
             target = self.folder / name
-            for stale in target.parent.glob(f"{glob_escape(target.name)}.*.part"):
-                stale.unlink(missing_ok=True)
+            by_folder.setdefault(target.parent, set()).add(target.name)
+        for folder, files in by_folder.items():
+            try:
+                listed = os.listdir(folder)
+            except OSError:
+                continue
+            for entry in listed:
+                if entry.endswith(".part") and entry.rsplit(".", 2)[0] in files:
+                    (folder / entry).unlink(missing_ok=True)
 
     def _present(self, payload: Mapping[str, Any]) -> Any:
         """A test of whether a file of the study is there: on disk with the server's size (any size once
