@@ -609,6 +609,39 @@ class Pacsflow:
             planner.close()
             alive.beat.close()
 
+    # -- storage SCP ----------------------------------------------------------------------------
+
+    def scp(
+        self,
+        to: str,
+        *,
+        aet: str | None = None,
+        port: int | None = None,
+        bind: str = "0.0.0.0",
+        accept_aets: Sequence[str] = (),
+        stop: threading.Event,
+        on_listening: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Receive instances over DICOM into TO (a folder or an Orthanc server) until STOP is set, as a
+        run whose items are the instances received (see pacsflow.services.scp.serve). AET and PORT
+        default to the settings'. Returns a services.scp.Received. Raises ConfigError (a bad
+        destination or address, a folder that cannot be made), PreflightError/Unauthorized (a server)."""
+        from pacsflow.services.scp import serve
+
+        with folders_named_in_errors():
+            return serve(
+                self.settings,
+                self._open_ledger(create=True),
+                to,
+                aet=aet,
+                port=port,
+                bind=bind,
+                accept_aets=accept_aets,
+                stop=stop,
+                log_phi=self.log_phi,
+                on_listening=on_listening,
+            )
+
     # -- comparing ------------------------------------------------------------------------------
 
     def compare(

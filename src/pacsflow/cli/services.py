@@ -1,9 +1,10 @@
-"""Long-running commands: worker (join the runs of a shared ledger) and the demo."""
+"""Long-running commands: worker (join the runs of a shared ledger), the storage SCP and the demo."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -55,6 +56,53 @@ def worker(
             on_result=report,
         )
     raise typer.Exit(code)
+
+
+@app.command()
+@errors_to_exit
+def scp(
+    ctx: typer.Context,
+    to: str = typer.Option(..., "--to", help="folder, or Orthanc server (configured name or URL)"),
+    aet: str | None = typer.Option(None, "--aet", help="our AE title [default: config aet, PACSFLOW]"),
+    port: int | None = typer.Option(
+        None, "--port", min=0, max=65535, help="DICOM port [default: config port, 11112]"
+    ),
+    accept_aet: list[str] = typer.Option(
+        None, "--accept-aet", help="calling AE title allowed to send (repeatable; default: any)"
+    ),
+    bind: str = typer.Option("0.0.0.0", "--bind", help="address to listen on"),
+) -> None:
+    """Receive images over DICOM (C-ECHO, C-STORE of every storage class) until stopped.
+
+    Each instance is kept as received, compressed or not: written atomically as
+    DIR/PatientID/StudyUID/SeriesUID/SOPUID.dcm, or sent to an Orthanc server; one that cannot be kept
+    is refused with a failure status, so the sender knows. Every instance is an item of the session's
+    run in the ledger. Ctrl-C or SIGTERM lets the associations in progress finish, then exits 0.
+
+    Example: pacsflow scp --aet PACSFLOW --port 11112 --to incoming/ --accept-aet CT01
+    """
+    from pacsflow.wording import plural
+
+    pacsflow = session(ctx)
+
+    def listening(server: Any) -> None:
+        host, bound = server.address
+        where = f"{server.destination.action} {server.destination.label}"
+        typer.echo(
+            f"listening as {server.aet} on {host}:{bound}, {where} (run {server.run_id}; Ctrl-C to stop)"
+        )
+
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        received = pacsflow.scp(
+            to, aet=aet, port=port, bind=bind, accept_aets=accept_aet or [], stop=stop, on_listening=listening
+        )
+    failed = f", {plural(received.failures, 'failure')}" if received.failures else ""
+    typer.echo(
+        f"stopped (run {received.run_id}): {plural(received.instances, 'instance')} received "
+        f"({received.nbytes / 1e6:.1f} MB){failed}"
+    )
+    raise typer.Exit(0)
 
 
 @app.command()

@@ -166,7 +166,7 @@ class Claims:
                 "last_error": item.note,
                 "result": item.result,
                 "attempts": 0,
-                "bytes": 0,
+                "bytes": item.nbytes,
                 "not_before": 0.0,
                 "created_at": now,
                 "finished_at": None if item.status == PENDING else now,
@@ -178,6 +178,37 @@ class Claims:
             return max(0, conn.execute(self._insert_ignore, rows).rowcount or 0)
         with self._write() as own:
             return max(0, own.execute(self._insert_ignore, rows).rowcount or 0)
+
+    def resettle(self, run_id: str, settled: Sequence[PlannedItem]) -> int:
+        """Overwrite the outcome of items the run already has (by key) with SETTLED's: work done again
+        outside the engine (an instance a storage SCP received twice) counts as it went last time."""
+        if not settled:
+            return 0
+        now = time.time()
+        statement = (
+            update(items)
+            .where(items.c.run_id == run_id, items.c.key == bindparam("q_key"))
+            .values(
+                status=bindparam("q_status"),
+                last_error=bindparam("q_note", type_=Text),
+                result=bindparam("q_result", type_=JSON),
+                bytes=bindparam("q_bytes", type_=BigInteger),
+                attempts=items.c.attempts + 1,
+                finished_at=now,
+            )
+        )
+        rows = [
+            {
+                "q_key": storable(item.key),
+                "q_status": item.status,
+                "q_note": item.note,
+                "q_result": item.result,
+                "q_bytes": item.nbytes,
+            }
+            for item in settled
+        ]
+        with self._write() as conn:
+            return max(0, conn.execute(statement, rows).rowcount or 0)
 
     def claim(
         self, run_id: str, worker: str, limit: int, lease_seconds: float, max_attempts: int | None = None

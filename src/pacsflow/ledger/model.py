@@ -21,6 +21,8 @@ class PlannedItem:
     status: str = PENDING
     note: str | None = None
     result: dict[str, Any] | None = None
+    #: bytes moved by an item settled when planned (an instance a storage SCP received)
+    nbytes: int = 0
 
 
 @dataclass
