@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import subprocess
@@ -152,7 +153,9 @@ def test_only_accepted_calling_aets_may_send(workdir: Path) -> None:
     assert stored_path(out, sent[0]).exists()
 
 
-def test_an_unwritable_folder_answers_a_failure_and_the_scp_keeps_going(workdir: Path) -> None:
+def test_an_unwritable_folder_answers_a_failure_and_the_scp_keeps_going(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sent = instances(workdir / "sent", Shape(instances=2, pixels=16, seed=94))
     out = workdir / "out"
     with scp_in_thread(workdir, str(out)) as scp:
@@ -162,13 +165,16 @@ def test_an_unwritable_folder_answers_a_failure_and_the_scp_keeps_going(workdir:
             assert failed.returncode != 0  # the sender knows
             assert "Received Store Response (Error: CannotUnderstand)" in failed.stderr
         assert storescu(scp, str(sent[1])).returncode == 0  # still listening, writing again
-    assert stored_path(out, sent[1]).exists() and not stored_path(out, sent[0]).exists()
+        assert storescu(scp, str(sent[0])).returncode == 0  # sent again once the folder is writable
+    assert stored_path(out, sent[0]).exists() and stored_path(out, sent[1]).exists()
+    [line] = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert line == "scp: C-STORE from STORESCU refused with status 0xC000: Operation not permitted"
     ledger = Ledger(f"sqlite:///{workdir / 'ledger.db'}")
     run = ledger.runs(1)[0]
-    assert run.counts == {"done": 1, "failed": 1}
-    [failure] = ledger.items(run.id, status="failed")
-    assert failure.key == pydicom.dcmread(sent[0]).SOPInstanceUID
-    assert failure.result["status"] == "0xC000" and failure.result["calling_aet"] == "STORESCU"
+    assert run.counts == {"done": 2}  # the instance received again counts as it went last
+    again = next(item for item in ledger.items(run.id) if item.key == pydicom.dcmread(sent[0]).SOPInstanceUID)
+    assert again.attempts == 1 and again.last_error is None and again.result["status"] == "0x0000"
+    assert again.bytes == stored_path(out, sent[0]).stat().st_size
 
 
 def test_to_a_server_forwards_each_instance(workdir: Path, config_file: Path, client_a: Orthanc) -> None:
@@ -220,3 +226,34 @@ def test_a_port_in_use_is_one_clear_error_and_a_failed_run(workdir: Path) -> Non
         pass
     runs = Ledger(f"sqlite:///{workdir / 'ledger.db'}").runs(2)
     assert sorted(run.status for run in runs) == ["failed", "stopped"]
+
+
+@contextmanager
+def small_disk(folder: Path, size: str = "64k") -> Iterator[None]:
+    """FOLDER on a filesystem of SIZE (a tmpfs: needs root)."""
+    folder.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]).returncode
+    ):
+        pytest.skip("mounting a small filesystem needs root")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_answers_out_of_resources(workdir: Path) -> None:
+    [large] = instances(workdir / "large", Shape(pixels=256, seed=97))  # 128 kB of pixels
+    [small] = instances(workdir / "small", Shape(pixels=16, seed=98))
+    out = workdir / "out"
+    with small_disk(out), scp_in_thread(workdir, str(out)) as scp:
+        full = storescu(scp, "-v", str(large))
+        assert full.returncode != 0
+        assert "Received Store Response (Refused: OutOfResources)" in full.stderr
+        assert storescu(scp, str(small)).returncode == 0
+        assert stored_path(out, small).exists() and not stored_path(out, large).exists()
+        assert not list(out.rglob("*.tmp"))  # the partial file is gone
+    ledger = Ledger(f"sqlite:///{workdir / 'ledger.db'}")
+    [failure] = ledger.items(ledger.runs(1)[0].id, status="failed")
+    assert failure.result["status"] == "0xA700" and failure.last_error == "No space left on device"

@@ -240,13 +240,17 @@ class StorageSCP:
         """Stop accepting, let running associations finish (WAIT seconds at most), record the rest."""
         if self._server is not None:
             server, self._server = self._server, None
+            server.shutdown()  # no new association from here on
             running = server.active_associations
-            server.shutdown()
             deadline = time.monotonic() + wait
+            try:
+                for assoc in running:
+                    assoc.join(max(0.0, deadline - time.monotonic()))
+            except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+                pass
             for assoc in running:
-                assoc.join(max(0.0, deadline - time.monotonic()))
                 if assoc.is_alive():
-                    log.warning("scp: aborting an association from %s still open", assoc.requestor.ae_title)
+                    log.warning("scp: aborting the association from %s still open", assoc.requestor.ae_title)
                     assoc.abort()
             self._recorder.close()
         return self.received
@@ -340,7 +344,7 @@ def serve(
         "aet": aet,
         "port": port,
         "bind": bind,
-        "to": settings.public_spec(to) if "://" in to else to,
+        "to": destination.label if isinstance(destination, ServerDestination) else str(Path(to).absolute()),
         "accept_aet": list(accept_aets),
     }
     try:
