@@ -23,7 +23,7 @@ from pacsflow.ledger import Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.services.scp import StorageSCP
 from pacsflow.synthetic import Shape, instance_bytes
-from tests.conftest import ledger_path, start_cli, wait_for
+from tests.conftest import cli, ledger_path, start_cli, wait_for
 from tests.test_download_zip import read_only
 
 SHAPE = Shape(patients=2, series=2, instances=2, pixels=16, seed=91)
@@ -257,3 +257,12 @@ def test_a_full_disk_answers_out_of_resources(workdir: Path) -> None:
     ledger = Ledger(f"sqlite:///{workdir / 'ledger.db'}")
     [failure] = ledger.items(ledger.runs(1)[0].id, status="failed")
     assert failure.result["status"] == "0xA700" and failure.last_error == "No space left on device"
+
+
+def test_a_session_is_not_resumed_or_retried(workdir: Path) -> None:
+    with scp_in_thread(workdir, str(workdir / "out")):
+        pass
+    for command in ("resume", "retry"):
+        result = cli("--ledger", f"sqlite:///{workdir / 'ledger.db'}", command, "last", cwd=workdir)
+        assert result.returncode == 2
+        assert "is a storage SCP session (what it received); it is not resumed" in result.stderr

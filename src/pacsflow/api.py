@@ -287,6 +287,7 @@ class Pacsflow:
         needs its password again (`credentials`).
         """
         self.remember_credentials(credentials)
+        _resumable(self.ledger.run(run_ref))
         engine = self.engine(workers=workers, give_up_after=give_up_after, stop=stop, handlers=handlers)
         with self._heartbeat() as beat, folders_named_in_errors():
             try:
@@ -310,6 +311,7 @@ class Pacsflow:
         `resume` raises."""
         self.remember_credentials(options.pop("credentials", ()))
         run = self.ledger.run(run_ref)
+        _resumable(run)
         count = self.ledger.retry_failed(run.id)
         if on_put_back is not None:
             on_put_back(run.id, count)
@@ -856,6 +858,16 @@ class Pacsflow:
         finally:
             beat.fail() if failed else beat.success()
             beat.close()
+
+
+def _resumable(run: RunInfo) -> None:
+    """Raise ConfigError for a run that is a record, not work: a storage SCP session received what its
+    senders sent, and nothing of it can be done again (they send again to a new session)."""
+    if run.operation == "scp":
+        raise ConfigError(
+            f"run {run.id} is a storage SCP session (what it received); it is not resumed: "
+            "start `pacsflow scp` again and let the senders send what failed"
+        )
 
 
 @contextmanager
