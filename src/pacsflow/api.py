@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacsflow.config import Settings, load_settings, parse_duration, redact_url, scrub_params
 from pacsflow.engine import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Engine, RunResult
@@ -35,6 +35,9 @@ from pacsflow.outages import Outages
 from pacsflow.pacing import configure_limits
 from pacsflow.progress import Progress, make_progress
 from pacsflow.wording import plural
+
+if TYPE_CHECKING:
+    from pacsflow.services.scp import Received, StorageSCP
 
 log = logging.getLogger("pacsflow")
 
@@ -622,11 +625,11 @@ class Pacsflow:
         bind: str = "0.0.0.0",
         accept_aets: Sequence[str] = (),
         stop: threading.Event,
-        on_listening: Callable[[Any], None] | None = None,
-    ) -> Any:
+        on_listening: Callable[[StorageSCP], None] | None = None,
+    ) -> Received:
         """Receive instances over DICOM into TO (a folder or an Orthanc server) until STOP is set, as a
         run whose items are the instances received (see pacsflow.services.scp.serve). AET and PORT
-        default to the settings'. Returns a services.scp.Received. Raises ConfigError (a bad
+        default to the settings'. Returns what this session received. Raises ConfigError (a bad
         destination or address, a folder that cannot be made), PreflightError/Unauthorized (a server)."""
         from pacsflow.services.scp import serve
 

@@ -62,15 +62,22 @@ def worker(
 @errors_to_exit
 def scp(
     ctx: typer.Context,
-    to: str = typer.Option(..., "--to", help="folder, or Orthanc server (configured name or URL)"),
-    aet: str | None = typer.Option(None, "--aet", help="our AE title [default: config aet, PACSFLOW]"),
+    to: str = typer.Option(
+        ..., "--to", metavar="DIR|SERVER", help="folder, or Orthanc server (configured name or URL)"
+    ),
+    aet: str | None = typer.Option(
+        None, "--aet", metavar="AET", help="our AE title [default: config aet, PACSFLOW]"
+    ),
     port: int | None = typer.Option(
         None, "--port", min=0, max=65535, help="DICOM port [default: config port, 11112]"
     ),
     accept_aet: list[str] = typer.Option(
-        None, "--accept-aet", help="calling AE title allowed to send (repeatable; default: any)"
+        None,
+        "--accept-aet",
+        metavar="AET",
+        help="calling AE title allowed to send (repeatable; default: any)",
     ),
-    bind: str = typer.Option("0.0.0.0", "--bind", help="address to listen on"),
+    bind: str = typer.Option("0.0.0.0", "--bind", metavar="HOST", help="address to listen on"),
 ) -> None:
     """Receive images over DICOM (C-ECHO, C-STORE of every storage class) until stopped.
 

@@ -261,7 +261,7 @@ class StorageSCP:
     def _on_store(self, event: Any) -> int:
         """pynetdicom's C-STORE handler: keep the instance, answer its status, never raise."""
         calling = _calling(event)
-        key, status, where, note = "", SUCCESS, "", None
+        key, status, where, note, shown = "", SUCCESS, "", None, ""
         data = b""
         try:
             data = event.encoded_dataset()  # the bytes as sent, with a file meta: never decoded again
