@@ -1,1 +1,1 @@
-"""Long-running services: change-feed followers; later the storage SCP, worklist server, web app."""
+"""Long-running services: change-feed followers, the storage SCP; later the worklist server and web app."""
