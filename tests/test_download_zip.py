@@ -19,6 +19,7 @@ from pydicom import Dataset
 from pacsflow.config import Settings
 from pacsflow.engine import EXIT_OK, Engine
 from pacsflow.errors import BadInput
+from pacsflow.inventory import series_rows_from_run
 from pacsflow.ledger import FAILED, Ledger
 from pacsflow.ops.download import Download
 from pacsflow.orthanc import Orthanc
@@ -340,6 +341,9 @@ def test_a_study_deleted_while_downloading_fails_its_items_and_no_zip_is_written
     assert "ZIP not written: 2 of 4 instances are missing" in archive.last_error
     assert not (workdir / "all.zip").exists()  # never a ZIP that lacks what it should hold
     assert len(zip_entries_of_part(workdir / "all.zip.part")) == 2  # the other study's, kept for a retry
+    # the run's inventory: nothing is present while its ZIP is not written
+    rows = series_rows_from_run(ledger, result.run_id)
+    assert [(row.present_instances, row.status) for row in rows] == [(0, "incomplete"), (0, "incomplete")]
 
 
 def zip_entries_of_part(part: Path) -> list[str]:

@@ -54,7 +54,7 @@ STUDY_TAGS = ("StudyInstanceUID", "StudyDate", "StudyDescription", "AccessionNum
 PATIENT_TAGS = ("PatientID", "PatientName")
 SERIES_TAGS = ("SeriesInstanceUID", "SeriesNumber", "Modality", "SeriesDescription")
 #: the kinds of a download run's items this module reads (the download operation's contract)
-RUN_STUDY, RUN_INSTANCE = "study", "instance"
+RUN_STUDY, RUN_INSTANCE, RUN_ARCHIVE = "study", "instance", "archive"
 
 
 @dataclass(frozen=True)
@@ -259,27 +259,40 @@ def series_rows_from_server(
 
 def _present(ledger: Ledger, run_id: str) -> dict[str, tuple[int, int]]:
     """Instances on disk (done or skipped instance items) and their bytes, by Orthanc series ID, counted
-    by the database: a big run has millions of instance items."""
+    by the database: a big run has millions of instance items. An instance meant for a ZIP counts only
+    once that ZIP is written (its archive item done): a part file is not a download."""
     from sqlalchemy import func, select
 
     from pacsflow.ledger import DONE, SKIPPED
     from pacsflow.ledger.schema import items
 
     series = items.c.payload["series"].as_string()
+    archive = items.c.payload["zip"].as_string()
     # the server's size of each file (in its payload): an instance skipped as already there moved no
     # bytes in this run, but it is there all the same
     size = items.c.payload["size"].as_integer()
     query = (
-        select(series, func.count(), func.coalesce(func.sum(func.coalesce(size, items.c.bytes)), 0))
+        select(series, archive, func.count(), func.coalesce(func.sum(func.coalesce(size, items.c.bytes)), 0))
         .where(
             items.c.run_id == run_id,
             items.c.kind == RUN_INSTANCE,
             items.c.status.in_((DONE, SKIPPED)),
         )
-        .group_by(series)
+        .group_by(series, archive)
     )
+    written = {
+        str(item.payload.get("zip"))
+        for status in (DONE, SKIPPED)
+        for item in ledger.items(run_id, status, kind=RUN_ARCHIVE)
+    }
+    present: dict[str, tuple[int, int]] = {}
     with ledger.engine.connect() as conn:
-        return {key: (int(count), int(size)) for key, count, size in conn.execute(query) if key}
+        for key, zipped, count, total in conn.execute(query):
+            if not key or (zipped and zipped not in written):
+                continue
+            before = present.get(key, (0, 0))
+            present[key] = (before[0] + int(count), before[1] + int(total))
+    return present
 
 
 def _recorded_series(ledger: Ledger, run_id: str) -> Iterator[Mapping[str, Any]]:
