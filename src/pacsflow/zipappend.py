@@ -148,6 +148,11 @@ class ZipBuilder:
         with self._lock:
             return set(self._current())
 
+    def holds(self, name: str) -> bool:
+        """Whether entry NAME is in the part file (without copying every name: asked once per entry)."""
+        with self._lock:
+            return name in self._current()
+
     def append(self, name: str, data: bytes | memoryview) -> bool:
         """DATA as entry NAME, flushed to the file before this returns; False when NAME is there
         already (a retried item). Raises OSError (the disk is full: the file is cut back to its last

@@ -249,7 +249,7 @@ class Download(Operation):
 
     def _into_archive(self, instance: str, name: str, final: Path, patient: str | None) -> Outcome:
         builder = self.archives.builder(final)
-        if name in builder.names():
+        if builder.holds(name):
             return Outcome(status=SKIPPED, note=ALREADY)
         earlier = self.archives.earlier(final, patient)
         if self._deid is not None:
