@@ -488,3 +488,32 @@ def test_temporary_files_of_a_killed_run_are_removed(
     stale.write_bytes(b"DICM")  # what a kill -9 mid-file leaves
     assert run_cli("download", "--from", "a", "--out", "dl", cwd=workdir).returncode == 0
     assert not stale.exists()
+
+
+def test_a_patients_zip_is_closed_as_soon_as_its_files_are_in(
+    workdir: Path, settings: Settings, client_a: Orthanc
+) -> None:
+    upload(client_a, Shape(patients=2, series=1, instances=6, pixels=16, seed=82))
+    op = Download(settings, {"from": "a", "per_patient_zip": str(workdir / "zips")})
+    events: list[tuple[str, str]] = []
+    fetch, close = op._into_archive, op.archives.close
+
+    def fetching(instance: str, name: str, final: Path, patient: str | None):  # type: ignore[no-untyped-def]
+        events.append(("fetch", str(patient)))
+        return fetch(instance, name, final, patient)
+
+    def closing(final: Path, names, patient=None):  # type: ignore[no-untyped-def]
+        events.append(("close", str(patient)))
+        return close(final, names, patient)
+
+    op._into_archive = fetching  # type: ignore[method-assign]
+    op.archives.close = closing  # type: ignore[method-assign]
+    result = Engine(Ledger(settings.ledger), settings, workers=1).start(op)
+    assert result.exit_code == EXIT_OK
+    first_close = events.index(next(event for event in events if event[0] == "close"))
+    closed, other = events[first_close][1], {patient for _, patient in events} - {events[first_close][1]}
+    (other,) = other
+    # an assembly line: the first patient's ZIP is written while the other's files are still coming
+    assert ("fetch", other) in events[first_close + 1 :]
+    assert all(event != ("fetch", closed) for event in events[first_close + 1 :])
+    assert len(list((workdir / "zips").iterdir())) == 2

@@ -56,6 +56,68 @@ def test_later_phase_waits_for_earlier_phase(ledger: Ledger) -> None:
     assert sorted(i.key for i in ledger.claim(run, "w", 10, 60)) == ["c", "k1-0", "k1-1"]
 
 
+def keys(claimed: list) -> list[str]:
+    return sorted(item.key for item in claimed)
+
+
+def scoped_run(ledger: Ledger) -> str:
+    """Two patients, each: list (phase 0), two files (phase 1), close (phase 2); and one unscoped
+    report (phase 3) that waits for everything."""
+    run = ledger.create_run("test", {})
+    items = [PlannedItem("report", "report", {}, 3)]
+    for patient in ("a", "b"):
+        items += [PlannedItem("list", f"{patient}-list", {}, 0, scope=patient)]
+        items += [PlannedItem("file", f"{patient}-f{n}", {}, 1, scope=patient) for n in (1, 2)]
+        items += [PlannedItem("close", f"{patient}-close", {}, 2, scope=patient)]
+    ledger.add_items(run, items)
+    return run
+
+
+def test_a_scope_goes_on_to_its_next_phase_while_another_is_still_at_its_first(ledger: Ledger) -> None:
+    run = scoped_run(ledger)
+    first = ledger.claim(run, "w", 1, 60)
+    assert keys(first) == ["a-list"]
+    ledger.complete(first[0], "w")
+    # patient b is still listing (not even claimed): patient a's files go ahead all the same
+    assert keys(ledger.claim(run, "w", 10, 60)) == ["a-f1", "a-f2", "b-list"]
+    assert ledger.claim(run, "w", 10, 60) == []  # a-close waits for a's files; b's files for b-list
+    for item in ledger.items(run, "running"):
+        if item.key != "b-list":
+            ledger.complete(item, "w")
+    assert keys(ledger.claim(run, "w", 10, 60)) == ["a-close"]  # a's ZIP while b is still listing
+    for item in ledger.items(run, "running"):
+        ledger.complete(item, "w")
+    assert keys(ledger.claim(run, "w", 10, 60)) == ["b-f1", "b-f2"]
+    for item in ledger.items(run, "running"):
+        ledger.complete(item, "w")
+    assert keys(ledger.claim(run, "w", 10, 60)) == ["b-close"]  # the unscoped report still waits
+    assert ledger.claim(run, "w", 10, 60) == []
+    (closing,) = ledger.items(run, "running")
+    ledger.complete(closing, "w")
+    assert keys(ledger.claim(run, "w", 10, 60)) == ["report"]
+
+
+def test_an_unscoped_item_of_an_earlier_phase_holds_every_scope_back(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(
+        run,
+        [PlannedItem("plan", "plan", {}, 0), PlannedItem("file", "a-f1", {}, 1, scope="a")],
+    )
+    (plan,) = ledger.claim(run, "w", 10, 60)
+    assert plan.key == "plan" and ledger.claim(run, "w", 10, 60) == []
+    ledger.complete(plan, "w")
+    assert keys(ledger.claim(run, "w", 10, 60)) == ["a-f1"]
+
+
+def test_a_scoped_item_of_a_dead_worker_is_taken_over(ledger: Ledger) -> None:
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, [PlannedItem("x", "x", {}, 0, scope="s"), PlannedItem("y", "y", {}, 5, scope="t")])
+    assert keys(ledger.claim(run, "dead", 10, 0.01)) == ["x", "y"]
+    time.sleep(0.05)
+    ledger._stale_checked.clear()  # looked for every few seconds: now
+    assert keys(ledger.claim(run, "alive", 10, 60)) == ["x", "y"]
+
+
 def test_complete_only_by_the_holder(ledger: Ledger) -> None:
     run = ledger.create_run("test", {})
     ledger.add_items(run, planned(1))

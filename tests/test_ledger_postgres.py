@@ -158,3 +158,21 @@ def test_a_long_follow_holds_one_small_connection_pool(
     assert follower.returncode == 130, err
     # one ledger for the whole process: its pool does not grow with the cycles (60 cycles held 25 before)
     assert max(counts) <= 3, counts
+
+
+def test_scopes_order_phases_on_postgres_too(postgres_url: str) -> None:
+    from tests.test_ledger import keys
+
+    ledger = Ledger(postgres_url)
+    run = ledger.create_run("test", {}, run_id=f"pg-{uuid.uuid4().hex[:8]}")
+    ledger.add_items(
+        run,
+        [PlannedItem("list", f"{p}-list", {}, 0, scope=p) for p in "ab"]
+        + [PlannedItem("file", f"{p}-f", {}, 1, scope=p) for p in "ab"]
+        + [PlannedItem("report", "report", {}, 2)],
+    )
+    first = ledger.claim(run, "w", 1, 60)
+    ledger.complete(first[0], "w")
+    assert keys(ledger.claim(run, "w", 10, 60)) == sorted(
+        [f"{first[0].key[0]}-f", "b-list" if first[0].key == "a-list" else "a-list"]
+    )

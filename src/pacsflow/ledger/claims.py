@@ -17,6 +17,9 @@ from pacsflow.ledger.model import Item, PlannedItem, Record, item_from_row, stor
 from pacsflow.ledger.schema import DONE, FAILED, PENDING, RUNNING, items
 from pacsflow.wording import plural
 
+#: above every phase an item can have: no unscoped item holds scoped ones back
+_NO_PHASE = 2**31 - 1
+
 
 class _Statements:
     """The hot statements, built once with bound parameters, so SQLAlchemy compiles them once."""
@@ -44,6 +47,44 @@ class _Statements:
             )
 
         self.pending_ids = ids(PENDING, items.c.not_before <= q("q_now"))
+        unfinished = items.c.status.in_((PENDING, RUNNING))
+        self.min_unscoped_phase = select(func.min(items.c.phase)).where(
+            items.c.run_id == q("q_run"), items.c.scope.is_(None), unfinished
+        )
+        earlier = items.alias("earlier")
+
+        def scoped_ids(status: str, ready: Any) -> Any:
+            # items of a later phase than the run's lowest whose own scope has nothing unfinished before
+            # them, and no unscoped item of an earlier phase is unfinished (q_below: that phase, or more
+            # than any)
+            waiting = (
+                select(earlier.c.id)
+                .where(
+                    earlier.c.run_id == items.c.run_id,
+                    earlier.c.scope == items.c.scope,
+                    earlier.c.status.in_((PENDING, RUNNING)),
+                    earlier.c.phase < items.c.phase,
+                )
+                .exists()
+            )
+            return (
+                select(items.c.id)
+                .where(
+                    items.c.run_id == q("q_run"),
+                    items.c.status == status,
+                    items.c.scope.is_not(None),
+                    items.c.phase > q("q_phase"),
+                    items.c.phase <= q("q_below"),
+                    ready,
+                    ~waiting,
+                )
+                .order_by(items.c.id)
+                .limit(q("q_limit", type_=Integer))
+                .with_for_update(skip_locked=True)
+            )
+
+        self.scoped_pending_ids = scoped_ids(PENDING, items.c.not_before <= q("q_now"))
+        self.scoped_stale_ids = scoped_ids(RUNNING, items.c.lease_until < q("q_now"))
         self.run_lock = select(func.pg_advisory_xact_lock(func.hashtext(q("q_run", type_=String))))
         self.stale_ids = ids(RUNNING, items.c.lease_until < q("q_now"))
         self.take = (
@@ -159,6 +200,7 @@ class Claims:
             {
                 "run_id": run_id,
                 "phase": item.phase,
+                "scope": item.scope,
                 "kind": item.kind,
                 "key": storable(item.key),
                 "payload": item.payload,
@@ -269,11 +311,21 @@ class Claims:
         open_phases = [found for found in phases if found is not None]
         if not open_phases:
             return [], 0
-        where = {"q_run": run_id, "q_phase": min(open_phases), "q_now": now, "q_limit": limit}
+        lowest = min(open_phases)
+        where = {"q_run": run_id, "q_phase": lowest, "q_now": now, "q_limit": limit}
         ids = list(conn.execute(_SQL.pending_ids, where).scalars())
+        # Scoped items of later phases: each waits only for its own scope (a patient's ZIP once that
+        # patient's files are in) and for unscoped items of earlier phases.
+        unscoped = conn.execute(_SQL.min_unscoped_phase, {"q_run": run_id}).scalar()
+        scoped = {**where, "q_below": _NO_PHASE if unscoped is None else unscoped}
+        # oldest first across both: a scope's later steps (made when it was listed, so with smaller
+        # ids) go before scopes listed after it: one patient finished, then the next, not all abreast
+        ids = sorted({*ids, *conn.execute(_SQL.scoped_pending_ids, scoped).scalars()})[:limit]
         if len(ids) < limit and now - self._stale_checked.get(run_id, 0.0) > 5.0:
             self._stale_checked[run_id] = now
             ids += conn.execute(_SQL.stale_ids, {**where, "q_limit": limit - len(ids)}).scalars()
+            if len(ids) < limit:
+                ids += conn.execute(_SQL.scoped_stale_ids, {**scoped, "q_limit": limit - len(ids)}).scalars()
         if not ids:
             return [], 0
         rows = conn.execute(

@@ -23,6 +23,8 @@ class PlannedItem:
     result: dict[str, Any] | None = None
     #: bytes moved by an item settled when planned (an instance a storage SCP received)
     nbytes: int = 0
+    #: what its phase orders it within (see schema.items.scope); None: the whole run
+    scope: str | None = None
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Item:
     bytes: int
     result: dict[str, Any] | None
     worker: str | None
+    scope: str | None = None
 
 
 @dataclass
@@ -97,6 +100,7 @@ def item_from_row(row: Any) -> Item:
         bytes=data["bytes"] or 0,
         result=data["result"],
         worker=data["worker"],
+        scope=data.get("scope"),
     )
 
 

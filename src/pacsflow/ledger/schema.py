@@ -22,7 +22,7 @@ FINISHED = (DONE, SKIPPED, FAILED)
 
 #: The migration (migrations/versions/) that makes these tables. A change to them is a new revision that
 #: names this one as its down_revision, and this constant moves to it (tests/test_migrations.py checks both).
-REVISION = "0002"
+REVISION = "0003"
 
 metadata = MetaData()
 
@@ -45,6 +45,9 @@ items = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     Column("phase", Integer, nullable=False, default=0),
+    #: phases order items within their scope (a patient, a study): a scoped item waits only for its own
+    #: scope's earlier phases and for unscoped items of earlier phases; an unscoped one for everything
+    Column("scope", String(200)),
     Column("kind", String(32), nullable=False),
     Column("key", Text, nullable=False),
     Column("payload", JSON),
@@ -61,6 +64,7 @@ items = Table(
     Column("finished_at", Float),
     UniqueConstraint("run_id", "key", name="uq_items_run_key"),
     Index("ix_items_claim", "run_id", "status", "phase", "id"),
+    Index("ix_items_scope", "run_id", "scope", "status", "phase"),
 )
 
 checkpoints = Table(

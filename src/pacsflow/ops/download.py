@@ -109,10 +109,13 @@ class Download(Operation):
                 log.warning("the selection matches no study on %s", self.source.display)
         if self.p.per_patient_zip:
             for patient, of_patient in self._by_patient(studies).items():
-                yield PlannedItem(PATIENT, f"p/{patient}", {"patient": patient, "studies": of_patient})
+                # a scope per patient: its ZIP is closed as soon as its own files are in (see ledger scopes)
+                scope = f"p/{patient}"
+                yield PlannedItem(PATIENT, scope, {"patient": patient, "studies": of_patient}, scope=scope)
             return
         for study in studies:
-            yield PlannedItem(STUDY, f"s/{study}", {"study": study})
+            # a scope per study: its files are fetched, and checked, while other studies are listed
+            yield PlannedItem(STUDY, f"s/{study}", {"study": study}, scope=f"s/{study}")
         if self.p.zip:
             yield PlannedItem(ARCHIVE, "zip", {"zip": str(self.target)}, phase=_CLOSE)
 
@@ -139,9 +142,9 @@ class Download(Operation):
         """Raises BadInput (the study or instance no longer on the server, a count that does not match),
         TransientError (a download cut short), OutputFull, or what the server's answers raise."""
         if item.kind == STUDY:
-            return self._plan_study(item.payload["study"])
+            return self._plan_study(item.payload["study"], item.scope)
         if item.kind == PATIENT:
-            return self._plan_patient(item.payload)
+            return self._plan_patient(item.payload, item.scope)
         try:
             if item.kind == CHECK:
                 return self._check(item.payload)
@@ -159,11 +162,11 @@ class Download(Operation):
     def _listing(self, study: str) -> StudyListing:
         return list_study(self.source, study, self._deid.get() if self._deid is not None else None)
 
-    def _plan_study(self, study: str) -> Outcome:
+    def _plan_study(self, study: str, scope: str | None) -> Outcome:
         listing = self._listing(study)
         archive = str(self.target) if self.p.zip else None
-        children = [self._instance_item(entry, archive) for entry in listing.instances]
-        children.append(self._check_item(study, listing, archive))
+        children = [self._instance_item(entry, archive, scope=scope) for entry in listing.instances]
+        children.append(self._check_item(study, listing, archive, scope=scope))
         return Outcome(
             result={
                 "instances": len(listing.instances),
@@ -172,7 +175,7 @@ class Download(Operation):
             children=children,
         )
 
-    def _plan_patient(self, payload: Mapping[str, Any]) -> Outcome:
+    def _plan_patient(self, payload: Mapping[str, Any], scope: str | None) -> Outcome:
         """A patient's studies listed; their instances go into `<patient><delimiter><series>.zip`."""
         listings = []
         for study in payload["studies"]:
@@ -200,8 +203,8 @@ class Download(Operation):
         children: list[PlannedItem] = []
         names: list[str] = []
         for listing in listings:
-            children += [self._instance_item(entry, str(final), folder) for entry in listing.instances]
-            children.append(self._check_item(listing.study, listing, str(final), folder))
+            children += [self._instance_item(entry, str(final), folder, scope) for entry in listing.instances]
+            children.append(self._check_item(listing.study, listing, str(final), folder, scope))
             names += [entry.name for entry in listing.instances]
         children.append(
             PlannedItem(
@@ -209,6 +212,7 @@ class Download(Operation):
                 f"zip/{payload['patient']}",
                 {"zip": str(final), "patient": folder, "names": names},
                 phase=_CLOSE,
+                scope=scope,
             )
         )
         result = {
@@ -219,21 +223,27 @@ class Download(Operation):
         return Outcome(result=result, children=children)
 
     @staticmethod
-    def _instance_item(entry: Any, archive: str | None, patient: str | None = None) -> PlannedItem:
+    def _instance_item(
+        entry: Any, archive: str | None, patient: str | None = None, scope: str | None = None
+    ) -> PlannedItem:
         payload = {"id": entry.id, "name": entry.name, "series": entry.series, "size": entry.size}
         if archive is not None:
             payload["zip"] = archive
         if patient is not None:
             payload["patient"] = patient
-        return PlannedItem(INSTANCE, f"i/{entry.id}", payload, phase=_FETCH)
+        return PlannedItem(INSTANCE, f"i/{entry.id}", payload, phase=_FETCH, scope=scope)
 
     @staticmethod
     def _check_item(
-        study: str, listing: StudyListing, archive: str | None, patient: str | None = None
+        study: str,
+        listing: StudyListing,
+        archive: str | None,
+        patient: str | None = None,
+        scope: str | None = None,
     ) -> PlannedItem:
         series = [{**one.as_result(), "names": one.names, "sizes": one.sizes} for one in listing.series]
         payload: dict[str, Any] = {"study": study, "series": series, "zip": archive, "patient": patient}
-        return PlannedItem(CHECK, f"c/{study}", payload, phase=_CHECK)
+        return PlannedItem(CHECK, f"c/{study}", payload, phase=_CHECK, scope=scope)
 
     # -- one instance ---------------------------------------------------------------------------
 
@@ -352,8 +362,9 @@ class Download(Operation):
         return Outcome(result={"series": counts})
 
     def _sweep(self, names: list[str]) -> None:
-        """Temporary files an attempt killed mid-file left beside NAMES (every fetch of the run is over
-        when its checks run: no worker is writing them). One listing per folder."""
+        """Temporary files an attempt killed mid-file left beside NAMES (every fetch of the study is over
+        when its check runs, its scope's earlier phase: no worker is writing them). One listing per
+        folder."""
         by_folder: dict[Path, set[str]] = {}
         for name in names:
             target = self.folder / name
