@@ -299,9 +299,7 @@ class _Scan:
                 self.creators.append((ds, group, element))
             vr = raw.VR or _vr(int(tag))
             if vr == "UI":
-                value = ds[tag].value
-                values = [value] if isinstance(value, str) else list(value or [])
-                self.uids.update(str(one) for one in values)
+                self.uids.update(_uids(ds, tag, raw))
             elif vr == "SQ":
                 for item in ds[tag].value or []:
                     self.walk(item)
@@ -316,6 +314,16 @@ class _Scan:
             value = ds.ReferencedSOPInstanceUID
             many = isinstance(value, list | tuple) or value.__class__.__name__ == "MultiValue"
             self.references += [str(one) for one in value] if many else [str(value)]
+
+
+def _uids(ds: Any, tag: Any, raw: Any) -> list[str]:
+    """The UIDs of a UI element: from its bytes as read (ASCII, backslash-separated, padded with a NUL
+    or a space), without pydicom's conversion of every value (the hot path: each file has dozens)."""
+    if getattr(raw, "is_raw", False) and isinstance(raw.value, bytes):
+        return [one for one in raw.value.decode("ascii", "replace").rstrip("\0 ").split("\\") if one]
+    value = ds[tag].value
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [str(one) for one in values]
 
 
 def _orphan_creators(scan: _Scan) -> list[str]:

@@ -32,6 +32,7 @@ def write_header(ds: Any, source: bytes) -> bytes | None:
         out.write(meta)
     out.is_implicit_VR = implicit
     encodings = ds.get("SpecificCharacterSet")
+    codec = _single_codec(encodings)
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # group lengths are retired (PS3.5 7.2)
@@ -42,8 +43,61 @@ def write_header(ds: Any, source: bytes) -> bytes | None:
             if start >= 0 and source[start : start + 4] == _tag_bytes(tag):
                 out.write(source[start : elem.value_tell + elem.length])
                 continue
+        text = _plain_text(elem, codec, implicit) if codec is not None else None
+        if text is not None:
+            out.write(text)
+            continue
         write_data_element(out, elem, encodings)
     return out.getvalue()
+
+
+#: the text VRs _plain_text writes: a value is its strings joined by backslashes, padded to even length
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+#: one character set, one Python codec; ISO 2022 (several sets, escape sequences) is left to pydicom
+_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+
+
+def _single_codec(encodings: Any) -> str | None:
+    if encodings is None:
+        return "ascii"
+    values = [encodings] if isinstance(encodings, str) else list(encodings)
+    if len(values) > 1:
+        return None
+    return _CODECS.get(str(values[0]).strip() if values else "")
+
+
+def _plain_text(elem: Any, codec: str, implicit: bool) -> bytes | None:
+    """A changed text element (a new UID, a shifted date, an emptied name) encoded the way pydicom
+    would, without its general machinery (most of a header's writing time); None for anything else:
+    numbers, names, sequences, binary VRs, values that are not plain strings."""
+    vr = elem.VR
+    if vr not in _TEXT_VRS:
+        return None
+    value = elem.value
+    if value is None or value == "":
+        strings: list[str] = []
+    elif isinstance(value, str):
+        strings = [value]
+    elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        strings = list(value)
+        if not all(isinstance(one, str) for one in strings):
+            return None
+    else:
+        return None
+    try:
+        data = "\\".join(strings).encode(codec)
+    except UnicodeEncodeError:
+        return None
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    tag = int(elem.tag)
+    if implicit:
+        return _tag_bytes(tag) + len(data).to_bytes(4, "little") + data
+    if vr in _LONG_VRS:
+        return _tag_bytes(tag) + vr.encode() + b"\0\0" + len(data).to_bytes(4, "little") + data
+    if len(data) > 0xFFFF:
+        return None
+    return _tag_bytes(tag) + vr.encode() + len(data).to_bytes(2, "little") + data
 
 
 def _tag_bytes(tag: int) -> bytes:
