@@ -190,7 +190,7 @@ class Verifier:
         """Over-removal: what the profile keeps must still be there."""
         from pydicom.uid import UID
 
-        problems = [f"{name} removed" for name in _ALWAYS if not str(ds.get(name, "") or "").strip()]
+        problems = [f"{name} removed" for name in _ALWAYS if not _has_value(ds, name)]
         sop_class = str(ds.get("SOPClassUID", ""))
         is_image = UID(sop_class).name.endswith("Image Storage") if sop_class else False
         if is_image or has_pixels:
@@ -314,6 +314,19 @@ class _Scan:
             value = ds.ReferencedSOPInstanceUID
             many = isinstance(value, list | tuple) or value.__class__.__name__ == "MultiValue"
             self.references += [str(one) for one in value] if many else [str(value)]
+
+
+def _has_value(ds: Any, keyword: str) -> bool:
+    """Whether DS has KEYWORD with a value that is not blank, read from its bytes where it is still as
+    read (converting it costs more than the check)."""
+    from pydicom.datadict import tag_for_keyword
+
+    raw = ds.get_item(tag_for_keyword(keyword))
+    if raw is None:
+        return False
+    if getattr(raw, "is_raw", False) and isinstance(raw.value, bytes):
+        return bool(raw.value.strip(b" \0"))
+    return bool(str(ds[keyword].value or "").strip())
 
 
 def _uids(ds: Any, tag: Any, raw: Any) -> list[str]:
