@@ -78,7 +78,8 @@ class _Statements:
                     ready,
                     ~waiting,
                 )
-                .order_by(items.c.id)
+                # the claim index's order (phase, id): no sort of every waiting item on each claim
+                .order_by(items.c.phase, items.c.id)
                 .limit(q("q_limit", type_=Integer))
                 .with_for_update(skip_locked=True)
             )
