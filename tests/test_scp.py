@@ -29,6 +29,11 @@ from tests.test_download_zip import read_only
 SHAPE = Shape(patients=2, series=2, instances=2, pixels=16, seed=91)
 
 
+def leftovers(out: Path) -> list[Path]:
+    """Files that are not received instances (a temporary file a write left behind)."""
+    return [path for path in out.rglob("*") if path.is_file() and path.suffix != ".dcm"]
+
+
 def instances(root: Path, shape: Shape = SHAPE) -> list[Path]:
     """SHAPE's instances as files under ROOT (flat: storescu takes them as arguments)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ def test_echo_and_store_land_each_instance_as_sent_at_its_path(workdir: Path) ->
         stored = stored_path(out, path)
         assert after_meta(stored) == after_meta(path)  # explicit little endian as sent, not re-encoded
         assert pydicom.dcmread(stored) == pydicom.dcmread(path)
-    assert not list(out.rglob("*.tmp"))
+    assert leftovers(out) == []
     run = Ledger(f"sqlite:///{workdir / 'ledger.db'}").runs(1)[0]
     assert (run.operation, run.status, run.counts) == ("scp", "stopped", {"done": len(sent)})
     assert run.bytes == sum(stored_path(out, path).stat().st_size for path in sent)
@@ -253,7 +258,7 @@ def test_a_full_disk_answers_out_of_resources(workdir: Path) -> None:
         assert "Received Store Response (Refused: OutOfResources)" in full.stderr
         assert storescu(scp, str(small)).returncode == 0
         assert stored_path(out, small).exists() and not stored_path(out, large).exists()
-        assert not list(out.rglob("*.tmp"))  # the partial file is gone
+        assert leftovers(out) == []  # the partial file is gone
     ledger = Ledger(f"sqlite:///{workdir / 'ledger.db'}")
     [failure] = ledger.items(ledger.runs(1)[0].id, status="failed")
     assert failure.result["status"] == "0xA700" and failure.last_error == "No space left on device"

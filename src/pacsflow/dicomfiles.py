@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,3 +158,19 @@ def broken_link(path: Path) -> str | None:
     except OSError:
         return None
     return None
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """DATA at TARGET under a temporary name in the same folder first, then one rename: a reader never
+    sees half a file, and a killed run leaves a dot-file, never a truncated one under TARGET's name.
+    The temporary name is unique per call (two threads or processes may write the same target).
+    Raises OSError (the temporary file removed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    try:
+        with open(temporary, "wb") as fh:
+            fh.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

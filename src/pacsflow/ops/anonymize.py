@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pacsflow.anonymize.deidentify import Deidentifier, Record
-from pacsflow.dicomfiles import looks_like_dicom
+from pacsflow.dicomfiles import looks_like_dicom, write_atomically
 from pacsflow.errors import BadInput, ConfigError
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
@@ -84,19 +83,6 @@ def write_into(deidentifier: Deidentifier, data: bytes, where: str, out: Path) -
 def _same_file(target: Path, data: bytes) -> bool:
     """Whether TARGET holds DATA already (a rerun): the same bytes, not just the same size."""
     return target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data
-
-
-def write_atomically(target: Path, data: bytes) -> None:
-    """DATA at TARGET under a temporary name first: a killed run never leaves half a file as done."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        with open(temporary, "wb") as fh:
-            fh.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 @register

@@ -331,7 +331,7 @@ class Download(Operation):
 
     def _fetch_deidentified(self, instance: str, target: Path) -> Outcome:
         """Download, de-identify in memory, write (never in clear, not even as a temporary file)."""
-        from pacsflow.ops.anonymize import write_atomically
+        from pacsflow.dicomfiles import write_atomically
 
         if target.exists():
             return Outcome(status=SKIPPED, note=ALREADY)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import secrets
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pacsflow.config import Settings, find_name
-from pacsflow.dicomfiles import InstanceUIDs, read_uids
+from pacsflow.dicomfiles import InstanceUIDs, read_uids, write_atomically
 from pacsflow.errors import ConfigError, PacsflowError, public_text
 from pacsflow.layout import safe_part
 from pacsflow.ledger import DONE, FAILED, Ledger, PlannedItem
@@ -66,18 +65,9 @@ class FolderDestination:
             safe_part(uids.series_uid, "unknown-series"),
             f"{safe_part(uids.sop_uid, 'unknown-instance')}.dcm",
         )
-        target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name in the same folder, then one rename: a reader never sees half a file, and a
-        # crash leaves a dot-file, never a truncated .dcm (no fsync: a receipt is not a backup)
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(temporary, "wb") as fh:
-                fh.write(data)
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        # a temporary name in the same folder, then one rename: a reader never sees half a file (no
+        # fsync: a receipt is not a backup)
+        write_atomically(self.root / relative, data)
         return str(relative)
 
     def close(self) -> None:
