@@ -65,7 +65,8 @@ def _write_file(path: str, out: str, run_id: str | None) -> tuple[str, Any]:
             head = fh.read(1024)
             if not looks_like_dicom(head) or os.fstat(fh.fileno()).st_size > _MAX_BYTES:
                 return "other", None
-            data = head + fh.read()
+            fh.seek(0)
+            data = fh.read()  # one read into one buffer: no copy of a 500 KB file to join two parts
     except OSError:
         return "other", None  # the run's own reading says what is wrong with it
     try:
