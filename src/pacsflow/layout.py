@@ -84,3 +84,14 @@ def patient_zip_pattern(patient: str, delimiter: str) -> re.Pattern[str]:
 
 def patient_zip_name(patient: str, delimiter: str, series: int) -> str:
     return f"{patient}{delimiter}{series}.zip"
+
+
+#: what a de-identified name keeps (pseudonyms and UIDs are ASCII already): the rest becomes _
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(value: str, fallback: str) -> str:
+    """A folder name from a pseudonym or UID (the de-identified layout): no separators, no dot-only
+    names, never empty."""
+    cleaned = _UNSAFE.sub("_", value.strip()).strip("._")
+    return cleaned[:64] or fallback

@@ -9,6 +9,7 @@ from typing import Any
 from pacsflow.anonymize.deidentify import Deidentifier, Record
 from pacsflow.dicomfiles import looks_like_dicom, write_atomically
 from pacsflow.errors import BadInput, ConfigError
+from pacsflow.layout import safe_name
 from pacsflow.ledger import DONE, FAILED, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.deidentifying import (
@@ -18,7 +19,6 @@ from pacsflow.ops.deidentifying import (
     verified_lines,
     write_mapping,
 )
-from pacsflow.ops.download import safe_name
 from pacsflow.ops.params import AnonymizeParams
 from pacsflow.ops.processes import Processes
 from pacsflow.ops.upload import ARCHIVE, FILE, FOLDER, MEMBER, NOT_DICOM, ArchiveFiles, PriorUploads
@@ -68,11 +68,7 @@ def write_into(deidentifier: Deidentifier, data: bytes, where: str, out: Path) -
     target = output_path(out, record)
     found = {"id": record.orthanc_after, "study": None, "anon": result.anon()}
     try:
-        if (
-            target.exists()
-            and target.stat().st_size == len(result.data)
-            and target.read_bytes() == result.data
-        ):
+        if _same_file(target, result.data):
             return Outcome(status=SKIPPED, note=WRITTEN_BEFORE, result=found)
         write_atomically(target, result.data)
     except OSError as exc:

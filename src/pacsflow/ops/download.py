@@ -7,7 +7,6 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import secrets
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,17 +26,9 @@ from pacsflow.wording import plural
 
 log = logging.getLogger("pacsflow")
 STUDY, PATIENT, INSTANCE, CHECK, ARCHIVE = "study", "patient", "instance", "check", "archive"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 ALREADY = "already downloaded"
 #: phases: list what to fetch, fetch it, check each study, close the archives
 _FETCH, _CHECK, _CLOSE = 1, 2, 3
-
-
-def safe_name(value: str, fallback: str) -> str:
-    """A folder name from a pseudonym or UID (the de-identified layout): no separators, no dot-only
-    names, never empty."""
-    cleaned = _UNSAFE.sub("_", value.strip()).strip("._")
-    return cleaned[:64] or fallback
 
 
 class OutputFull(PacsflowError):
