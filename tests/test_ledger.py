@@ -97,6 +97,19 @@ def test_a_scope_goes_on_to_its_next_phase_while_another_is_still_at_its_first(l
     assert keys(ledger.claim(run, "w", 10, 60)) == ["report"]
 
 
+def test_a_started_scope_goes_before_the_next_one_is_started(ledger: Ledger) -> None:
+    """The assembly line retrieve needs: patient a's studies (made after patient b was planned, so
+    with larger ids) are worked before patient b is even looked up, when workers are scarce."""
+    run = ledger.create_run("test", {})
+    ledger.add_items(run, [PlannedItem("patient", p, {}, 0, scope=p) for p in "ab"])
+    (first,) = ledger.claim(run, "w", 1, 60)
+    assert first.key == "a"
+    studies = [PlannedItem("study", f"a-s{n}", {}, 1, scope="a") for n in (1, 2)]
+    ledger.complete(first, "w", children=studies)
+    assert [item.key for item in ledger.claim(run, "w", 2, 60)] == ["a-s1", "a-s2"]
+    assert [item.key for item in ledger.claim(run, "w", 2, 60)] == ["b"]  # idle workers start the next
+
+
 def test_an_unscoped_item_of_an_earlier_phase_holds_every_scope_back(ledger: Ledger) -> None:
     run = ledger.create_run("test", {})
     ledger.add_items(

@@ -319,9 +319,13 @@ class Claims:
         # patient's files are in) and for unscoped items of earlier phases.
         unscoped = conn.execute(_SQL.min_unscoped_phase, {"q_run": run_id}).scalar()
         scoped = {**where, "q_below": _NO_PHASE if unscoped is None else unscoped}
-        # oldest first across both: a scope's later steps (made when it was listed, so with smaller
-        # ids) go before scopes listed after it: one patient finished, then the next, not all abreast
-        ids = sorted({*ids, *conn.execute(_SQL.scoped_pending_ids, scoped).scalars()})[:limit]
+        # a scope's later steps before the lowest phase's items: what is started gets finished (a
+        # patient's series retrieved, then its ZIP) before the next scope starts, one patient after the
+        # other rather than all abreast; the lowest phase (finding more patients) takes the workers
+        # the started scopes leave idle. Children are made after their parents, so "oldest first"
+        # would list every patient before retrieving any.
+        later = list(conn.execute(_SQL.scoped_pending_ids, scoped).scalars())
+        ids = (later + [found for found in ids if found not in set(later)])[:limit]
         if len(ids) < limit and now - self._stale_checked.get(run_id, 0.0) > 5.0:
             self._stale_checked[run_id] = now
             ids += conn.execute(_SQL.stale_ids, {**where, "q_limit": limit - len(ids)}).scalars()
