@@ -1,4 +1,4 @@
-"""DICOM network (DIMSE) helpers on pynetdicom: C-ECHO and C-FIND; MOVE, GET, STORE and an SCP come next."""
+"""DICOM network (DIMSE) helpers on pynetdicom: C-ECHO and one-off C-FINDs (see qr for kept sessions)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ModalityConfig
 from pacsflow.errors import ConfigError, PreflightError, RemoteError, Unreachable
-from pacsflow.pacing import limiter_for
+from pacsflow.pacing import TokenBucket, limiter_for
 
 #: A-ASSOCIATE-RJ result 2: "rejected-transient" (busy, too many associations): try again later
 _REJECTED_TRANSIENT = 0x02
@@ -30,25 +30,31 @@ class FindFailed(RemoteError):
         self.status = status
 
 
-def _unreachable(modality: ModalityConfig, our_aet: str, message: str) -> Unreachable:
+def _unreachable(
+    modality: ModalityConfig, our_aet: str, message: str, bucket: TokenBucket | None = None
+) -> Unreachable:
     return Unreachable(
         message,
         remote=modality.name or modality.display,
-        probe=lambda: echo(modality, our_aet),
+        probe=lambda: echo(modality, our_aet, bucket=bucket),
     )
 
 
 @contextmanager
 def associate(
-    modality: ModalityConfig, our_aet: str, contexts: list[Any], timeout: float
+    modality: ModalityConfig,
+    our_aet: str,
+    contexts: list[Any],
+    timeout: float,
+    bucket: TokenBucket | None = None,
 ) -> Iterator[Association]:
     """An association with the node, released afterwards; every step bounded by TIMEOUT.
 
     Raises Unreachable (a retry later may work) when the node does not answer, aborts, or rejects us
     transiently, and RemoteError when it rejects us for good (e.g. our AET is unknown to it). Each
-    association takes a token from the node's rate limit.
+    association takes a token from BUCKET (a run's own rate limit), else from the node's configured one.
     """
-    bucket = limiter_for(modality.name)
+    bucket = _bucket(modality, bucket)
     if bucket is not None:
         bucket.acquire()
     ae = AE(ae_title=our_aet)
@@ -56,22 +62,7 @@ def associate(
         ae.add_requested_context(context)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    answers: list[Any] = []  # the ACSE primitives the node sent: a rejection's result is in there
-    handlers = [(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))]
-    assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet, evt_handlers=handlers)
-    if assoc.is_rejected:
-        results = [getattr(primitive, "result", None) for primitive in answers]
-        if _REJECTED_TRANSIENT in results:
-            raise _unreachable(
-                modality, our_aet, f"{modality.display}: association rejected for now (busy); will try again"
-            )
-        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
-    if not assoc.is_established:
-        raise _unreachable(
-            modality,
-            our_aet,
-            f"cannot reach {modality.display}: no DICOM association (refused, timed out or aborted)",
-        )
+    assoc = open_association(ae, modality, our_aet, bucket)
     try:
         yield assoc
     finally:
@@ -79,10 +70,70 @@ def associate(
             assoc.release()
 
 
-def echo(modality: ModalityConfig, our_aet: str, timeout: float = 10.0) -> float:
+def _bucket(modality: ModalityConfig, bucket: TokenBucket | None) -> TokenBucket | None:
+    """The rate limit requests to MODALITY take from: BUCKET (a run's own), else the configured one."""
+    return bucket if bucket is not None else limiter_for(modality.name)
+
+
+def _take(modality: ModalityConfig, bucket: TokenBucket | None) -> None:
+    """One token for a request on an association (the association took one of its own)."""
+    bucket = _bucket(modality, bucket)
+    if bucket is not None:
+        bucket.acquire()
+
+
+def open_association(
+    ae: AE,
+    modality: ModalityConfig,
+    our_aet: str,
+    bucket: TokenBucket | None,
+    *,
+    ext_neg: list[Any] | None = None,
+    handlers: list[Any] | None = None,
+) -> Association:
+    """AE's association with the node, established, or the reason why not: Unreachable (refused, timed
+    out, aborted, rejected for now) or RemoteError (rejected for good: our AET is likely unknown)."""
+    rejections: list[Any] = []
+
+    def on_pdu(event: Any) -> None:
+        # the node's A-ASSOCIATE-RJ as it arrives: a node that closes the connection right after it
+        # (dcmqrscp) can make pynetdicom report the association aborted rather than rejected
+        if type(event.pdu).__name__ == "A_ASSOCIATE_RJ":
+            rejections.append(getattr(event.pdu, "result", None))
+
+    assoc = ae.associate(
+        modality.host,
+        modality.port,
+        ae_title=modality.aet,
+        ext_neg=ext_neg,
+        evt_handlers=[*(handlers or ()), (evt.EVT_PDU_RECV, on_pdu)],
+    )
+    if assoc.is_rejected or rejections:
+        if _REJECTED_TRANSIENT in rejections:
+            raise _unreachable(
+                modality,
+                our_aet,
+                f"{modality.display}: association rejected for now (busy); will try again",
+                bucket,
+            )
+        raise RemoteError(f"{modality.display}: association rejected (is our AET {our_aet!r} known to it?)")
+    if not assoc.is_established:
+        raise _unreachable(
+            modality,
+            our_aet,
+            f"cannot reach {modality.display}: no DICOM association (refused, timed out or aborted)",
+            bucket,
+        )
+    return assoc
+
+
+def echo(
+    modality: ModalityConfig, our_aet: str, timeout: float = 10.0, *, bucket: TokenBucket | None = None
+) -> float:
     """C-ECHO a node; returns the round trip in milliseconds or raises with the reason."""
     started = time.monotonic()
-    with associate(modality, our_aet, [Verification], timeout) as assoc:
+    with associate(modality, our_aet, [Verification], timeout, bucket) as assoc:
+        _take(modality, bucket)
         status = assoc.send_c_echo()
         if not status:
             raise _unreachable(modality, our_aet, f"{modality.display}: association aborted during C-ECHO")
@@ -91,15 +142,21 @@ def echo(modality: ModalityConfig, our_aet: str, timeout: float = 10.0) -> float
     return (time.monotonic() - started) * 1000
 
 
-def _find(modality: ModalityConfig, our_aet: str, query: Any, timeout: float) -> Iterator[Any]:
+def _find(
+    modality: ModalityConfig, our_aet: str, query: Any, timeout: float, bucket: TokenBucket | None = None
+) -> Iterator[Any]:
     """The identifiers a Study Root C-FIND answers with; an abort mid-way is Unreachable."""
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as StudyRootFind
 
-    with associate(modality, our_aet, [StudyRootFind], timeout) as assoc:
+    with associate(modality, our_aet, [StudyRootFind], timeout, bucket) as assoc:
+        _take(modality, bucket)
         for status, identifier in assoc.send_c_find(query, StudyRootFind):
             if not status:  # pynetdicom's sign of an aborted association or a DIMSE timeout
                 raise _unreachable(
-                    modality, our_aet, f"{modality.display}: association aborted or timed out during C-FIND"
+                    modality,
+                    our_aet,
+                    f"{modality.display}: association aborted or timed out during C-FIND",
+                    bucket,
                 )
             code = getattr(status, "Status", None)
             if code in _PENDING and identifier is not None:
@@ -109,7 +166,9 @@ def _find(modality: ModalityConfig, our_aet: str, query: Any, timeout: float) ->
                 raise FindFailed(f"{modality.display}: C-FIND failed ({shown})", code)
 
 
-def check_find(modality: ModalityConfig, our_aet: str, timeout: float = 30.0) -> None:
+def check_find(
+    modality: ModalityConfig, our_aet: str, timeout: float = 30.0, *, bucket: TokenBucket | None = None
+) -> None:
     """Ask the node one C-FIND that matches nothing: whether it lets us query it at all.
 
     A node that does not know our AE title often accepts the association and the C-ECHO, then refuses
@@ -123,11 +182,11 @@ def check_find(modality: ModalityConfig, our_aet: str, timeout: float = 30.0) ->
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = _NO_STUDY
     try:
-        for _ in _find(modality, our_aet, query, timeout):
+        for _ in _find(modality, our_aet, query, timeout, bucket):
             pass
     except Unreachable:
         try:
-            echo(modality, our_aet)
+            echo(modality, our_aet, bucket=bucket)
         except Unreachable as down:  # the node went down: not a refusal
             raise PreflightError(str(down)) from None
         how = "it aborts the association when asked"
