@@ -185,10 +185,11 @@ class StorageSCP:
         port: int,
         bind: str = "0.0.0.0",
         accept_aets: Sequence[str] = (),
-        ledger: Ledger,
+        ledger: Ledger | None,
         run_id: str,
         log_phi: bool = False,
     ) -> None:
+        """LEDGER None: receipts are not recorded (a retrieve run checks each series instead)."""
         self.destination = destination
         self.aet, self.port, self.bind = aet, port, bind
         self.accept_aets = list(accept_aets)
@@ -196,7 +197,7 @@ class StorageSCP:
         self.log_phi = log_phi
         self.received = Received(run_id)
         self._lock = threading.Lock()
-        self._recorder = _Recorder(ledger, run_id)
+        self._recorder = _Recorder(ledger, run_id) if ledger is not None else None
         self._server: Any = None
 
     @property
@@ -221,7 +222,8 @@ class StorageSCP:
         try:
             self._server = ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
         except OSError as exc:
-            self._recorder.close()
+            if self._recorder is not None:
+                self._recorder.close()
             raise ConfigError(
                 f"cannot listen on {self.bind}:{self.port}: {exc.strerror or type(exc).__name__}"
             ) from None
@@ -242,7 +244,8 @@ class StorageSCP:
                 if assoc.is_alive():
                     log.warning("scp: aborting the association from %s still open", assoc.requestor.ae_title)
                     assoc.abort()
-            self._recorder.close()
+            if self._recorder is not None:
+                self._recorder.close()
         return self.received
 
     def _on_rejected(self, event: Any) -> None:
@@ -250,55 +253,73 @@ class StorageSCP:
 
     def _on_store(self, event: Any) -> int:
         """pynetdicom's C-STORE handler: keep the instance, answer its status, never raise."""
-        calling = _calling(event)
-        key, status, where, note, shown = "", SUCCESS, "", None, ""
-        data = b""
-        try:
-            data = event.encoded_dataset()  # the bytes as sent, with a file meta: never decoded again
-            uids = read_uids(data, "received instance")
-            key = uids.sop_uid
-            where = self.destination.store(data, uids)
-        except OSError as exc:
-            status = OUT_OF_RESOURCES if exc.errno in _DISK_FULL else CANNOT_UNDERSTAND
-            note = exc.strerror or type(exc).__name__
-            shown = f"{note} ({exc.filename})" if self.log_phi and exc.filename else note
-        except PacsflowError as exc:
-            status, note, shown = CANNOT_UNDERSTAND, str(exc), public_text(exc, self.log_phi)
-        except Exception as exc:  # pynetdicom would answer 0xC211 and log a traceback with our data
-            status, note = CANNOT_UNDERSTAND, f"unexpected {type(exc).__name__}"
-            shown = f"{note}: {exc}" if self.log_phi else note
-        if status != SUCCESS:
-            log.error("scp: C-STORE from %s refused with status 0x%04X: %s", calling, status, shown)
-        self._record(key or _requested_uid(event), calling, len(data), status, where, note, event)
-        return status
+        kept = keep(event, self.destination, self.log_phi)
+        self._record(kept, _calling(event), event)
+        return kept.status
 
-    def _record(
-        self, key: str, calling: str, size: int, status: int, where: str, note: str | None, event: Any
-    ) -> None:
+    def _record(self, kept: Kept, calling: str, event: Any) -> None:
         with self._lock:
-            if status == SUCCESS:
+            if kept.status == SUCCESS:
                 self.received.instances += 1
-                self.received.nbytes += size
+                self.received.nbytes += kept.size
             else:
                 self.received.failures += 1
+        if self._recorder is None:
+            return
         result = {
             "calling_aet": calling,
-            "bytes": size,
-            "status": f"0x{status:04X}",
+            "bytes": kept.size,
+            "status": f"0x{kept.status:04X}",
             "transfer_syntax": str(getattr(event.context, "transfer_syntax", "") or ""),
         }
-        if where:
-            result["to"] = where
+        if kept.where:
+            result["to"] = kept.where
         self._recorder.put(
             PlannedItem(
                 RECEIVED,
-                key or f"unknown-{secrets.token_hex(8)}",
-                status=DONE if status == SUCCESS else FAILED,
-                note=note,
+                kept.key or f"unknown-{secrets.token_hex(8)}",
+                status=DONE if kept.status == SUCCESS else FAILED,
+                note=kept.note,
                 result=result,
-                nbytes=size if status == SUCCESS else 0,
+                nbytes=kept.size if kept.status == SUCCESS else 0,
             )
         )
+
+
+@dataclass
+class Kept:
+    """What became of one instance received: its SOPInstanceUID, the status answered, where it went."""
+
+    key: str
+    status: int
+    size: int
+    where: str = ""
+    note: str | None = None
+
+
+def keep(event: Any, destination: Destination, log_phi: bool = False, who: str = "scp") -> Kept:
+    """Hand the instance of a C-STORE EVENT to DESTINATION as received (never decoded again); the
+    status to answer: 0xA700 for a full disk, 0xC000 for anything else that failed. Never raises."""
+    calling = _calling(event)
+    key, status, where, note, shown = "", SUCCESS, "", None, ""
+    data = b""
+    try:
+        data = event.encoded_dataset()  # the bytes as sent, with a file meta
+        uids = read_uids(data, "received instance")
+        key = uids.sop_uid
+        where = destination.store(data, uids)
+    except OSError as exc:
+        status = OUT_OF_RESOURCES if exc.errno in _DISK_FULL else CANNOT_UNDERSTAND
+        note = exc.strerror or type(exc).__name__
+        shown = f"{note} ({exc.filename})" if log_phi and exc.filename else note
+    except PacsflowError as exc:
+        status, note, shown = CANNOT_UNDERSTAND, str(exc), public_text(exc, log_phi)
+    except Exception as exc:  # pynetdicom would answer 0xC211 and log a traceback with our data
+        status, note = CANNOT_UNDERSTAND, f"unexpected {type(exc).__name__}"
+        shown = f"{note}: {exc}" if log_phi else note
+    if status != SUCCESS:
+        log.error("%s: C-STORE from %s refused with status 0x%04X: %s", who, calling, status, shown)
+    return Kept(key or _requested_uid(event), status, len(data) if status == SUCCESS else 0, where, note)
 
 
 def _calling(event: Any) -> str:
