@@ -183,8 +183,9 @@ class Queries:
         note: str | None = None,
         key_prefix: str | None = None,
         keys: Sequence[str] | None = None,
+        scope: str | None = None,
     ) -> list[Item]:
-        """A run's items in order, filtered by status, kind, note (why done/skipped) or key prefix."""
+        """A run's items in order, filtered by status, kind, note (why done/skipped), key prefix or scope."""
         query = select(items).where(items.c.run_id == run_id).order_by(items.c.id)
         if status:
             query = query.where(items.c.status == status)
@@ -196,6 +197,8 @@ class Queries:
             query = query.where(items.c.key.startswith(storable(key_prefix), autoescape=True))
         if keys is not None:
             query = query.where(items.c.key.in_([storable(key) for key in keys]))
+        if scope is not None:
+            query = query.where(items.c.scope == scope)
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:
