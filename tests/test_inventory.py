@@ -315,7 +315,7 @@ def test_a_run_without_series_and_unknown_names_are_one_clear_line(workdir: Path
     assert not_download.returncode == 2
     assert not_download.stderr == (
         f"pacsflow: error: run {transfer} (transfer) has recorded no series: `inventory --from RUN` "
-        "reads a download run whose studies were listed\n"
+        "reads a download or retrieve run whose studies were listed\n"
     )
     unknown_server = cli("validate", "--on", "nosuch", cwd=workdir)
     assert unknown_server.returncode == 2 and len(unknown_server.stderr.splitlines()) == 1

@@ -1,5 +1,5 @@
 """Series inventories: one row per series (identities, expected and present instances, size, status),
-read from an Orthanc server or from a download run's ledger records, written as a private CSV."""
+read from an Orthanc server or from a download or retrieve run's ledger records, written as a private CSV."""
 
 # The seed's inventory generator and slice check (seed 004, R10) in one place, so that the CLI, the web
 # app, `validate` and the download operation count and word a series alike. Light at import time: no
@@ -55,6 +55,8 @@ PATIENT_TAGS = ("PatientID", "PatientName")
 SERIES_TAGS = ("SeriesInstanceUID", "SeriesNumber", "Modality", "SeriesDescription")
 #: the kinds of a download run's items this module reads (the download operation's contract)
 RUN_STUDY, RUN_INSTANCE, RUN_ARCHIVE = "study", "instance", "archive"
+#: the kind of a retrieve run's series items (the retrieve operation's contract)
+RUN_SERIES = "series"
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,33 @@ def _recorded_series(ledger: Ledger, run_id: str) -> Iterator[Mapping[str, Any]]
                 yield series
 
 
+def series_rows_from_retrieve(ledger: Ledger, run_id: str) -> list[SeriesRow]:
+    """The rows of a retrieve run: each series item carries the C-FIND answers (`tags`) and the count
+    the node announced (`expected`); its result, done or failed, the count received (`present`). A
+    series not tried yet counts 0 received."""
+    from pacsflow.orthanc import orthanc_id
+
+    rows = []
+    for item in ledger.items(run_id, kind=RUN_SERIES):
+        tags = item.payload.get("tags") or {}
+        result = item.result or {}
+        expected = result.get("expected", item.payload.get("expected"))
+        patient, study, series = (
+            str(item.payload.get(name) or "") for name in ("patient", "study", "series")
+        )
+        rows.append(
+            SeriesRow(
+                **{name: str(tags.get(name) or "") for name in (*PATIENT_TAGS, *STUDY_TAGS, *SERIES_TAGS)},
+                expected_instances=int(expected) if expected is not None else None,
+                present_instances=int(result.get("present") or 0),
+                size_bytes=item.bytes or None,
+                orthanc_study=orthanc_id(patient, study),
+                orthanc_series=orthanc_id(patient, study, series),
+            )
+        )
+    return sorted(rows, key=sort_key)
+
+
 def series_rows_from_run(ledger: Ledger, run_id: str) -> list[SeriesRow]:
     """The rows of a download run, from its ledger records (none when it recorded no series).
 
@@ -399,11 +428,14 @@ def inventory(
         raise ConfigError(
             "--study, --accession, --patient and --query choose studies on a server: not with a run"
         )
-    rows = series_rows_from_run(pacsflow.ledger, run.id)
+    if run.operation == "retrieve":
+        rows = series_rows_from_retrieve(pacsflow.ledger, run.id)
+    else:
+        rows = series_rows_from_run(pacsflow.ledger, run.id)
     if not rows:
         raise ConfigError(
             f"run {run.id} ({run.operation}) has recorded no series: `inventory --from RUN` reads a "
-            "download run whose studies were listed"
+            "download or retrieve run whose studies were listed"
         )
     return Inventory(rows, f"run {run.id}")
 

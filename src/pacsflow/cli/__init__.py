@@ -6,7 +6,7 @@ One module per command group; importing this package loads typer and nothing hea
 
 from __future__ import annotations
 
-from pacsflow.cli import cleanup, files, privacy, reports, runs, servers, services  # noqa: F401 - each registers its commands
+from pacsflow.cli import cleanup, files, network, privacy, reports, runs, servers, services  # noqa: F401 - each registers its commands
 from pacsflow.cli.app import app
 
 

@@ -133,6 +133,7 @@ def operation_class(name: str) -> type[Operation]:
         delete,
         download,
         populate,
+        retrieve,
         roster,
         transfer,
         upload,

@@ -28,7 +28,14 @@ from pacsflow.selection import QUERY_EXAMPLE, SELECTORS, check_query, clean_sele
 #: the errors CSV of `upload --roster` when none is given (relative to the current folder)
 DEFAULT_ERRORS = Path("Logs") / "UHID error" / "output.csv"
 #: parameters named by another flag than `--` + their name, or by none at all
-_FLAGS = {"studies": "--study", "accessions": "--accession", "patients": "--patient", "paths": "PATHS"}
+_FLAGS = {
+    "studies": "--study",
+    "accessions": "--accession",
+    "patients": "--patient",
+    "paths": "PATHS",
+    "patient_list": "--patients",
+    "modalities": "--modality",
+}
 _NOT_FLAGS = frozenset({"shape", "modality_names", "start_change", "matched", "secret_check"})
 #: errors whose input is a number or one word: safe to quote (others may be paths, URLs or patient IDs)
 _QUOTED = frozenset({"literal_error", "int_parsing", "int_from_float", "bool_parsing", "float_parsing"})
@@ -431,7 +438,26 @@ class ForwardParams(OpParams):
         return [value] if isinstance(value, str) else value
 
 
-class DownloadParams(_MaybeDeidentify, SelectParams):
+class _PatientZips(BaseModel):
+    """One ZIP per patient, named as seed 004 names them (see pacsflow.layout)."""
+
+    per_patient_zip: PathText | None = Field(
+        None, description="folder of one ZIP per patient, <PatientID><delimiter><series count>.zip"
+    )
+    delimiter: str | None = Field(
+        None, description="between PatientID and series count in per-patient ZIP names (__seriesCount)"
+    )
+
+    @model_validator(mode="after")
+    def _delimiter(self) -> Self:
+        if self.delimiter is not None and not self.per_patient_zip:
+            raise _Invalid("--delimiter goes with --per-patient-zip", "delimiter")
+        if self.delimiter is not None and (not self.delimiter or "/" in self.delimiter):
+            raise _Invalid("--delimiter: a non-empty text without /", "delimiter")
+        return self
+
+
+class DownloadParams(_MaybeDeidentify, _PatientZips, SelectParams):
     """download: fetch studies into a folder tree, one ZIP, or one ZIP per patient (see pacsflow.layout)."""
 
     operation = "download"
@@ -441,12 +467,6 @@ class DownloadParams(_MaybeDeidentify, SelectParams):
     source: str = Field(alias="from", description="Orthanc server (name or URL)")
     out: PathText | None = Field(None, description="folder: Patient/Study/Series/instance.dcm")
     zip: PathText | None = Field(None, description="one ZIP file with the same layout, stored entries")
-    per_patient_zip: PathText | None = Field(
-        None, description="folder of one ZIP per patient, <PatientID><delimiter><series count>.zip"
-    )
-    delimiter: str | None = Field(
-        None, description="between PatientID and series count in per-patient ZIP names (__seriesCount)"
-    )
 
     @model_validator(mode="after")
     def _one_output(self) -> Self:
@@ -455,10 +475,6 @@ class DownloadParams(_MaybeDeidentify, SelectParams):
             raise _Invalid(
                 "give one of --out DIR, --zip FILE or --per-patient-zip DIR", "out", "zip", "per_patient_zip"
             )
-        if self.delimiter is not None and not self.per_patient_zip:
-            raise _Invalid("--delimiter goes with --per-patient-zip", "delimiter")
-        if self.delimiter is not None and (not self.delimiter or "/" in self.delimiter):
-            raise _Invalid("--delimiter: a non-empty text without /", "delimiter")
         return self
 
 
@@ -565,3 +581,75 @@ class ValidateParams(SelectParams):
     operation = "validate"
 
     on: str = Field(description="Orthanc server (name or URL) whose series are checked")
+
+
+def _dicom_date(value: Any) -> Any:
+    """YYYYMMDD or YYYY-MM-DD as DICOM's YYYYMMDD."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().replace("-", "")
+    if not (len(text) == 8 and text.isdigit()):
+        raise ValueError("a date like 2024-01-31 or 20240131")
+    return text
+
+
+DicomDate = Annotated[str, BeforeValidator(_dicom_date)]
+
+
+class RetrieveParams(_PatientZips, OpParams):
+    """retrieve: find patients, their studies and series on a DICOM node, then C-MOVE or C-GET each
+    series into a folder or an Orthanc, check its count, and (optionally) ZIP each patient."""
+
+    operation = "retrieve"
+
+    source: str = Field(alias="from", description="DICOM node (name or AET@host:port)")
+    to: str = Field(description="folder (PatientID/StudyUID/SeriesUID/SOPUID.dcm) or Orthanc server")
+    patient_list: PathText | None = Field(
+        None, description="file of PatientIDs (one per line, or a CSV with a PatientID or UHID column)"
+    )
+    select: str | None = Field(
+        None, description="MODULE:FUNCTION or FILE.py:FUNCTION: called with each patient's attributes"
+    )
+    from_date: DicomDate | None = Field(None, description="studies from this date (StudyDate)")
+    to_date: DicomDate | None = Field(None, description="studies up to this date (StudyDate)")
+    modalities: list[str] | None = Field(None, description="only series of these modalities (CT, MR...)")
+    method: Literal["move", "get"] = Field(
+        "move", description="move (the node sends to our storage SCP on --port) or get (same association)"
+    )
+    aet: str | None = Field(None, min_length=1, max_length=16, description="our AE title [settings]")
+    port: int | None = Field(None, gt=0, lt=65536, description="with move: our storage SCP's port [settings]")
+    rate: str | None = Field(None, description="at most this many requests to the node, e.g. 700/min")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from pacsflow.pacing import parse_rate
+
+            try:
+                parse_rate(value)
+            except ConfigError as exc:
+                raise _Invalid(exc.reason, "rate") from None
+        return value
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, value: str | None) -> str | None:
+        if value is not None and (":" not in value or not all(value.rsplit(":", 1))):
+            raise _Invalid("--select: give MODULE:FUNCTION or FILE.py:FUNCTION", "select")
+        return value
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _modalities(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            value = [str(one).strip().upper() for one in value if str(one).strip()] or None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.from_date and self.to_date and self.from_date > self.to_date:
+            raise _Invalid("--from-date is after --to-date", "from_date", "to_date")
+        return self
