@@ -361,7 +361,9 @@ def test_retrieve_from_dcmqrscp_holds_the_rate_over_every_request(
     }
     # associations, C-FINDs (search, patient, study, two IMAGE-level counts) and C-MOVE/C-GETs
     assert len(requests) >= 9
-    # no burst: one request per 1/rate at most, so no minute ever sees more than the rate (the log's
-    # milliseconds and the loopback network may shift each a little)
-    gaps = [later - earlier for earlier, later in zip(requests, requests[1:])]
-    assert min(gaps) >= 0.8 * 60 / rate, gaps
+    # in any stretch of time, at most one request more than the rate allows for it: no minute ever sees
+    # more than the limit (each request's time may shift by a little: 0.1 s for a busy machine)
+    for first in range(len(requests)):
+        for last in range(first + 1, len(requests)):
+            span = requests[last] - requests[first]
+            assert last - first <= (span + 0.1) * rate / 60 + 1, (first, last, span)

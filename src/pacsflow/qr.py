@@ -265,3 +265,48 @@ def _text(value: Any) -> str:
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         return "\\".join(str(one) for one in value)
     return str(value)
+
+
+def run_bucket(modality: ModalityConfig, rate: str | None) -> TokenBucket | None:
+    """The one rate limit of a run's requests to MODALITY: RATE ('700/min') with no burst above it (the
+    seed's PACS reset every connection beyond 700/min), else the node's configured limit, else none."""
+    from pacsflow.pacing import limiter_for, parse_rate
+
+    return TokenBucket(parse_rate(rate), burst=1) if rate else limiter_for(modality.name)
+
+
+class Sessions:
+    """One Session per worker thread, all with the same node, method, rate limit and C-GET handler."""
+
+    def __init__(
+        self,
+        modality: ModalityConfig,
+        our_aet: str,
+        *,
+        method: Method,
+        bucket: TokenBucket | None,
+        on_store: StoreHandler | None = None,
+    ) -> None:
+        self.modality, self.our_aet, self.method = modality, our_aet, method
+        self.bucket, self.on_store = bucket, on_store
+        self._local = threading.local()
+        self._all: list[Session] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Session:
+        """This thread's session (made on first use)."""
+        session: Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = Session(
+                self.modality, self.our_aet, method=self.method, bucket=self.bucket, on_store=self.on_store
+            )
+            self._local.session = session
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._all = self._all, []
+        for session in sessions:
+            session.close()

@@ -21,8 +21,7 @@ from pacsflow.ops.download_archives import Archives, series_folder
 from pacsflow.ops.params import RetrieveParams
 from pacsflow.ops.retrieve_inputs import Selector, load_selector, read_patient_list
 from pacsflow.orthanc import orthanc_id
-from pacsflow.pacing import TokenBucket, limiter_for, parse_rate
-from pacsflow.qr import Refused, Session
+from pacsflow.qr import Refused, Session, Sessions, run_bucket
 from pacsflow.services.scp import Destination, FolderDestination, StorageSCP, destination_for, keep
 from pacsflow.wording import plural
 
@@ -83,15 +82,11 @@ class Retrieve(Operation):
             self.remember("to", os.path.abspath(self.p.to))
         self.our_aet = self.p.aet or settings.aet
         self.port = self.p.port or settings.port
-        # one bucket for every request of the run (associations, C-FIND, C-MOVE, C-GET, probes): no
-        # burst above the rate, since the seed's PACS reset every connection beyond 700/min
-        self.bucket: TokenBucket | None = (
-            TokenBucket(parse_rate(self.p.rate), burst=1) if self.p.rate else limiter_for(self.modality.name)
-        )
+        # one bucket for every request of the run: associations, C-FIND, C-MOVE, C-GET, probes
+        self.bucket = run_bucket(self.modality, self.p.rate)
         self.delimiter = self.p.delimiter or DEFAULT_DELIMITER
         self.archives = Archives(self.delimiter)
-        self._local = threading.local()
-        self._sessions: list[Session] = []
+        self._sessions: Sessions | None = None
         self._lock = threading.Lock()
         self._destination: Tally | None = None
         self._scp: StorageSCP | None = None
@@ -116,10 +111,13 @@ class Retrieve(Operation):
 
     def _target(self) -> Tally:
         with self._lock:
-            if self._destination is None:
-                workers = self.p.workers or self.settings.workers
-                self._destination = Tally(destination_for(self.settings, self.p.to, connections=workers + 2))
-            return self._destination
+            return self._destination_unlocked()
+
+    def _destination_unlocked(self) -> Tally:
+        if self._destination is None:
+            workers = self.p.workers or self.settings.workers
+            self._destination = Tally(destination_for(self.settings, self.p.to, connections=workers + 2))
+        return self._destination
 
     def _select(self) -> Selector | None:
         if self.p.select and self._selector is None:
@@ -143,23 +141,21 @@ class Retrieve(Operation):
 
     def _session(self) -> Session:
         """This worker thread's association with the node."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            on_store = None
-            if self.p.method == "get":
-                target = self._target()
-                log_phi = self.settings.log_phi
+        with self._lock:
+            if self._sessions is None:
+                on_store = None
+                if self.p.method == "get":
+                    target = self._destination_unlocked()
+                    log_phi = self.settings.log_phi
 
-                def on_store(event: Any) -> int:
-                    return keep(event, target, log_phi, who="retrieve").status
+                    def on_store(event: Any) -> int:
+                        return keep(event, target, log_phi, who="retrieve").status
 
-            session = Session(
-                self.modality, self.our_aet, method=self.p.method, bucket=self.bucket, on_store=on_store
-            )
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+                self._sessions = Sessions(
+                    self.modality, self.our_aet, method=self.p.method, bucket=self.bucket, on_store=on_store
+                )
+            sessions = self._sessions
+        return sessions.get()
 
     def plan(self) -> Iterable[PlannedItem]:
         if self.p.patient_list:
@@ -429,11 +425,11 @@ class Retrieve(Operation):
 
     def close(self) -> None:
         with self._lock:
-            sessions, self._sessions = self._sessions, []
+            sessions, self._sessions = self._sessions, None
             scp, self._scp = self._scp, None
             destination, self._destination = self._destination, None
-        for session in sessions:
-            session.close()
+        if sessions is not None:
+            sessions.close()
         if scp is not None:
             scp.stop()
         if destination is not None:
