@@ -280,6 +280,37 @@ class Orthanc:
     def statistics(self) -> dict[str, Any]:
         return self.get_json("/statistics")
 
+    def run_job(
+        self, path: str, body: dict[str, Any], *, poll: float = 0.5, limit: float = 6 * 3600.0
+    ) -> dict[str, Any]:
+        """POST BODY to PATH as an asynchronous job and wait for its end; returns the job (or the answer of a
+        server that does the call synchronously: Orthanc 1.10's /modalities/{name}/move ignores
+        "Asynchronous", so the request may take as long as the job, up to LIMIT seconds). Raises ServerError
+        with Orthanc's reason when the job fails, or has not ended after LIMIT seconds (then cancelled)."""
+        started = time.monotonic()
+        timeout = httpx.Timeout(self._http.timeout.connect, read=limit)
+        response = self.request(
+            "POST", path, json={**body, "Asynchronous": True}, retry=False, timeout=timeout
+        )
+        answer = response.json() if response.content else {}
+        if not isinstance(answer, dict) or "ID" not in answer:
+            return answer if isinstance(answer, dict) else {}
+        job = str(answer["ID"])
+        while True:
+            info = self.get_json(f"/jobs/{job}")
+            state = info.get("State")
+            if state == "Success":
+                return info
+            if state == "Failure":
+                reason = info.get("ErrorDetails") or info.get("ErrorDescription") or "the job failed"
+                raise ServerError(f"{path}: {reason}", status=info.get("ErrorCode"))
+            if time.monotonic() - started > limit:
+                self.request("POST", f"/jobs/{job}/cancel")
+                raise ServerError(
+                    f"{path}: the job did not end within {limit:.0f} s; cancelled", transient=True
+                )
+            time.sleep(poll)
+
     # -- resources ------------------------------------------------------------------------------
 
     def ids(self, level: str) -> list[str]:

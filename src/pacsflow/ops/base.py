@@ -132,6 +132,7 @@ def operation_class(name: str) -> type[Operation]:
         anonymize_copy,
         delete,
         download,
+        migrate,
         populate,
         retrieve,
         roster,

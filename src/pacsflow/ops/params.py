@@ -36,7 +36,9 @@ _FLAGS = {
     "patient_list": "--patients",
     "modalities": "--modality",
 }
-_NOT_FLAGS = frozenset({"shape", "modality_names", "start_change", "matched", "secret_check"})
+_NOT_FLAGS = frozenset(
+    {"shape", "modality_names", "start_change", "matched", "secret_check", "orthanc_name", "orthanc_aet"}
+)
 #: errors whose input is a number or one word: safe to quote (others may be paths, URLs or patient IDs)
 _QUOTED = frozenset({"literal_error", "int_parsing", "int_from_float", "bool_parsing", "float_parsing"})
 _MAX_SHOWN = 3
@@ -596,7 +598,26 @@ def _dicom_date(value: Any) -> Any:
 DicomDate = Annotated[str, BeforeValidator(_dicom_date)]
 
 
-class RetrieveParams(_PatientZips, OpParams):
+class _NodeClient(BaseModel):
+    """What a command that queries a DICOM node takes: our AE title and one rate limit for the node."""
+
+    aet: str | None = Field(None, min_length=1, max_length=16, description="our AE title [settings]")
+    rate: str | None = Field(None, description="at most this many requests to the node, e.g. 700/min")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from pacsflow.pacing import parse_rate
+
+            try:
+                parse_rate(value)
+            except ConfigError as exc:
+                raise _Invalid(exc.reason, "rate") from None
+        return value
+
+
+class RetrieveParams(_NodeClient, _PatientZips, OpParams):
     """retrieve: find patients, their studies and series on a DICOM node, then C-MOVE or C-GET each
     series into a folder or an Orthanc, check its count, and (optionally) ZIP each patient."""
 
@@ -616,21 +637,7 @@ class RetrieveParams(_PatientZips, OpParams):
     method: Literal["move", "get"] = Field(
         "move", description="move (the node sends to our storage SCP on --port) or get (same association)"
     )
-    aet: str | None = Field(None, min_length=1, max_length=16, description="our AE title [settings]")
     port: int | None = Field(None, gt=0, lt=65536, description="with move: our storage SCP's port [settings]")
-    rate: str | None = Field(None, description="at most this many requests to the node, e.g. 700/min")
-
-    @field_validator("rate")
-    @classmethod
-    def _rate(cls, value: str | None) -> str | None:
-        if value is not None:
-            from pacsflow.pacing import parse_rate
-
-            try:
-                parse_rate(value)
-            except ConfigError as exc:
-                raise _Invalid(exc.reason, "rate") from None
-        return value
 
     @field_validator("select")
     @classmethod
@@ -651,5 +658,34 @@ class RetrieveParams(_PatientZips, OpParams):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.from_date and self.to_date and self.from_date > self.to_date:
+            raise _Invalid("--from-date is after --to-date", "from_date", "to_date")
+        return self
+
+
+class MigrateParams(_NodeClient, OpParams):
+    """migrate: move a date range of studies from a DICOM node into an Orthanc, day by day (seed 002's
+    PacsMigrator), each study's instance count checked on the Orthanc."""
+
+    operation = "migrate"
+
+    source: str = Field(alias="from", description="DICOM node (name or AET@host:port)")
+    to: str = Field(description="Orthanc server the studies go into (the node must know its AET)")
+    from_date: DicomDate = Field(description="first day (StudyDate)")
+    to_date: DicomDate = Field(description="last day (StudyDate)")
+    order: Literal["newest-first", "oldest-first"] = Field(
+        "newest-first", description="which end of the range goes first"
+    )
+    via: Literal["orthanc", "dicom"] = Field(
+        "orthanc",
+        description="orthanc (the Orthanc asks the node, /modalities/{name}/move) or dicom (our C-MOVE)",
+    )
+    orthanc_name: str | None = Field(
+        None, description="found at the start: the Orthanc's name for the node among its DicomModalities"
+    )
+    orthanc_aet: str | None = Field(None, description="found at the start: the Orthanc's own AE title")
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if self.from_date > self.to_date:
             raise _Invalid("--from-date is after --to-date", "from_date", "to_date")
         return self
