@@ -367,3 +367,65 @@ def test_retrieve_from_dcmqrscp_holds_the_rate_over_every_request(
         for last in range(first + 1, len(requests)):
             span = requests[last] - requests[first]
             assert last - first <= (span + 0.1) * rate / 60 + 1, (first, last, span)
+
+
+def test_a_patients_zip_is_written_while_later_patients_are_still_being_retrieved(
+    workdir: Path, tmp_path: Path, scp_port: int
+) -> None:
+    """Seed 004's assembly line: the first patient's ZIP is closed before the last patient's series are
+    retrieved, and series are retrieved before every patient is looked up (no barrier over the run; the
+    engine claims at most four items per worker ahead)."""
+    import sqlite3
+
+    many = Shape(patients=10, studies=1, series=1, instances=1, pixels=8, seed=15)
+    pacs = start_orthanc(tmp_path / "many", "many", modalities={OUR_AET: [OUR_AET, "127.0.0.1", scp_port]})
+    try:
+        with Orthanc(pacs.server_config()) as client:
+            for key in instance_keys(many):
+                client.upload(instance_bytes(many, *key))
+        write_config(workdir, pacs, scp_port)
+        result = cli(
+            "retrieve", "--from", "pacs", "--to", "out", "--per-patient-zip", "zips", "-w", "1", cwd=workdir
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        pacs.stop()
+    run = latest_run(workdir)
+    with sqlite3.connect(workdir / ".pacsflow" / "ledger.db") as db:
+        rows = db.execute(
+            "SELECT kind, started_at, finished_at FROM items WHERE run_id = ?", (run.id,)
+        ).fetchall()
+    assert sum(1 for kind, _, _ in rows if kind == "archive") == 10
+    first_zip = min(finished for kind, _, finished in rows if kind == "archive")
+    last_series = max(started for kind, started, _ in rows if kind == "series")
+    assert first_zip < last_series
+    first_series = min(started for kind, started, _ in rows if kind == "series")
+    last_patient = max(started for kind, started, _ in rows if kind == "patient")
+    assert first_series < last_patient
+
+
+def test_a_node_down_longer_than_give_up_after_stops_the_run_with_the_rest_pending(
+    workdir: Path, own_pacs: LocalOrthanc, scp_port: int
+) -> None:
+    write_config(workdir, own_pacs, scp_port)
+    process = start_cli(
+        "retrieve", "--from", "pacs", "--to", "out", "--rate", "60/min", "--give-up-after", "5s",
+        cwd=workdir, log="run.log",
+    )  # fmt: skip
+    try:
+        wait_for(lambda: any(item.status == "done" for item in latest_run(workdir, kind="series") or []),
+                 "a first series", process)  # fmt: skip
+        own_pacs.stop()
+        assert process.wait(120) == 1, (workdir / "run.log").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "gave up: pacs has not answered since" in (workdir / "run.log").read_text()
+    series = latest_run(workdir, kind="series")
+    assert "failed" not in {item.status for item in series} and "pending" in {item.status for item in series}
+    own_pacs.start()
+    resumed = cli("resume", latest_run(workdir).id, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert {uid: len(files) for uid, files in received(workdir / "out").items()} == {
+        uid: 3 for uid in small_series()
+    }
