@@ -415,7 +415,7 @@ def test_a_node_down_longer_than_give_up_after_stops_the_run_with_the_rest_pendi
     try:
         wait_for(lambda: any(item.status == "done" for item in latest_run(workdir, kind="series") or []),
                  "a first series", process)  # fmt: skip
-        own_pacs.stop()
+        own_pacs.kill()  # at once: a graceful stop lets the moves in progress, and more, finish first
         assert process.wait(120) == 1, (workdir / "run.log").read_text()
     finally:
         if process.poll() is None:

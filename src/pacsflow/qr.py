@@ -153,12 +153,19 @@ class Session:
     # -- the association ------------------------------------------------------------------------
 
     def _request(self, send: Callable[[Any], Any], what: str) -> Any:
-        reused = self._assoc is not None and self._assoc.is_established
         for attempt in (1, 2):
-            assoc = self._association()
+            # the request's token first: an association may die while we wait for it (an idle one the
+            # node closes), so it is looked at only once the request may go
             self._take()
+            reused = self._assoc is not None and self._assoc.is_established
+            assoc = self._association()
             try:
-                return send(assoc)
+                try:
+                    return send(assoc)
+                except RuntimeError:  # pynetdicom: "must be established": it died just now
+                    if assoc.is_established:
+                        raise
+                    raise _Dead() from None
             except _Dead:
                 self._drop()
                 # a kept association the node had closed meanwhile: a new one, at once, before anything
