@@ -16,6 +16,7 @@ from pacsflow.sandbox import LocalOrthanc, free_port, start_orthanc
 from pacsflow.synthetic import Shape, instance_bytes, instance_keys, make_instance, patient_id
 from tests.conftest import cli, latest_run, start_cli, wait_for
 from tests.dcmtk_peer import Dcmqrscp
+from tests.qr_peer import QRPeer
 
 SHAPE = Shape(patients=3, studies=2, series=2, instances=3, pixels=16, seed=12)
 OUR_AET = "PACSFLOW"
@@ -254,8 +255,8 @@ def test_a_series_that_lost_an_instance_after_it_was_found_is_incomplete_and_its
     assert result.exit_code == EXIT_FAILED
     failed = ledger.items(result.run_id, status="failed")
     assert sorted((item.kind, item.last_error) for item in failed) == [
-        ("archive", f"zip/{failed[0].key[4:]}: ZIP not written: 1 series incomplete (`pacsflow retry RUN` "
-         "asks for them again)"),
+        ("archive", f"zip/{failed[0].key[4:]}: ZIP not written: 1 item of the patient not complete (series); "
+         "`pacsflow retry RUN` asks for them again"),
         ("series", "series 2 CT series 2: incomplete: 2 of 3 instances; the node lists 2 now"),
     ]  # fmt: skip
     (short,) = [item for item in failed if item.kind == "series"]
@@ -286,7 +287,7 @@ def test_a_node_that_does_not_know_us_is_a_clear_error(workdir: Path, tmp_path: 
         write_config(workdir, unknown_destination, scp_port)
         result = cli("retrieve", "--from", "pacs", "--to", "out2", cwd=workdir)
         assert result.returncode == 2, result.stdout + result.stderr
-        assert "C-MOVE failed (status 0xC000), before sending anything" in result.stderr
+        assert "C-MOVE failed (status 0xC000) and never connected to our storage SCP" in result.stderr
         assert f"it likely does not know our AET '{OUR_AET}' as a move destination" in result.stderr
         assert f"port {scp_port} to its DICOM modalities, or use --method get" in result.stderr
         got = cli("retrieve", "--from", "pacs", "--to", "out3", "--method", "get", cwd=workdir)
@@ -429,3 +430,91 @@ def test_a_node_down_longer_than_give_up_after_stops_the_run_with_the_rest_pendi
     assert {uid: len(files) for uid, files in received(workdir / "out").items()} == {
         uid: 3 for uid in small_series()
     }
+
+
+def write_peer_config(workdir: Path, peer: QRPeer) -> None:
+    (workdir / "pacsflow.toml").write_text(
+        f"""
+aet = "{OUR_AET}"
+port = {free_port()}
+
+[modalities.pacs]
+aet = "{peer.modality.aet}"
+host = "127.0.0.1"
+port = {peer.port}
+"""
+    )
+
+
+PEER_SHAPE = Shape(patients=1, studies=1, series=2, instances=3, pixels=8, seed=16)
+
+
+def test_a_node_that_neither_counts_nor_lists_instances_is_still_asked_for_each_series(workdir: Path) -> None:
+    """No NumberOfSeriesRelatedInstances and no IMAGE-level answers (many PACS): what the node says it
+    sent is the count; nothing is 'already retrieved' without a request."""
+    data = [make_instance(PEER_SHAPE, *key) for key in instance_keys(PEER_SHAPE)]
+    with QRPeer(data, counts=False, image_level=False) as peer:
+        write_peer_config(workdir, peer)
+        result = cli("retrieve", "--from", "pacs", "--to", "out", "--method", "get", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sum(len(uids) for uids in received(workdir / "out").values()) == 6
+    assert [item.result for item in latest_run(workdir, kind="series")] == [{"expected": 3, "present": 3}] * 2
+
+
+def test_a_merged_patient_and_a_list_in_other_case_are_found_and_zipped(workdir: Path) -> None:
+    """The node answers C-FIND with another PatientID than its files carry (a merged patient) and
+    matches PatientIDs without case; the list names the patient in lower case."""
+    data = [make_instance(PEER_SHAPE, *key) for key in instance_keys(PEER_SHAPE)]
+    with QRPeer(data, answered_id="MERGED-1", ignore_case=True) as peer:
+        write_peer_config(workdir, peer)
+        (workdir / "ids.txt").write_text("merged-1\n")
+        result = cli(
+            "retrieve", "--from", "pacs", "--to", "out", "--method", "get", "--patients", "ids.txt",
+            "--per-patient-zip", "zips", cwd=workdir,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {item.status for item in latest_run(workdir, kind="series")} == {"done"}
+    (archive,) = (workdir / "zips").glob("*.zip")
+    assert archive.name == "MERGED-1__seriesCount2.zip"
+    with zipfile.ZipFile(archive) as opened:
+        assert len(opened.namelist()) == 6  # the files, under the PatientID they carry
+        assert {name.split("/", 1)[0] for name in opened.namelist()} == {str(data[0].PatientID)}
+
+
+def test_a_study_that_could_not_be_found_holds_its_patients_zip_back_until_retry(
+    workdir: Path, tmp_path: Path, scp_port: int
+) -> None:
+    shape = Shape(patients=1, studies=2, series=2, instances=2, pixels=8, seed=21)
+    refused = str(make_instance(shape, 0, 1, 0, 0).StudyInstanceUID)
+    lua = tmp_path / "refuse.lua"
+    lua.write_text(
+        "function IncomingFindRequestFilter(source, origin)\n"
+        f"  if source['0008,0052'] == 'SERIES' and source['0020,000d'] == '{refused}' then\n"
+        "    error('refused for the test')\n  end\n  return source\nend\n"
+    )
+    pacs = start_orthanc(
+        tmp_path / "lua",
+        "lua",
+        modalities={OUR_AET: [OUR_AET, "127.0.0.1", scp_port]},
+        extra={"LuaScripts": [str(lua)]},
+    )
+    try:
+        with Orthanc(pacs.server_config()) as client:
+            for key in instance_keys(shape):
+                client.upload(instance_bytes(shape, *key))
+        write_config(workdir, pacs, scp_port)
+        first = cli("retrieve", "--from", "pacs", "--to", "out", "--per-patient-zip", "zips", cwd=workdir)
+        assert first.returncode == 1
+        assert not list((workdir / "zips").glob("*.zip"))  # not a ZIP with half the patient in it
+        failed = latest_run(workdir, kind="archive", status="failed")
+        assert "ZIP not written: 1 item of the patient not complete (study)" in failed[0].last_error
+        pacs.stop()
+        pacs.extra = {}
+        pacs.start()
+        again = cli("retry", latest_run(workdir).id, cwd=workdir)
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        pacs.stop()
+    (archive,) = (workdir / "zips").glob("*.zip")
+    with zipfile.ZipFile(archive) as opened:
+        assert archive.name.endswith("__seriesCount4.zip") and len(opened.namelist()) == 8

@@ -40,7 +40,17 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False, log_phi: bo
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for name, (shown, with_phi) in LIBRARIES.items():
         logging.getLogger(name).setLevel((with_phi if log_phi else shown) if verbose else logging.WARNING)
+    _pynetdicom_identifiers(log_phi)
     for handler in logging.getLogger().handlers:
         for old in [f for f in handler.filters if isinstance(f, _Demoted)]:
             handler.removeFilter(old)
         handler.addFilter(_Demoted(shown=verbose))
+
+
+def _pynetdicom_identifiers(log_phi: bool) -> None:
+    """pynetdicom logs each C-FIND/C-MOVE/C-GET identifier (PatientID and all) at INFO: only with LOG_PHI."""
+    try:
+        from pynetdicom import _config
+    except ImportError:  # pragma: no cover - pynetdicom is a dependency
+        return
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = log_phi

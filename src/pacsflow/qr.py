@@ -45,7 +45,10 @@ class Retrieved:
 
 
 class Refused(RemoteError):
-    """The node answered a C-MOVE or C-GET with a failure status; RETRIEVED says what it had sent."""
+    """The node answered a C-MOVE or C-GET with a failure status; RETRIEVED says what it had sent.
+    Retried with backoff: out of resources (0xA7xx) or unable to process (0xCxxx) often pass."""
+
+    transient = True
 
     def __init__(self, message: str, retrieved: Retrieved) -> None:
         super().__init__(message)

@@ -589,9 +589,13 @@ def _dicom_date(value: Any) -> Any:
     """YYYYMMDD or YYYY-MM-DD as DICOM's YYYYMMDD."""
     if not isinstance(value, str):
         return value
+    from datetime import datetime
+
     text = value.strip().replace("-", "")
-    if not (len(text) == 8 and text.isdigit()):
-        raise ValueError("a date like 2024-01-31 or 20240131")
+    try:
+        datetime.strptime(text, "%Y%m%d")  # a real day: 2024-13-45 is refused
+    except ValueError:
+        raise ValueError("a date like 2024-01-31 or 20240131") from None
     return text
 
 
@@ -644,6 +648,9 @@ class RetrieveParams(_NodeClient, _PatientZips, OpParams):
     def _select(cls, value: str | None) -> str | None:
         if value is not None and (":" not in value or not all(value.rsplit(":", 1))):
             raise _Invalid("--select: give MODULE:FUNCTION or FILE.py:FUNCTION", "select")
+        if value is not None and value.rsplit(":", 1)[0].endswith(".py"):
+            where, name = value.rsplit(":", 1)
+            value = f"{os.path.abspath(where)}:{name}"  # a resume or a worker may run in another folder
         return value
 
     @field_validator("modalities", mode="before")

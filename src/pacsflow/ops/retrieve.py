@@ -13,7 +13,7 @@ from typing import Any
 from pacsflow.config import find_name
 from pacsflow.dicomfiles import InstanceUIDs
 from pacsflow.dimse import check_find
-from pacsflow.errors import BadInput, ConfigError, NotFound, PacsflowError
+from pacsflow.errors import BadInput, ConfigError, NotFound, PacsflowError, Unreachable
 from pacsflow.layout import DEFAULT_DELIMITER, patient_zip_name, safe_part
 from pacsflow.ledger import DONE, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
@@ -33,6 +33,9 @@ SEARCH, PATIENT, STUDY, SERIES, ARCHIVE = "search", "patient", "study", "series"
 #: others are still being found (the seed's five scripts side by side)
 _SEARCH, _PATIENTS, _STUDIES, _SERIES, _ZIP = 0, 1, 2, 3, 4
 ALREADY = "already retrieved"
+NO_STUDY = "no matching study on the node"
+#: a patient whose studies hold no series of the modalities asked for: no ZIP
+NO_SERIES = "no series to zip"
 PATIENT_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyDescription", "AccessionNumber", "ModalitiesInStudy")
 SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription")
@@ -41,23 +44,44 @@ _MISSING_PER_REQUEST = 100
 
 
 class Tally:
-    """A destination that also counts the bytes received per series, for the item that asked for them."""
+    """A destination that also notes, per series, the bytes received and the PatientID and study its
+    instances were filed under (a node's files may name another PatientID than its C-FIND answers: a
+    merged patient), and a destination server that stopped answering."""
 
     def __init__(self, inner: Destination) -> None:
         self.inner = inner
         self.label, self.action = inner.label, inner.action
         self._bytes: dict[str, int] = {}
+        self._places: dict[str, set[tuple[str, str]]] = {}
+        self._down: Unreachable | None = None
         self._lock = threading.Lock()
 
     def store(self, data: bytes, uids: InstanceUIDs) -> str:
-        where = self.inner.store(data, uids)
+        try:
+            where = self.inner.store(data, uids)
+        except Unreachable as exc:  # the instance is refused; the item says the server is down
+            with self._lock:
+                self._down = exc
+            raise
         with self._lock:
             self._bytes[uids.series_uid] = self._bytes.get(uids.series_uid, 0) + len(data)
+            self._places.setdefault(uids.series_uid, set()).add((uids.patient_id, uids.study_uid))
         return where
 
     def take_bytes(self, series: str) -> int:
         with self._lock:
             return self._bytes.pop(series, 0)
+
+    def places(self, series: str) -> set[tuple[str, str]]:
+        """(PatientID, StudyInstanceUID) pairs this process filed SERIES's instances under."""
+        with self._lock:
+            return set(self._places.get(series, ()))
+
+    def take_down(self) -> Unreachable | None:
+        """The destination server's outage an instance met since the last look, if any."""
+        with self._lock:
+            down, self._down = self._down, None
+        return down
 
     def close(self) -> None:
         self.inner.close()
@@ -129,8 +153,14 @@ class Retrieve(Operation):
         with self._lock:
             if self._scp is not None:
                 return
+        workers = self.p.workers or self.settings.workers
         scp = StorageSCP(
-            self._target(), aet=self.our_aet, port=self.port, ledger=None, run_id=self.run_id or ""
+            self._target(),
+            aet=self.our_aet,
+            port=self.port,
+            ledger=None,
+            run_id=self.run_id or "",
+            max_associations=2 * workers + 2,  # each worker's C-MOVE, and the node's slow releases
         )
         scp.start()  # ConfigError when the port is taken
         with self._lock:
@@ -216,7 +246,10 @@ class Retrieve(Operation):
         try:
             return bool(selector(dict(attributes)))
         except Exception as exc:  # the user's code: stop rather than guess which patients it meant
-            raise ConfigError(f"--select {self.p.select} raised {type(exc).__name__}: {exc}") from None
+            # its message may quote the patient (int(PatientID) failing): shown only with --log-phi
+            raise ConfigError(
+                f"--select {self.p.select} raised {type(exc).__name__} for a patient", detail=str(exc)
+            ) from None
 
     def _patient(self, item: Item) -> Outcome:
         """The patient's studies (in the date range, of the modalities); a study item for each."""
@@ -224,12 +257,12 @@ class Retrieve(Operation):
         keys = {name: "" for name in PATIENT_KEYS}
         keys.update({name: "" for name in STUDY_KEYS})
         keys.update(PatientID=patient, StudyDate=self._date_range(), ModalitiesInStudy=self._modalities())
-        # exact matches only: a node may match PatientID as a wildcard or without case
-        studies = [one for one in self._session().find("STUDY", keys) if one["PatientID"] == patient]
+        studies = _same_patient(self._session().find("STUDY", keys), patient)
         if item.payload.get("select") and studies and not self._chosen(studies[0]):
             return Outcome(status=SKIPPED, note="not selected")
         if not studies:
-            return Outcome(status=SKIPPED, note="no matching study on the node")
+            return Outcome(status=SKIPPED, note=NO_STUDY)
+        patient = studies[0]["PatientID"]  # the node's spelling: its files carry that one
         children = [
             PlannedItem(
                 STUDY,
@@ -241,10 +274,11 @@ class Retrieve(Operation):
             for study in studies
             if study["StudyInstanceUID"]
         ]
+        found = len(children)
         if self.p.per_patient_zip:
             key = f"zip/{item.key.removeprefix('p/')}"
             children.append(PlannedItem(ARCHIVE, key, {"patient": patient}, phase=_ZIP, scope=item.scope))
-        return Outcome(result={"studies": len(children)}, children=children)
+        return Outcome(result={"studies": found}, children=children)
 
     def _study(self, item: Item) -> Outcome:
         """The study's series (of the modalities asked for); a series item for each, with the count of
@@ -283,60 +317,84 @@ class Retrieve(Operation):
     def _series(self, payload: Mapping[str, Any]) -> Outcome:
         """Retrieve the series unless it is all here; then whatever is still missing, by SOPInstanceUID;
         a series still short is incomplete (the item fails: `retry` asks again), never done."""
-        patient, study, series = payload["patient"], payload["study"], payload["series"]
-        expected = payload.get("expected")
+        study, series = payload["study"], payload["series"]
+        expected = payload.get("expected") or 0
         listed: set[str] | None = None
-        if expected is None:  # the node did not say: its list of the series' instances is the measure
+        if not expected:  # no count (or 0) from the node: its list of the series' instances is the measure
             listed = self._listed(study, series)
             expected = len(listed)
-        present = self._present(patient, study, series)
-        if len(present) >= expected and (listed is None or listed <= present):
-            return Outcome(status=SKIPPED, note=ALREADY, result=_counts(expected, present))
+        present = self._present(payload)
+        if expected and len(present) >= expected and (listed is None or listed <= present):
+            return Outcome(status=SKIPPED, note=ALREADY, result=self._result(payload, expected, present))
         session = self._session()
-        try:
-            session.retrieve(
-                {"StudyInstanceUID": study, "SeriesInstanceUID": series}, "SERIES", destination=self.our_aet
-            )
-        except Refused as exc:
-            raise self._refused(exc, payload) from None
-        present = self._present(patient, study, series)
+        keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        retrieved = self._retrieve(session, payload, keys, "SERIES")
+        # what the node says it sent is a floor: a node may list fewer than it holds (or nothing at all)
+        expected = max(expected, retrieved.completed + retrieved.warning + retrieved.failed)
+        present = self._present(payload)
         if present:
             self._moved = True
         if len(present) < expected:
             listed = self._listed(study, series) if listed is None else listed
             missing = sorted(listed - present)
             for start in range(0, len(missing), _MISSING_PER_REQUEST):
-                chunk = missing[start : start + _MISSING_PER_REQUEST]
-                keys = {
-                    "StudyInstanceUID": study,
-                    "SeriesInstanceUID": series,
-                    "SOPInstanceUID": "\\".join(chunk),
-                }
-                session.retrieve(keys, "IMAGE", destination=self.our_aet)
-            present = self._present(patient, study, series)
+                chunk = "\\".join(missing[start : start + _MISSING_PER_REQUEST])
+                self._retrieve(session, payload, {**keys, "SOPInstanceUID": chunk}, "IMAGE")
+            present = self._present(payload)
+        self._raise_if_destination_down()
         nbytes = self._target().take_bytes(series)
+        if not expected:
+            raise BadInput("the node lists no instance of this series and sent none", where=_label(payload))
         if len(present) < expected:
             now = f"; the node lists {len(listed)} now" if listed is not None else ""
             short = BadInput(
                 f"incomplete: {len(present)} of {expected} instances{now}", where=_label(payload)
             )
-            short.result, short.nbytes = _counts(expected, present), nbytes  # for the inventory
+            short.result, short.nbytes = self._result(payload, expected, present), nbytes  # for the inventory
             raise short
-        return Outcome(nbytes=nbytes, result=_counts(expected, present))
+        return Outcome(nbytes=nbytes, result=self._result(payload, expected, present))
+
+    def _result(self, payload: Mapping[str, Any], expected: int, present: set[str]) -> dict[str, Any]:
+        """The counts, and where the series' files are when the node filed them under another PatientID
+        or study than its C-FIND said (the ZIP looks there)."""
+        result: dict[str, Any] = {"expected": expected, "present": len(present)}
+        others = self._target().places(payload["series"]) - {(payload["patient"], payload["study"])}
+        if others:
+            result["filed_under"] = sorted([patient, study] for patient, study in others)
+        return result
+
+    def _retrieve(
+        self, session: Session, payload: Mapping[str, Any], keys: dict[str, str], level: str
+    ) -> Any:
+        try:
+            return session.retrieve(keys, level, destination=self.our_aet)
+        except Refused as exc:
+            self._raise_if_destination_down()
+            raise self._refused(exc, payload) from None
+
+    def _raise_if_destination_down(self) -> None:
+        """The destination server stopped answering while instances came: the run waits for it (the
+        instances it refused are asked for again then), rather than fail the series."""
+        down = self._target().take_down()
+        if down is not None:
+            raise down
 
     def _refused(self, exc: Refused, payload: Mapping[str, Any]) -> PacsflowError:
         """What a refused retrieval means. Orthanc, like many nodes, answers a C-MOVE to an AE title it
-        does not know with a plain failure (0xC000), not "move destination unknown" (0xA801): a series
-        the node still lists, refused before anything was sent, while no series of this run came, is
-        most likely that; then the run stops with the fix, rather than fail every series alike."""
-        if self.p.method != "move" or exc.retrieved.completed or exc.retrieved.failed or self._moved:
+        does not know with a plain failure (0xC000), not "move destination unknown" (0xA801): a refusal
+        before anything was sent, of a series the node still lists, while the node never even connected
+        to our storage SCP, is that; then the run stops with the fix, rather than fail every series
+        alike. Anything else is retried with backoff (Refused is transient), then fails the series."""
+        nothing_sent = not (exc.retrieved.completed or exc.retrieved.failed or exc.retrieved.warning)
+        never_connected = self._scp is not None and self._scp.connections == 0
+        if self.p.method != "move" or not nothing_sent or not never_connected:
             return exc
         if not self._listed(payload["study"], payload["series"]):
             return BadInput("the node no longer has this series", where=_label(payload))
         return ConfigError(
-            f"{exc.reason}, before sending anything: it likely does not know our AET {self.our_aet!r} as a "
-            f"move destination; add {self.our_aet} with this machine's address and port {self.port} to its "
-            "DICOM modalities, or use --method get"
+            f"{exc.reason} and never connected to our storage SCP: it likely does not know our AET "
+            f"{self.our_aet!r} as a move destination; add {self.our_aet} with this machine's address and "
+            f"port {self.port} to its DICOM modalities, or use --method get"
         )
 
     def _listed(self, study: str, series: str) -> set[str]:
@@ -344,13 +402,21 @@ class Retrieve(Operation):
         keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": ""}
         return {one["SOPInstanceUID"] for one in self._session().find("IMAGE", keys) if one["SOPInstanceUID"]}
 
-    def _present(self, patient: str, study: str, series: str) -> set[str]:
-        """The series' SOPInstanceUIDs kept so far: files in its folder, or instances on the server."""
+    def _present(self, payload: Mapping[str, Any]) -> set[str]:
+        """The series' SOPInstanceUIDs kept so far: files in its folder, or instances on the server,
+        under the C-FIND's PatientID and study and wherever this process filed the series otherwise."""
+        series = payload["series"]
+        places = {(payload["patient"], payload["study"]), *self._target().places(series)}
+        found: set[str] = set()
+        for patient, study in places:
+            found |= self._present_at(patient, study, series)
+        return found
+
+    def _present_at(self, patient: str, study: str, series: str) -> set[str]:
         target = self._target().inner
         if isinstance(target, FolderDestination):
-            folder = _series_path(target.root, patient, study, series)
             try:
-                names = os.listdir(folder)
+                names = os.listdir(_series_path(target.root, patient, study, series))
             except FileNotFoundError:
                 return set()
             return {name[: -len(".dcm")] for name in names if name.endswith(".dcm")}
@@ -364,25 +430,38 @@ class Retrieve(Operation):
     # -- one patient's ZIP ----------------------------------------------------------------------
 
     def _zip(self, item: Item) -> Outcome:
-        """`<PatientID><delimiter><series>.zip` from the patient's files, once all its series are in;
-        an earlier ZIP of the patient is replaced (its entries kept) only when the new one is whole."""
+        """`<PatientID><delimiter><series>.zip` from the patient's files, once all its studies are found
+        and all its series in; an earlier ZIP of the patient is replaced (its entries kept) only when the
+        new one is whole. A patient with a study or series not complete gets no ZIP (the item fails, so
+        that `retry` makes it once they are)."""
         patient = item.payload["patient"]
-        series_items = [one for one in self.ledger.items(item.run_id, kind=SERIES, scope=item.scope)]
-        short = [one for one in series_items if one.status not in (DONE, SKIPPED)]
+        scoped = [one for one in self.ledger.items(item.run_id, scope=item.scope) if one.kind != ARCHIVE]
+        short = [one for one in scoped if one.status not in (DONE, SKIPPED)]
         if short:
+            kinds = sorted({one.kind for one in short})
             raise BadInput(
-                f"ZIP not written: {plural(len(short), 'series')} incomplete (`pacsflow retry RUN` "
-                "asks for them again)",
+                f"ZIP not written: {plural(len(short), 'item')} of the patient not complete "
+                f"({', '.join(kinds)}); `pacsflow retry RUN` asks for them again",
                 where=item.key,
             )
+        series_items = [one for one in scoped if one.kind == SERIES]
+        if not series_items:
+            return Outcome(status=SKIPPED, note=NO_SERIES)
         target = self._target().inner
         assert isinstance(target, FolderDestination)
         folder = safe_part(patient, "unknown-patient")
         names = []
         for one in series_items:
-            path = _series_path(target.root, patient, one.payload["study"], one.payload["series"])
-            relative = path.relative_to(target.root).as_posix()
-            names += sorted(f"{relative}/{name}" for name in os.listdir(path) if name.endswith(".dcm"))
+            places = [(one.payload["patient"], one.payload["study"])]
+            places += [tuple(place) for place in (one.result or {}).get("filed_under", ())]
+            for where_patient, where_study in places:
+                path = _series_path(target.root, where_patient, where_study, one.payload["series"])
+                relative = path.relative_to(target.root).as_posix()
+                try:
+                    listed = os.listdir(path)
+                except FileNotFoundError:
+                    continue
+                names += sorted(f"{relative}/{name}" for name in listed if name.endswith(".dcm"))
         zips = Path(self.p.per_patient_zip or "")
         earlier = self.archives.latest_of(zips, folder)
         kept = {series_folder(name) for name in (earlier.sizes if earlier is not None else ())}
@@ -409,6 +488,12 @@ class Retrieve(Operation):
             f"{len(complete)} of {plural(len(series), 'series')} complete ({plural(instances, 'instance')}) "
             f"in {where}; {run.bytes / 1e6:.1f} MB received in this run"
         ]
+        patients = self.ledger.items(run.id, kind=PATIENT)
+        if self.p.patient_list and patients and all(one.last_error == NO_STUDY for one in patients):
+            lines.append(
+                f"none of the {plural(len(patients), 'listed patient')} has a matching study on the node "
+                "(is the list's PatientID column the right one, and the date range?)"
+            )
         incomplete = len(series) - len(complete)
         if incomplete:
             lines.append(
@@ -416,7 +501,7 @@ class Retrieve(Operation):
                 f"{run.id} --failed`"
             )
         if self.p.per_patient_zip:
-            archives = self.ledger.items(run.id, kind=ARCHIVE)
+            archives = [one for one in self.ledger.items(run.id, kind=ARCHIVE) if one.last_error != NO_SERIES]
             written = [one for one in archives if one.status in (DONE, SKIPPED)]
             lines.append(
                 f"{plural(len(written), 'ZIP')} of {len(archives)} complete in {self.p.per_patient_zip}"
@@ -434,6 +519,17 @@ class Retrieve(Operation):
             scp.stop()
         if destination is not None:
             destination.close()
+
+
+def _same_patient(studies: list[dict[str, str]], patient: str) -> list[dict[str, str]]:
+    """The answers that are PATIENT's: a node may match a PatientID as a wildcard (`*`, `?`), or ignore
+    case and spaces as its database collation does. Exact matches when there are any, else those that
+    differ only in case or surrounding spaces (a list typed in other case: the node's spelling is used)."""
+    exact = [one for one in studies if one["PatientID"] == patient]
+    if exact:
+        return exact
+    loose = patient.strip().casefold()
+    return [one for one in studies if one["PatientID"].strip().casefold() == loose]
 
 
 def _series_path(root: Path, patient: str, study: str, series: str) -> Path:

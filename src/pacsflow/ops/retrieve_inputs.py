@@ -13,7 +13,7 @@ from typing import Any
 from pacsflow.errors import ConfigError
 
 #: header names of the column that holds the PatientID (seed 000's rosters call it UHID)
-_ID_COLUMNS = ("patientid", "patient_id", "patient id", "uhid", "mrn")
+_ID_COLUMNS = ("patientid", "patient_id", "patient id", "uhid", "mrn", "id")
 
 Selector = Callable[[Mapping[str, str]], Any]
 
@@ -25,7 +25,12 @@ def read_patient_list(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--patients {path}: cannot read it ({_why(exc)})") from None
-    rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
+    lines = text.splitlines()
+    if lines and lines[0].replace(" ", "").casefold().startswith("sep="):  # Excel's "sep=;" line
+        delimiter, lines = lines[0].split("=", 1)[1][:1] or ",", lines[1:]
+    else:
+        delimiter = _delimiter(lines)
+    rows = [row for row in csv.reader(lines, delimiter=delimiter) if any(cell.strip() for cell in row)]
     if not rows:
         raise ConfigError(f"--patients {path}: no PatientID in it")
     header = [cell.strip().casefold() for cell in rows[0]]
@@ -36,6 +41,15 @@ def read_patient_list(path: Path) -> list[str]:
     if not found:
         raise ConfigError(f"--patients {path}: no PatientID in it")
     return list(dict.fromkeys(found))
+
+
+def _delimiter(lines: list[str]) -> str:
+    """The CSV's delimiter (a spreadsheet may write `;` or a tab); a one-column file has none: `,`."""
+    sample = "\n".join(lines[:20])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
 
 
 def load_selector(spec: str) -> Selector:

@@ -185,6 +185,7 @@ class StorageSCP:
         port: int,
         bind: str = "0.0.0.0",
         accept_aets: Sequence[str] = (),
+        max_associations: int = 10,
         ledger: Ledger | None,
         run_id: str,
         log_phi: bool = False,
@@ -193,6 +194,9 @@ class StorageSCP:
         self.destination = destination
         self.aet, self.port, self.bind = aet, port, bind
         self.accept_aets = list(accept_aets)
+        self.max_associations = max_associations
+        #: connections any node opened, accepted or not: a node that connected knows our AE title
+        self.connections = 0
         self.run_id = run_id
         self.log_phi = log_phi
         self.received = Received(run_id)
@@ -218,7 +222,12 @@ class StorageSCP:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.require_calling_aet = self.accept_aets  # others: "calling AE title not recognised"
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = ACSE_TIMEOUT, DIMSE_TIMEOUT, NETWORK_TIMEOUT
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
+        ae.maximum_associations = self.max_associations
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_OPEN, self._on_connection),
+        ]
         try:
             self._server = ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
         except OSError as exc:
@@ -249,7 +258,15 @@ class StorageSCP:
         return self.received
 
     def _on_rejected(self, event: Any) -> None:
-        log.warning("scp: association from %s refused (calling AE title not accepted)", _calling(event))
+        log.warning(
+            "scp: association from %s refused (calling AE title not accepted, or more than %d at once)",
+            _calling(event),
+            self.max_associations,
+        )
+
+    def _on_connection(self, event: Any) -> None:
+        with self._lock:
+            self.connections += 1
 
     def _on_store(self, event: Any) -> int:
         """pynetdicom's C-STORE handler: keep the instance, answer its status, never raise."""
@@ -323,7 +340,11 @@ def keep(event: Any, destination: Destination, log_phi: bool = False, who: str =
 
 
 def _calling(event: Any) -> str:
-    return str(event.assoc.requestor.ae_title).strip()
+    """The AE title that sent EVENT's instance: the association's other side (on a C-GET we asked for,
+    the node we associated with; on our storage SCP, the node that associated with us)."""
+    assoc = event.assoc
+    other = assoc.acceptor if getattr(assoc, "is_requestor", False) else assoc.requestor
+    return str(other.ae_title).strip()
 
 
 def _requested_uid(event: Any) -> str:
