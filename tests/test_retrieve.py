@@ -518,3 +518,24 @@ def test_a_study_that_could_not_be_found_holds_its_patients_zip_back_until_retry
     (archive,) = (workdir / "zips").glob("*.zip")
     with zipfile.ZipFile(archive) as opened:
         assert archive.name.endswith("__seriesCount4.zip") and len(opened.namelist()) == 8
+
+
+def test_a_worker_does_not_rejoin_at_once_a_run_stopped_by_a_fatal_error(
+    workdir: Path, tmp_path: Path, scp_port: int
+) -> None:
+    """A node that does not know our AE title stops the run; a worker (--once) leaves it be, and the
+    series' claims spend none of their attempts (it spent them all in a tight loop)."""
+    nomove = start_orthanc(tmp_path / "nomove", "nomove")
+    try:
+        with Orthanc(nomove.server_config()) as client:
+            client.upload(instance_bytes(SMALL, 0, 0, 0, 0))
+        write_config(workdir, nomove, scp_port)
+        planned = cli("retrieve", "--from", "pacs", "--to", "out", "--plan-only", cwd=workdir)
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        worker = cli("worker", "--once", cwd=workdir)
+        assert worker.returncode == 2, worker.stdout + worker.stderr
+    finally:
+        nomove.stop()
+    (series,) = latest_run(workdir, kind="series")
+    assert series.status == "pending" and series.attempts == 0
+    assert "never connected to our storage SCP" in str(series.last_error)

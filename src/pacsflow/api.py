@@ -827,6 +827,11 @@ class Pacsflow:
                         # its remote is down: other runs first; back when the next probe is due
                         wait = 600.0 if result.gave_up else max(5.0, outages.seconds_to_next_probe())
                         held_off[run.id] = (float("inf") if once else time.monotonic() + wait, wait)
+                    elif result.error is not None and result.error.fatal:
+                        # it stopped on something this process cannot mend (a node that does not know
+                        # our AE title): with backoff, as a run that cannot start, not at once again
+                        delay = min(600.0, 2 * held_off.get(run.id, (0.0, 7.5))[1])
+                        held_off[run.id] = (float("inf") if once else time.monotonic() + delay, delay)
                     else:
                         held_off.pop(run.id, None)
                     exit_code = max(exit_code, result.exit_code)

@@ -630,7 +630,8 @@ class Engine:
                 self._fatal = exc
                 log.error("stopping: %s", self._loggable(exc))
             self.halted.set()
-            return Record(item, status=PENDING, note=str(exc), retry_at=time.time())
+            # the run stops for a reason that is not this item's: its claim spends none of its attempts
+            return Record(item, status=PENDING, note=str(exc), retry_at=time.time(), unstarted=True)
         if exc.transient and self.retry.should_retry(item.attempts):
             delay = self.retry.delay(item.attempts)
             log.warning(
