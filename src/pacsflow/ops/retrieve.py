@@ -162,7 +162,14 @@ class Retrieve(Operation):
             run_id=self.run_id or "",
             max_associations=2 * workers + 2,  # each worker's C-MOVE, and the node's slow releases
         )
-        scp.start()  # ConfigError when the port is taken
+        try:
+            scp.start()
+        except ConfigError as exc:  # the port is taken: by `pacsflow scp`, or this run in another process
+            raise ConfigError(
+                f"{exc.reason}: C-MOVE sends to one port, so one process works a move run (another pacsflow "
+                "may be using it); give another --port the node knows, or use --method get, which any "
+                "number of workers can share"
+            ) from None
         with self._lock:
             if self._scp is None:
                 self._scp = scp
