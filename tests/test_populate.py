@@ -10,7 +10,7 @@ from pydicom import dcmread
 
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc
-from pacsflow.synthetic import Shape, instance_bytes, make_instance, write_bad_files
+from pacsflow.synthetic import Shape, instance_bytes, instance_keys, make_instance, write_bad_files
 from tests.conftest import run_cli
 
 
@@ -113,3 +113,12 @@ def test_populate_into_a_server_that_refuses_fails_those_items(
     assert shown.count(": refused by the server (FilteredOut)") == 3
     with Orthanc(refuses_series_2.server_config()) as client:
         assert client.statistics()["CountInstances"] == 3
+
+
+def test_generated_uids_are_unique_whatever_the_indices() -> None:
+    """(patient 1, series 0, instance 10) and (patient 10, series 1, instance 0) once shared a UID:
+    pydicom joins entropy sources without a separator."""
+    shape = Shape(patients=11, series=2, instances=11, pixels=8)
+    datasets = [make_instance(shape, *key) for key in instance_keys(shape)]
+    assert len({str(ds.SOPInstanceUID) for ds in datasets}) == shape.total
+    assert len({str(ds.SeriesInstanceUID) for ds in datasets}) == 11 * 2

@@ -65,7 +65,9 @@ def instance_keys(shape: Shape) -> Iterator[tuple[int, int, int, int]]:
 
 
 def _uid(shape: Shape, *parts: object) -> str:
-    return generate_uid(entropy_srcs=["pacsflow-synthetic", str(shape.seed), *map(str, parts)])
+    # one source joined with separators: pydicom joins its sources without any, so (1, 0, 10) and
+    # (10, 1, 0) gave the same UID (10 of 2,000 instances of a generated archive shared one)
+    return generate_uid(entropy_srcs=["/".join(["pacsflow-synthetic", str(shape.seed), *map(str, parts)])])
 
 
 def patient_id(shape: Shape, p: int) -> str:
