@@ -539,3 +539,24 @@ def test_a_worker_does_not_rejoin_at_once_a_run_stopped_by_a_fatal_error(
     (series,) = latest_run(workdir, kind="series")
     assert series.status == "pending" and series.attempts == 0
     assert "never connected to our storage SCP" in str(series.last_error)
+
+
+def test_a_resume_needs_neither_the_patient_list_nor_the_folder_it_was_started_in(
+    workdir: Path, pacs: LocalOrthanc, scp_port: int
+) -> None:
+    write_config(workdir, pacs, scp_port)
+    (workdir / "ids.txt").write_text(f"{patient_id(SHAPE, 0)}\n")
+    (workdir / "rules.py").write_text("def pick(patient):\n    return True\n")
+    planned = cli(
+        "retrieve", "--from", "pacs", "--to", "out", "--patients", "ids.txt", "--select", "rules.py:pick",
+        "--plan-only", cwd=workdir,
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    (workdir / "ids.txt").unlink()  # the list was read when the run was planned
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "pacsflow.toml").write_text((workdir / "pacsflow.toml").read_text())
+    (elsewhere / ".pacsflow").symlink_to(workdir / ".pacsflow")
+    resumed = cli("resume", latest_run(workdir).id, cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len(received(workdir / "out")) == SHAPE.studies * SHAPE.series  # into the folder named at start

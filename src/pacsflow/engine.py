@@ -170,6 +170,7 @@ class Engine:
         run = self.ledger.run(run_ref)
         op = operation_class(run.operation)(self.settings, run.params)
         op.ledger = self.ledger
+        op.run_id = run.id  # preflight may tell a resume from a start (inputs read only when planning)
         op.preflight()
         with self._publishing_outages(run.id):
             if run.status == "planning":

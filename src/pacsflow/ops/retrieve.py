@@ -115,8 +115,6 @@ class Retrieve(Operation):
         self._destination: Tally | None = None
         self._scp: StorageSCP | None = None
         self._selector: Selector | None = None
-        #: a series came in this process: a later refusal is about that series, not our AE title
-        self._moved = False
 
     # -- before the run -------------------------------------------------------------------------
 
@@ -126,7 +124,7 @@ class Retrieve(Operation):
         Unauthorized (the server's password)."""
         if self.p.per_patient_zip and not isinstance(self._target().inner, FolderDestination):
             raise ConfigError("--per-patient-zip needs --to FOLDER: the ZIPs are made from the files there")
-        if self.p.patient_list:
+        if self.p.patient_list and self.run_id is None:  # a resume or a worker plans no patients again
             read_patient_list(Path(self.p.patient_list))
         self._select()
         check_find(self.modality, self.our_aet, bucket=self.bucket)
@@ -339,8 +337,6 @@ class Retrieve(Operation):
         # what the node says it sent is a floor: a node may list fewer than it holds (or nothing at all)
         expected = max(expected, retrieved.completed + retrieved.warning + retrieved.failed)
         present = self._present(payload)
-        if present:
-            self._moved = True
         if len(present) < expected:
             listed = self._listed(study, series) if listed is None else listed
             missing = sorted(listed - present)
