@@ -13,8 +13,9 @@ count: a variant that misses any is reported as failed, not timed.
 - getscu / movescu: N lanes at once, each running one DCMTK call per series of its share (every N-th
   series), one after the other, each into its own output folder; each movescu lane receives on its own
   --port. Not one call per share with every query file: getscu 3.6.7 crashes (SIGSEGV) after the last of
-  several query files (it loads "the next file" past the end of its list), and the generated data sets
-  repeat a few SOPInstanceUIDs in other series (populate's UIDs), which one flat -od folder would overwrite;
+  several query files (it loads "the next file" past the end of its list), and one folder per series
+  keeps lanes apart (generated data sets repeated a few SOPInstanceUIDs across series until synthetic.py
+  separated its UID sources; one flat -od folder would have overwritten them);
 - the same two with TCP_NODELAY=1 in their environment: DCMTK since 3.6.2 leaves Nagle's algorithm on
   unless built otherwise, and Debian's is, so each instance then waits for the peer's delayed ACK (about
   50 ms an instance here: the "20 instances/s per association" measured for issue #12); TCP_NODELAY=1 is
