@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from pacsflow.ops.processes import MIN_ITEMS
-from pacsflow.orthanc import Orthanc
-from pacsflow.sandbox import LocalOrthanc
 from pacsflow.synthetic import Shape, instance_bytes, instance_path
 from tests.conftest import cli
 from tests.phi_corpus import write_corpus
@@ -66,29 +64,3 @@ def test_worker_processes_write_what_one_process_writes(
     assert any("burned-in" in line for line in many_failures)
     assert any("truncated" in line for line in many_failures)
     assert "not DICOM 1" in many.stdout and "not DICOM 1" in one.stdout
-
-
-def test_upload_anonymize_de_identifies_in_worker_processes_as_one_process_does(
-    workdir: Path,
-    inputs: Path,
-    orthanc_a: LocalOrthanc,
-    orthanc_b: LocalOrthanc,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    config = workdir / "pacsflow.toml"
-    servers = f'[servers.a]\nurl = "{orthanc_a.url_with_credentials}"\n[servers.b]\nurl = "{orthanc_b.url}"\n'
-    config.write_text(config.read_text() + servers)
-    with caplog.at_level(logging.DEBUG, logger="pacsflow"):
-        many = cli("upload", "in", "--to", "a", "--anonymize", "--workers", "4", cwd=workdir)
-    assert many.returncode == 1, many.stdout + many.stderr  # the burned-in files and the cut one
-    assert f"de-identifying in {min(4, os.cpu_count() or 1)} worker processes" in caplog.text
-    many_failures = failures(workdir)
-    one = cli("upload", "in", "--to", "b", "--anonymize", "--workers", "1", cwd=workdir)
-    assert one.returncode == 1, one.stdout + one.stderr
-    with Orthanc(orthanc_a.server_config()) as a, Orthanc(orthanc_b.server_config()) as b:
-        sent = set(a.ids("instances"))
-        assert sent == set(b.ids("instances"))  # the same pseudonyms and UIDs: the same Orthanc IDs
-        assert len(sent) == 16 + SHAPE.patients * SHAPE.series * SHAPE.instances
-        some = sorted(sent)[0]
-        assert a.instance_file(some) == b.instance_file(some)
-    assert many_failures == failures(workdir)

@@ -1,8 +1,6 @@
 """De-identifying a large local run in worker processes: pydicom is pure Python, so threads take turns on
-one core, while processes use every core. For `anonymize`, each process reads a file, de-identifies,
-verifies and writes it itself, so only its name and a small result cross between processes; for
-`upload --anonymize`, a process de-identifies and verifies the bytes it is given and sends them back,
-while the run's own process spends its core on the HTTP uploads."""
+one core, while processes use every core. Each process reads a file, de-identifies, verifies and writes
+it itself, so only its name and a small result cross between processes."""
 
 from __future__ import annotations
 
@@ -77,18 +75,6 @@ def _write_file(path: str, out: str, run_id: str | None) -> tuple[str, Any]:
         return "error", (exc.reason, exc.where, exc.detail)
 
 
-def _deidentify(data: bytes, where: str, run_id: str | None) -> tuple[str, Any]:
-    """In a worker process: DATA de-identified and verified. Returns ("result", Deidentified) or
-    ("error", (reason, where, detail))."""
-    from pacsflow.ops.deidentifying import deidentify_checked
-
-    _state["deidentifier"].pseudonyms.run_id = run_id
-    try:
-        return "result", deidentify_checked(_state["deidentifier"], data, where)
-    except BadInput as exc:
-        return "error", (exc.reason, exc.where, exc.detail)
-
-
 class Processes:
     """A pool of worker processes for one run."""
 
@@ -143,27 +129,6 @@ class Processes:
             reason, where, detail = value
             raise BadInput(reason, where=where, detail=detail)
         return None
-
-    def deidentify(self, data: bytes, where: str, run_id: str | None) -> Any:
-        """DATA de-identified and verified in a worker process (a Deidentified); None when the pool broke
-        (a process was killed: this process must do it). Raises BadInput as the work did."""
-        pool = self.pool
-        if pool is None:
-            return None
-        try:
-            future: Future[tuple[str, Any]] = pool.submit(_deidentify, data, where, run_id)
-            kind, value = future.result(timeout=FILE_TIMEOUT)
-        except TimeoutError:
-            future.cancel()
-            raise TransientError(f"not de-identified within {FILE_TIMEOUT} s", where=where) from None
-        except BrokenProcessPool:
-            log.warning("a de-identifying process died; going on in the run's own process")
-            self.pool = None
-            return None
-        if kind == "error":
-            reason, at, detail = value
-            raise BadInput(reason, where=at, detail=detail)
-        return value
 
     def close(self) -> None:
         if self.pool is not None:

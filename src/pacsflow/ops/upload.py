@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pacsflow.anonymize.deidentify import Deidentified
 from pacsflow.archives import (
@@ -46,9 +46,6 @@ from pacsflow.orthanc import Orthanc
 from pacsflow.progress import Units
 from pacsflow.stored import check_stored
 from pacsflow.wording import plural
-
-if TYPE_CHECKING:
-    from pacsflow.ops.processes import Processes
 
 NOT_DICOM = "not DICOM"
 #: the note of a FIFO, socket or device found among the inputs: "not a regular file (FIFO)"
@@ -469,28 +466,15 @@ def open_sender(settings: Any, params: UploadParams | RosterUploadParams) -> Sen
     return Sender(server, join, params.label)
 
 
-def deidentify_on_the_way(op: Operation, sender: Sender, paths: list[Path] | None = None) -> Processes | None:
+def deidentify_on_the_way(op: Operation, sender: Sender) -> None:
     """With `--anonymize`: fix the run's profile settings and de-identify in SENDER (the first item
-    builds the Deidentifier, once the ledger is there); with PATHS of a large run, in worker processes
-    (returned: the operation closes them), so that de-identification and the uploads use both cores.
-    Raises ConfigError (no secret, not the run's)."""
+    builds the Deidentifier, once the ledger is there). Raises ConfigError (no secret, not the run's)."""
     from pacsflow.ops.deidentifying import Deidentifying, deidentify_checked, settle
-    from pacsflow.ops.processes import Processes
 
     if not op.p.anonymize:
-        return None
+        return
     deidentifying = Deidentifying(op, settle(op))
-    processes = Processes.for_paths(op, deidentifying.keys, paths) if paths else None
-
-    def deidentify(data: bytes, where: str) -> Deidentified:
-        if processes is not None:
-            done = processes.deidentify(data, where, op.run_id)
-            if done is not None:
-                return done  # type: ignore[no-any-return]
-        return deidentify_checked(deidentifying.get(), data, where)
-
-    sender.deidentify = deidentify
-    return processes
+    sender.deidentify = lambda data, where: deidentify_checked(deidentifying.get(), data, where)
 
 
 @register
@@ -508,13 +492,8 @@ class Upload(Operation):
         super().__init__(settings, params)
         self.paths = [Path(path) for path in self.p.paths]
         self.sender = open_sender(settings, self.p)
-        #: started now, before the engine starts its threads, so that they can be forked at once
-        self._processes = deidentify_on_the_way(self, self.sender, self.paths)
+        deidentify_on_the_way(self, self.sender)
         self.files = ArchiveFiles(self.sender)
-
-    def threads(self, workers: int) -> int:
-        # while one thread waits for a process's result, another uploads what it got back
-        return 2 * workers if self._processes is not None else workers
 
     def preflight(self) -> None:
         """Raises ConfigError (a path that does not exist), PreflightError, Unauthorized, Unsupported."""
@@ -548,8 +527,6 @@ class Upload(Operation):
     def close(self) -> None:
         self.files.close()
         self.sender.server.close()
-        if self._processes is not None:
-            self._processes.close()
 
 
 def mapping_lines(op: Operation, run: RunInfo) -> list[str]:
