@@ -1,4 +1,5 @@
-"""`pacsflow demo`: two throwaway Orthancs, synthetic data, upload, transfer, download, summary."""
+"""`pacsflow demo`: two throwaway Orthancs, synthetic data, upload, transfer, download, DICOM retrieval,
+summary."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from pacsflow.config import Settings
+from pacsflow.config import ModalityConfig, Settings
 from pacsflow.engine import Engine, RunResult
 from pacsflow.ledger import Ledger
 from pacsflow.ops.base import Operation
 from pacsflow.ops.download import Download
 from pacsflow.ops.populate import Populate
+from pacsflow.ops.retrieve import Retrieve
 from pacsflow.ops.transfer import Transfer
 from pacsflow.ops.upload import Upload
 from pacsflow.progress import make_progress
@@ -45,6 +47,8 @@ def run_demo(
             ledger=f"sqlite:///{root / 'ledger.db'}",
             workers=4,
             servers={"a": source.server_config(), "b": target.server_config()},
+            # b's DICOM port, as a PACS would be reached: C-FIND and C-GET (no inbound port needed)
+            modalities={"b-dicom": ModalityConfig(aet=target.aet, host="127.0.0.1", port=target.dicom_port)},
         )
         ledger = Ledger(settings.ledger)
         echo(f"Orthanc a on {source.url}, Orthanc b on {target.url} (data in {root})")
@@ -61,19 +65,23 @@ def run_demo(
                 echo(f"          {line}")
             return result
 
-        data, downloaded = root / "data", root / "download"
+        data, downloaded, retrieved = root / "data", root / "download", root / "retrieved"
         results = [
             step(Populate(settings, {"out": str(data), "shape": SHAPE})),
             step(Upload(settings, {"paths": [str(data)], "to": "a"})),
             step(Transfer(settings, {"from": "a", "to": "b"})),
             step(Download(settings, {"from": "b", "out": str(downloaded)})),
+            step(Retrieve(settings, {"from": "b-dicom", "to": str(retrieved), "method": "get"})),
         ]
-        generated, fetched = _sop_uids(data), _sop_uids(downloaded)
-        same = generated == fetched and len(generated) > 0
-        echo(
-            f"checked: {len(fetched)} of {plural(len(generated), 'generated instance')} "
-            "came back through a and b" + (" - identical" if same else " - MISMATCH")
-        )
+        generated = _sop_uids(data)
+        same = len(generated) > 0
+        for way, folder in (("REST", downloaded), ("DICOM", retrieved)):
+            fetched = _sop_uids(folder)
+            same = same and fetched == generated
+            echo(
+                f"checked: {len(fetched)} of {plural(len(generated), 'generated instance')} came back "
+                f"through a and b by {way}" + (" - identical" if fetched == generated else " - MISMATCH")
+            )
         echo(
             f"demo finished in {time.monotonic() - started:.1f}s; "
             f"see the runs with: pacsflow --ledger sqlite:///{(root / 'ledger.db').resolve()} runs"
