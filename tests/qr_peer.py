@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as Find
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as Get
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as Move
 from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ModalityConfig
@@ -22,7 +23,7 @@ SERIES_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumbe
 
 @dataclass
 class QRPeer:
-    """Serves DATA over C-FIND (Study Root: STUDY, SERIES, IMAGE) and C-GET."""
+    """Serves DATA over C-FIND (Study Root: STUDY, SERIES, IMAGE), C-GET and C-MOVE (to DESTINATIONS)."""
 
     data: list[Dataset]
     #: NumberOfSeriesRelatedInstances in SERIES answers
@@ -33,16 +34,19 @@ class QRPeer:
     ignore_case: bool = False
     #: the PatientID its C-FIND answers give (a merged patient), whatever the files say
     answered_id: str | None = None
+    #: C-MOVE destinations: AE title -> (host, port)
+    destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     _server: object = None
 
     def __enter__(self) -> QRPeer:
         ae = AE("QRPEER")
-        for context in (Verification, Find, Get):
+        for context in (Verification, Find, Get, Move):
             ae.add_supported_context(context)
         for context in StoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, scu_role=False, scp_role=True)
-        handlers = [(evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)]
+        ae.requested_contexts = StoragePresentationContexts  # its C-MOVE's own association, to send
+        handlers = [(evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get), (evt.EVT_C_MOVE, self._move)]
         self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         return self
 
@@ -62,7 +66,7 @@ class QRPeer:
             have = self._patient_id(ds)
             if (have.casefold() != wanted.casefold()) if self.ignore_case else have != wanted:
                 return False
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "StudyDate"):
             value = str(query.get(keyword, "") or "")
             if value and value != str(ds.get(keyword)):
                 return False
@@ -100,6 +104,16 @@ class QRPeer:
         wanted = set(str(query.get("SOPInstanceUID", "") or "").split("\\")) - {""}
         match = [ds for ds in self.data if self._matches(query, ds)]
         match = [ds for ds in match if not wanted or str(ds.SOPInstanceUID) in wanted]
+        yield len(match)
+        for ds in match:
+            yield 0xFF00, ds
+
+    def _move(self, event: evt.Event) -> Iterator[object]:
+        wanted = event.move_destination
+        wanted = wanted.decode() if isinstance(wanted, bytes) else str(wanted)
+        yield self.destinations.get(wanted.strip(), (None, None))
+        query = event.identifier
+        match = [ds for ds in self.data if self._matches(query, ds)]
         yield len(match)
         for ds in match:
             yield 0xFF00, ds

@@ -12,6 +12,7 @@ from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc, free_port, start_orthanc
 from pacsflow.synthetic import Shape, instance_bytes, instance_keys, make_instance
 from tests.conftest import cli, latest_run
+from tests.qr_peer import QRPeer
 
 SHAPE = Shape(patients=3, studies=2, series=1, instances=3, pixels=16, seed=21)
 
@@ -126,3 +127,27 @@ def test_an_orthanc_that_does_not_know_the_node_is_a_clear_error(
         assert f"has no DICOM modality OLDPACS@127.0.0.1:{pacs.dicom_port}" in result.stderr
     finally:
         stranger.stop()
+
+
+def test_a_merged_patient_is_counted_by_its_study_uid_on_the_orthanc(workdir: Path, tmp_path: Path) -> None:
+    """The node's C-FIND names another PatientID than its files (a merged patient): the study the
+    Orthanc receives is found by its StudyInstanceUID, not reported incomplete."""
+    shape = Shape(patients=1, studies=1, series=1, instances=2, pixels=8, seed=22)
+    data = [make_instance(shape, *key) for key in instance_keys(shape)]
+    main = start_orthanc(tmp_path / "main", "main", aet="MAIN", dicom_port=free_port())
+    try:
+        peer = QRPeer(data, answered_id="MERGED-1", destinations={"MAIN": ("127.0.0.1", main.dicom_port)})
+        with peer:
+            (workdir / "pacsflow.toml").write_text(
+                f'[servers.main]\nurl = "{main.url}"\n[modalities.old]\naet = "QRPEER"\n'
+                f'host = "127.0.0.1"\nport = {peer.port}\n'
+            )
+            day = str(data[0].StudyDate)
+            args = ["migrate", "--from", "old", "--to", "main", "--from-date", day, "--to-date", day]
+            result = cli(*args, "--via", "dicom", cwd=workdir)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert held(main) == {str(data[0].StudyInstanceUID): 2}
+        (study,) = latest_run(workdir, kind="study")
+        assert study.status == "done" and study.result == {"expected": 2, "present": 2}
+    finally:
+        main.stop()

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from pacsflow.dimse import check_find
-from pacsflow.errors import BadInput, ConfigError, NotFound, PacsflowError, ServerError, Unreachable
+from pacsflow.errors import BadInput, ConfigError, PacsflowError, ServerError, Unreachable
 from pacsflow.ledger import DONE, SKIPPED, Item, PlannedItem, RunInfo
 from pacsflow.ops.base import Operation, Outcome, register
 from pacsflow.ops.params import MigrateParams
@@ -120,10 +120,15 @@ class Migrate(Operation):
         return Outcome(result={"expected": expected, "present": present})
 
     def _present(self, patient: str, study: str) -> int:
-        try:
-            return len(self.server.instance_ids_of("studies", orthanc_id(patient, study)))
-        except NotFound:
-            return 0
+        """The study's instances on the Orthanc: under the C-FIND's PatientID, else under whatever
+        PatientID its files carry (a merged patient), found by its StudyInstanceUID."""
+        found = self.server.instance_ids_of("studies", orthanc_id(patient, study))
+        if found:
+            return len(found)
+        # the body is the UID itself, not JSON
+        matches = self.server.request("POST", "/tools/lookup", content=study.encode()).json()
+        studies = [one["ID"] for one in matches or () if one.get("Type") == "Study"]
+        return sum(len(self.server.instance_ids_of("studies", one)) for one in studies)
 
     def _move(self, study: str) -> None:
         target = self.p.orthanc_aet or "ORTHANC"
