@@ -14,7 +14,7 @@ from pacsflow.ledger import Ledger
 from pacsflow.orthanc import Orthanc
 from pacsflow.sandbox import LocalOrthanc, free_port, start_orthanc
 from pacsflow.synthetic import Shape, instance_bytes, instance_keys, make_instance, patient_id
-from tests.conftest import cli, latest_run, start_cli, wait_for
+from tests.conftest import cli, latest_run, run_cli, start_cli, wait_for
 from tests.dcmtk_peer import Dcmqrscp
 from tests.qr_peer import QRPeer
 
@@ -560,3 +560,19 @@ def test_a_resume_needs_neither_the_patient_list_nor_the_folder_it_was_started_i
     resumed = cli("resume", latest_run(workdir).id, cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert len(received(workdir / "out")) == SHAPE.studies * SHAPE.series  # into the folder named at start
+
+
+def test_verbose_logs_show_no_patient_id_without_log_phi(
+    workdir: Path, pacs: LocalOrthanc, scp_port: int
+) -> None:
+    """pynetdicom dumps every C-FIND identifier at INFO (shown with -v): only with --log-phi too."""
+    write_config(workdir, pacs, scp_port)
+    patient = patient_id(SHAPE, 0)
+    (workdir / "ids.txt").write_text(f"{patient}\n")
+    args = ["retrieve", "--from", "pacs", "--to", "out", "--patients", "ids.txt", "--method", "get"]
+    hidden = run_cli("-v", *args, cwd=workdir)
+    assert hidden.returncode == 0, hidden.stderr
+    assert "Requesting Association" in hidden.stderr  # pynetdicom's lines are there
+    assert patient not in hidden.stderr
+    shown = run_cli("-v", "--log-phi", *args, cwd=workdir)
+    assert shown.returncode == 0 and patient in shown.stderr

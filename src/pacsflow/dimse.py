@@ -13,7 +13,10 @@ from pynetdicom.sop_class import Verification
 
 from pacsflow.config import ModalityConfig
 from pacsflow.errors import ConfigError, PreflightError, RemoteError, Unreachable
+from pacsflow.logs import hide_pynetdicom_identifiers
 from pacsflow.pacing import TokenBucket, limiter_for
+
+hide_pynetdicom_identifiers()  # pynetdicom is imported from here on: its dumps hold PatientIDs
 
 #: A-ASSOCIATE-RJ result 2: "rejected-transient" (busy, too many associations): try again later
 _REJECTED_TRANSIENT = 0x02

@@ -215,6 +215,10 @@ class StorageSCP:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        from pacsflow.logs import hide_pynetdicom_identifiers
+
+        hide_pynetdicom_identifiers()
+
         ae = AE(ae_title=self.aet)
         ae.add_supported_context(Verification)
         # every transfer syntax pynetdicom knows: a compressed image is accepted and kept compressed
