@@ -393,3 +393,21 @@ def test_preflight_error_lives_with_the_other_errors() -> None:
 
     assert servers.PreflightError is PreflightError
     assert PreflightError.fatal
+
+
+def test_every_operation_module_is_named_in_the_lazy_registry() -> None:
+    """operation_class imports only the module a run needs: the map names every operation's module."""
+    import importlib
+    import pkgutil
+
+    import pacsflow.ops
+    from pacsflow.ops.base import _REGISTRY, OPERATION_MODULES, Operation
+
+    for module in pkgutil.iter_modules(pacsflow.ops.__path__):
+        importlib.import_module(f"pacsflow.ops.{module.name}")
+    found = {
+        name: cls.__module__.rsplit(".", 1)[1]
+        for name, cls in _REGISTRY.items()
+        if issubclass(cls, Operation) and cls.__module__.startswith("pacsflow.ops.")
+    }
+    assert found == OPERATION_MODULES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -125,22 +126,29 @@ def register(cls: type[Operation]) -> type[Operation]:
     return cls
 
 
+#: the module of each of pacsflow's operations: a run imports only its own (retrieve's pynetdicom or
+#: anonymize's profile are not every command's start-up)
+OPERATION_MODULES = {
+    "anonymize": "anonymize",
+    "anonymize-copy": "anonymize_copy",
+    "clone": "transfer",
+    "delete": "delete",
+    "download": "download",
+    "forward": "transfer",
+    "migrate": "migrate",
+    "populate": "populate",
+    "retrieve": "retrieve",
+    "roster-upload": "roster",
+    "transfer": "transfer",
+    "upload": "upload",
+    "validate": "validate",
+}
+
+
 def operation_class(name: str) -> type[Operation]:
     """The operation whose runs are stored under NAME. Raises ConfigError for one this pacsflow lacks."""
-    from pacsflow.ops import (  # noqa: F401 - they register themselves
-        anonymize,
-        anonymize_copy,
-        delete,
-        download,
-        migrate,
-        populate,
-        retrieve,
-        roster,
-        transfer,
-        upload,
-        validate,
-    )
-
+    if name not in _REGISTRY and name in OPERATION_MODULES:
+        importlib.import_module(f"pacsflow.ops.{OPERATION_MODULES[name]}")  # it registers itself
     try:
         return _REGISTRY[name]
     except KeyError:
