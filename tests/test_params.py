@@ -411,3 +411,17 @@ def test_every_operation_module_is_named_in_the_lazy_registry() -> None:
         if issubclass(cls, Operation) and cls.__module__.startswith("pacsflow.ops.")
     }
     assert found == OPERATION_MODULES
+
+
+def test_retrieve_and_migrate_refuse_days_that_do_not_exist() -> None:
+    from pacsflow.ops.params import MigrateParams, RetrieveParams
+
+    with pytest.raises(ConfigError, match="--from-date"):
+        RetrieveParams.parse({"from": "pacs", "to": "out", "from_date": "2024-13-45"})
+    with pytest.raises(ConfigError, match="--to-date"):
+        MigrateParams.parse(
+            {"from": "pacs", "to": "main", "from_date": "2024-02-01", "to_date": "2024-02-30"}
+        )
+    assert (
+        RetrieveParams.parse({"from": "pacs", "to": "out", "from_date": "2024-02-29"}).from_date == "20240229"
+    )

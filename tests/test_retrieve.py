@@ -576,3 +576,61 @@ def test_verbose_logs_show_no_patient_id_without_log_phi(
     assert patient not in hidden.stderr
     shown = run_cli("-v", "--log-phi", *args, cwd=workdir)
     assert shown.returncode == 0 and patient in shown.stderr
+
+
+def test_a_select_function_that_fails_stops_the_run_without_naming_the_patient(
+    workdir: Path, pacs: LocalOrthanc, scp_port: int
+) -> None:
+    write_config(workdir, pacs, scp_port)
+    (workdir / "rules.py").write_text("def pick(patient):\n    return int(patient['PatientID']) > 3\n")
+    result = run_cli("retrieve", "--from", "pacs", "--to", "out", "--select", "rules.py:pick", cwd=workdir)
+    assert result.returncode == 2
+    assert "raised ValueError for a patient" in result.stderr
+    assert patient_id(SHAPE, 0)[:5] not in result.stderr  # int('PF012-00000') would have shown it
+
+
+def test_a_patient_with_no_series_of_the_modality_gets_no_zip(workdir: Path) -> None:
+    """The node ignores ModalitiesInStudy in its matching (dcmqrscp does): the patient's study is found,
+    none of its series is of the modality asked for, and no empty ZIP is written."""
+    data = [make_instance(PEER_SHAPE, *key) for key in instance_keys(PEER_SHAPE)]
+    other = "MR" if str(data[0].Modality) != "MR" else "CT"
+    with QRPeer(data) as peer:
+        write_peer_config(workdir, peer)
+        result = cli(
+            "retrieve", "--from", "pacs", "--to", "out", "--method", "get", "--modality", other,
+            "--per-patient-zip", "zips", cwd=workdir,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not list((workdir / "zips").glob("*.zip"))
+    (archive,) = latest_run(workdir, kind="archive")
+    assert (archive.status, archive.last_error) == ("skipped", "no series to zip")
+    assert "0 ZIPs of 0 complete" in result.stdout
+
+
+def test_a_destination_orthanc_down_mid_run_pauses_it_and_nothing_is_lost(
+    workdir: Path, own_pacs: LocalOrthanc, tmp_path: Path, scp_port: int
+) -> None:
+    """Instances the storage SCP could not post (the destination Orthanc restarting) make the run wait
+    for that server, then ask for them again; no series fails."""
+    destination = start_orthanc(tmp_path / "dest", "dest")
+    try:
+        write_config(workdir, own_pacs, scp_port, f'[servers.dest]\nurl = "{destination.url}"\n')
+        process = start_cli(
+            "retrieve", "--from", "pacs", "--to", "dest", "--rate", "60/min", cwd=workdir, log="run.log"
+        )
+        try:
+            wait_for(lambda: any(item.status == "done" for item in latest_run(workdir, kind="series") or []),
+                     "a first series", process)  # fmt: skip
+            destination.kill()
+            time.sleep(8)
+            destination.start()
+            assert process.wait(180) == 0, (workdir / "run.log").read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert "waiting for dest (down since" in (workdir / "run.log").read_text()
+        assert {item.status for item in latest_run(workdir, kind="series")} == {"done"}
+        with Orthanc(destination.server_config()) as client:
+            assert len(client.ids("instances")) == SMALL.total
+    finally:
+        destination.stop()
