@@ -634,3 +634,26 @@ def test_a_destination_orthanc_down_mid_run_pauses_it_and_nothing_is_lost(
             assert len(client.ids("instances")) == SMALL.total
     finally:
         destination.stop()
+
+
+def test_more_than_ten_workers_moving_at_once_are_all_received(
+    workdir: Path, tmp_path: Path, scp_port: int
+) -> None:
+    """16 workers: the node opens 16 storage associations to our SCP at once (pynetdicom accepts 10 by
+    default: the rest were rejected, and the run stopped saying the node did not know our AE title)."""
+    shape = Shape(patients=4, studies=2, series=4, instances=4, pixels=8, seed=25)
+    pacs = start_orthanc(
+        tmp_path / "busy", "busy", modalities={OUR_AET: [OUR_AET, "127.0.0.1", scp_port]},
+        extra={"DicomThreadsCount": 32},
+    )  # fmt: skip
+    try:
+        with Orthanc(pacs.server_config()) as client:
+            for key in instance_keys(shape):
+                client.upload(instance_bytes(shape, *key))
+        write_config(workdir, pacs, scp_port)
+        result = cli("retrieve", "--from", "pacs", "--to", "out", "--workers", "16", cwd=workdir)
+    finally:
+        pacs.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sum(len(uids) for uids in received(workdir / "out").values()) == shape.total
+    assert {item.attempts for item in latest_run(workdir, kind="series")} == {1}  # none refused, retried
