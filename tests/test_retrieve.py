@@ -363,11 +363,13 @@ def test_retrieve_from_dcmqrscp_holds_the_rate_over_every_request(
     # associations, C-FINDs (search, patient, study, two IMAGE-level counts) and C-MOVE/C-GETs
     assert len(requests) >= 9
     # in any stretch of time, at most one request more than the rate allows for it: no minute ever sees
-    # more than the limit (each request's time may shift by a little: 0.1 s for a busy machine)
+    # more than the limit. The node logs a request when it gets to it: on a busy machine up to a second
+    # after it was paced (seen: 0.6 s, dcmqrscp forks for each association), so a stretch may look that
+    # much shorter than it was; a request that skips the limit still shows (tested by removing a token)
     for first in range(len(requests)):
         for last in range(first + 1, len(requests)):
             span = requests[last] - requests[first]
-            assert last - first <= (span + 0.1) * rate / 60 + 1, (first, last, span)
+            assert last - first <= (span + 1.0) * rate / 60 + 1, (first, last, span)
 
 
 def test_a_patients_zip_is_written_while_later_patients_are_still_being_retrieved(
