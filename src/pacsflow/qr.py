@@ -24,7 +24,7 @@ Method = Literal["move", "get"]
 #: this long at once (dcmtk's movescu waits for ever by default: the seed's hang)
 ASSOCIATE_TIMEOUT, RESPONSE_TIMEOUT = 30.0, 60.0
 _PENDING = (0xFF00, 0xFF01)
-_SUCCESS, _WARNING, _CANCELLED = 0x0000, 0xB000, 0xFE00
+_SUCCESS, _WARNING = 0x0000, 0xB000
 #: C-MOVE: "Refused: Move Destination unknown" (PS3.4 C.4.2.1.5)
 _MOVE_DESTINATION_UNKNOWN = 0xA801
 #: C-STORE status our C-GET handler answers when it cannot keep an instance: "Refused: Out of Resources"
