@@ -11,7 +11,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 #: every UID the corpus makes starts with this root, so a leftover original UID is easy to spot
 ROOT_UID = "1.2.826.0.1.3680043.9.7433"
@@ -936,6 +936,20 @@ def write_corpus(root: Path, *, burned_in: bool = True) -> Corpus:
                     corpus.phi[str(path)] = c.rec.phi
                     corpus.uids[str(path)] = c.rec.uids
     return corpus
+
+
+def encoded_in(ds: Dataset, syntax: str) -> bytes:
+    """DS written as a file in SYNTAX (explicit or implicit VR little endian, explicit VR big endian with
+    its pixel bytes as they are, deflated)."""
+    import io
+
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    if syntax == ExplicitVRBigEndian:  # pydicom changes the byte order only when forced to
+        dcmwrite(buffer, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    else:
+        dcmwrite(buffer, ds, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    return buffer.getvalue()
 
 
 def _patient_attributes(pt: _Patient) -> dict[str, str]:

@@ -9,9 +9,14 @@ from typing import Any
 def encodings_of(ds: Any) -> list[str]:
     """Python codecs for the file's SpecificCharacterSet, UTF-8 always among them (a value may have been
     written by a tool that ignored the declared set)."""
+    return encodings_for(ds.get("SpecificCharacterSet", ""))
+
+
+def encodings_for(declared: str | list[str]) -> list[str]:
+    """Python codecs for a SpecificCharacterSet value (one term or several), UTF-8 always among them."""
     from pydicom.charset import convert_encodings
 
-    declared = ds.get("SpecificCharacterSet", "") or "ISO_IR 6"
+    declared = declared or "ISO_IR 6"
     try:
         found = convert_encodings(declared)
     except (LookupError, ValueError, TypeError):

@@ -3,7 +3,6 @@ left in them, on dates or UIDs not changed, on references that lead nowhere, and
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,21 +12,43 @@ from sqlalchemy import select
 from pacsflow.anonymize.dates import shift_date
 from pacsflow.anonymize.deidentify import name_parts
 from pacsflow.anonymize.profile import OPTIONS
-from pacsflow.anonymize.search import encodings_of, found_in
+from pacsflow.anonymize.rawscan import Malformed, RawSet, dictionary_vr, scan
+from pacsflow.anonymize.search import encodings_for, found_in
 from pacsflow.ledger import Ledger
 from pacsflow.ledger.schema import mapping, pseudonyms
 
 _MIN_SEARCHED = 4
+# the attributes the checks read, by tag (the files are read as bytes, not as pydicom datasets)
+_SOP_CLASS, _SOP_INSTANCE, _MODALITY = 0x00080016, 0x00080018, 0x00080060
+_CHARSET, _STUDY_DATE, _PATIENT_ID, _CODE_VALUE = 0x00080005, 0x00080020, 0x00100020, 0x00080100
+_IDENTITY_REMOVED, _METHOD_CODES, _TEMPORAL = 0x00120062, 0x00120064, 0x00280303
+_REFERENCED_CLASS, _REFERENCED_INSTANCE = 0x00081150, 0x00081155
 #: what an image must still have after de-identification (the profile keeps all of it)
-_ALWAYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
-_IMAGE = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
+_ALWAYS = {
+    "SOPClassUID": _SOP_CLASS,
+    "SOPInstanceUID": _SOP_INSTANCE,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+    "Modality": _MODALITY,
+}
+_IMAGE = {
+    "Rows": 0x00280010,
+    "Columns": 0x00280011,
+    "BitsAllocated": 0x00280100,
+    "SamplesPerPixel": 0x00280002,
+    "PhotometricInterpretation": 0x00280004,
+}
 #: single-frame cross-sectional images: their geometry must survive
 _GEOMETRY_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT",
     "1.2.840.10008.5.1.4.1.1.4": "MR",
     "1.2.840.10008.5.1.4.1.1.128": "PET",
 }
-_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+_GEOMETRY = {
+    "ImagePositionPatient": 0x00200032,
+    "ImageOrientationPatient": 0x00200037,
+    "PixelSpacing": 0x00280030,
+}
 _CODE_OPTIONS = {code: name for name, (code, _) in OPTIONS.items()}
 DANGLING = "a reference (ReferencedSOPInstanceUID) leads to no instance"
 
@@ -88,33 +109,30 @@ class Verifier:
 
     def check(self, data: bytes, where: str, record: Mapping[str, Any] | None = None) -> Checked | None:
         """DATA checked (against RECORD, a Record.as_dict(), when given); None when it is not DICOM."""
-        from pydicom import dcmread
-        from pydicom.errors import InvalidDicomError
-
-        stream = io.BytesIO(data)
         try:
-            ds = dcmread(stream, stop_before_pixels=True, force=True)
-        except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError):
+            read = scan(data)
+        except Malformed:
             return None
-        if "SOPInstanceUID" not in ds:
+        top = read.dataset
+        if _SOP_INSTANCE not in top.values:
             return None
-        pixels_at = stream.tell()
         problems: list[str] = []
-        if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+        if top.text(_IDENTITY_REMOVED).upper() != "YES":
             problems.append("PatientIdentityRemoved is not YES")
-        scan = _Scan()
-        scan.walk(ds)
-        options = self._options(ds)
-        problems += self._private(ds, scan.private, options)
-        problems += _orphan_creators(scan)
-        problems += self._kept(ds, pixels_at < len(data))
-        sop = str(ds.SOPInstanceUID)
-        originals = _of_record(record) if record is not None else self._of_mapping(ds)
+        found = _Scan()
+        found.walk(read.meta)
+        found.walk(top)
+        options = self._options(top)
+        problems += self._private(found.private, options)
+        problems += _orphan_creators(found)
+        problems += self._kept(top, read.has_pixels)
+        sop = top.text(_SOP_INSTANCE)
+        originals = _of_record(record) if record is not None else self._of_mapping(top)
         if originals is not None:
             # the Retain UIDs option keeps them on purpose (the file says it was applied)
-            uids = set() if "retain_uids" in options else scan.uids
-            problems += self._against(ds, _searched_bytes(data, pixels_at), sop, originals, uids)
-        return Checked(problems, sop, scan.references)
+            uids = set() if "retain_uids" in options else found.uids
+            problems += self._against(top, read.searched, sop, originals, uids)
+        return Checked(problems, sop, found.references)
 
     def report(self, files: Iterable[tuple[str, bytes]], *, references: bool = True) -> Report:
         """Check every (name, bytes) of FILES, then (with REFERENCES) whether each reference leads to an
@@ -154,24 +172,24 @@ class Verifier:
                 known.update(conn.execute(query).scalars())
         return known
 
-    def _of_mapping(self, ds: Any) -> _Originals | None:
+    def _of_mapping(self, top: RawSet) -> _Originals | None:
         """What the mapping holds for the file's pseudonym (read once per patient)."""
         if self.ledger is None:
             return None
-        pseudonym = str(ds.get("PatientID", "") or "")
+        pseudonym = top.text(_PATIENT_ID)
         found = self._by_pseudonym.get(pseudonym)
         if found is None:
             found = self._by_pseudonym[pseudonym] = _read_originals(self.ledger, pseudonym)
         return found
 
     @staticmethod
-    def _options(ds: Any) -> set[str]:
+    def _options(top: RawSet) -> set[str]:
         """The options the file says were applied (DeidentificationMethodCodeSequence)."""
-        codes = {str(item.get("CodeValue", "")) for item in ds.get("DeidentificationMethodCodeSequence", [])}
+        codes = {item.text(_CODE_VALUE) for item in top.sequences.get(_METHOD_CODES, [])}
         return {_CODE_OPTIONS[code] for code in codes if code in _CODE_OPTIONS}
 
     @staticmethod
-    def _private(ds: Any, private: list[tuple[Any, int, int]], options: set[str]) -> list[str]:
+    def _private(private: list[tuple[RawSet, int, int]], options: set[str]) -> list[str]:
         """Private elements left, but those the Retain Safe Private option keeps (if the file says so)."""
         from pacsflow.anonymize.profile import load_profile
 
@@ -179,34 +197,36 @@ class Verifier:
         left = 0
         for parent, group, element in private:
             if profile is not None:
-                creator = _creator(parent, group, element)
-                if creator is not None and profile.is_safe_private(creator, group, element):
+                creator = parent.text(group << 16 | element >> 8)
+                if creator and profile.is_safe_private(creator, group, element):
                     continue
             left += 1
         return [f"{left} private attributes left"] if left else []
 
     @staticmethod
-    def _kept(ds: Any, has_pixels: bool) -> list[str]:
+    def _kept(top: RawSet, has_pixels: bool) -> list[str]:
         """Over-removal: what the profile keeps must still be there."""
         from pydicom.uid import UID
 
-        problems = [f"{name} removed" for name in _ALWAYS if not _has_value(ds, name)]
-        sop_class = str(ds.get("SOPClassUID", ""))
+        problems = [f"{name} removed" for name, tag in _ALWAYS.items() if not top.text(tag)]
+        sop_class = top.text(_SOP_CLASS)
         is_image = UID(sop_class).name.endswith("Image Storage") if sop_class else False
         if is_image or has_pixels:
             if not has_pixels:
                 problems.append("pixel data removed")
-            problems += [f"{name} removed" for name in _IMAGE if name not in ds]
+            problems += [f"{name} removed" for name, tag in _IMAGE.items() if tag not in top]
         if sop_class in _GEOMETRY_CLASSES:
-            problems += [f"{name} removed (image geometry)" for name in _GEOMETRY if name not in ds]
+            missing = [name for name, tag in _GEOMETRY.items() if tag not in top]
+            problems += [f"{name} removed (image geometry)" for name in missing]
         return problems
 
     @staticmethod
-    def _against(ds: Any, searched: bytes, sop: str, originals: _Originals, uids: set[str]) -> list[str]:
+    def _against(top: RawSet, searched: bytes, sop: str, originals: _Originals, uids: set[str]) -> list[str]:
         problems: list[str] = []
         parts = [part for value in originals.values for part in name_parts(value)]
         wanted = [part for part in parts if len(part.encode()) >= _MIN_SEARCHED]
-        if found_in(searched, wanted, encodings_of(ds)) is not None:
+        terms = top.text(_CHARSET).split("\\")  # "\\ISO 2022 IR 87": the first term may be blank
+        if found_in(searched, wanted, encodings_for(terms[0] if len(terms) == 1 else terms)) is not None:
             problems.append("an original identifying value (patient ID, name or accession) is in the file")
         if uids & originals.uids:
             problems.append("an original UID is still in the file (UIDs not remapped)")
@@ -214,7 +234,7 @@ class Verifier:
         if expected is None:
             problems.append("not in the mapping: de-identified by another tool or another ledger?")
             return problems
-        return problems + _dates(ds, *expected)
+        return problems + _dates(top, *expected)
 
 
 def _of_record(record: Mapping[str, Any]) -> _Originals:
@@ -243,32 +263,11 @@ def _read_originals(ledger: Ledger, pseudonym: str) -> _Originals:
     return found
 
 
-def _searched_bytes(data: bytes, pixels_at: int) -> bytes:
-    """The bytes an identifying value could be written in: all but the pixel data (burned-in text is
-    refused, not searched), and anything after it."""
-    if pixels_at >= len(data):
-        return data
-    after = _after_pixels(data, pixels_at)
-    return data[:pixels_at] + after
-
-
-def _after_pixels(data: bytes, at: int) -> bytes:
-    """What follows the pixel data element starting at AT (explicit or implicit VR little endian); the
-    rest of the file when its end cannot be told (then it is all searched)."""
-    if data[at : at + 4] != b"\xe0\x7f\x10\x00":
-        return data[at:]
-    explicit = data[at + 4 : at + 6] in (b"OB", b"OW")
-    length = int.from_bytes(data[at + 8 : at + 12] if explicit else data[at + 4 : at + 8], "little")
-    if length == 0xFFFFFFFF:  # encapsulated: its end is the sequence delimiter, usually the file's end
-        return b"" if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else data[at:]
-    return data[at + (12 if explicit else 8) + length :]
-
-
-def _dates(ds: Any, original: str, shift: int) -> list[str]:
+def _dates(top: RawSet, original: str, shift: int) -> list[str]:
     if not original:
         return []
-    written = str(ds.get("StudyDate", "") or "")
-    how = str(ds.get("LongitudinalTemporalInformationModified", "") or "").upper()
+    written = top.text(_STUDY_DATE)
+    how = top.text(_TEMPORAL).upper()
     if how == "MODIFIED" and written != shift_date(original, shift):
         return ["StudyDate not shifted as the mapping says"]
     if how == "REMOVED" and written:
@@ -279,64 +278,45 @@ def _dates(ds: Any, original: str, shift: int) -> list[str]:
 
 
 class _Scan:
-    """One pass over a dataset at every depth, decoding only what the checks read: UIDs (to find
-    originals left), private elements (counted), and references to stored instances (ReferencedSOP
-    InstanceUIDs whose ReferencedSOPClassUID is a storage class; a patient or study reference is not)."""
+    """One pass over a dataset at every depth: UIDs (to find originals left), private elements and
+    creators (counted), and references to stored instances (ReferencedSOPInstanceUIDs whose
+    ReferencedSOPClassUID is a storage class; a patient or study reference is not)."""
 
     def __init__(self) -> None:
         self.uids: set[str] = set()
-        self.private: list[tuple[Any, int, int]] = []
-        self.creators: list[tuple[Any, int, int]] = []
+        self.private: list[tuple[RawSet, int, int]] = []
+        self.creators: list[tuple[RawSet, int, int]] = []
         self.references: list[str] = []
 
-    def walk(self, ds: Any) -> None:
-        for tag in ds.keys():  # noqa: SIM118 - the elements as read: iterating a Dataset decodes them all
-            raw = ds.get_item(tag)
-            group, element = tag.group, tag.element
-            if group % 2 == 1 and element >= 0x1000:
-                self.private.append((ds, group, element))
-            elif group % 2 == 1 and 0x0010 <= element <= 0x00FF:
-                self.creators.append((ds, group, element))
-            vr = raw.VR or _vr(int(tag))
-            if vr == "UI":
-                self.uids.update(_uids(ds, tag, raw))
-            elif vr == "SQ":
-                for item in ds[tag].value or []:
-                    self.walk(item)
-        if 0x00081155 in ds:
-            self._reference(ds)
+    def walk(self, dataset: RawSet) -> None:
+        for tag, (vr, value) in dataset.values.items():
+            if tag >> 16 & 1:
+                self._private(dataset, tag)
+            # a UID written as UN (implicit VR, or a tool that did not know it) is still a UID
+            if vr == "UI" or (vr == "UN" and dictionary_vr(tag) == "UI"):
+                text = value.decode("latin-1").strip(" \0")
+                self.uids.update(one.strip(" \0") for one in text.split("\\") if one.strip(" \0"))
+        for tag, items in dataset.sequences.items():
+            if tag >> 16 & 1:
+                self._private(dataset, tag)
+            for item in items:
+                self.walk(item)
+        if _REFERENCED_INSTANCE in dataset.values:
+            self._reference(dataset)
 
-    def _reference(self, ds: Any) -> None:
+    def _private(self, dataset: RawSet, tag: int) -> None:
+        group, element = tag >> 16, tag & 0xFFFF
+        if element >= 0x1000:
+            self.private.append((dataset, group, element))
+        elif 0x0010 <= element <= 0x00FF:
+            self.creators.append((dataset, group, element))
+
+    def _reference(self, dataset: RawSet) -> None:
         from pydicom.uid import UID
 
-        sop_class = str(ds.get("ReferencedSOPClassUID", "") or "")
+        sop_class = dataset.text(_REFERENCED_CLASS)
         if not sop_class or UID(sop_class).name.endswith("Storage") or not UID(sop_class).is_valid:
-            value = ds.ReferencedSOPInstanceUID
-            many = isinstance(value, list | tuple) or value.__class__.__name__ == "MultiValue"
-            self.references += [str(one) for one in value] if many else [str(value)]
-
-
-def _has_value(ds: Any, keyword: str) -> bool:
-    """Whether DS has KEYWORD with a value that is not blank, read from its bytes where it is still as
-    read (converting it costs more than the check)."""
-    from pydicom.datadict import tag_for_keyword
-
-    raw = ds.get_item(tag_for_keyword(keyword))
-    if raw is None:
-        return False
-    if getattr(raw, "is_raw", False) and isinstance(raw.value, bytes):
-        return bool(raw.value.strip(b" \0"))
-    return bool(str(ds[keyword].value or "").strip())
-
-
-def _uids(ds: Any, tag: Any, raw: Any) -> list[str]:
-    """The UIDs of a UI element: from its bytes as read (ASCII, backslash-separated, padded with a NUL
-    or a space), without pydicom's conversion of every value (the hot path: each file has dozens)."""
-    if getattr(raw, "is_raw", False) and isinstance(raw.value, bytes):
-        return [one for one in raw.value.decode("ascii", "replace").rstrip("\0 ").split("\\") if one]
-    value = ds[tag].value
-    values = [value] if isinstance(value, str) else list(value or [])
-    return [str(one) for one in values]
+            self.references += dataset.texts(_REFERENCED_INSTANCE)
 
 
 def _orphan_creators(scan: _Scan) -> list[str]:
@@ -344,18 +324,3 @@ def _orphan_creators(scan: _Scan) -> list[str]:
     used = {(id(parent), group, element >> 8) for parent, group, element in scan.private}
     left = [one for one in scan.creators if (id(one[0]), one[1], one[2]) not in used]
     return [f"{len(left)} private creators left without their block"] if left else []
-
-
-def _vr(tag: int) -> str:
-    from pydicom.datadict import dictionary_VR
-
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-
-
-def _creator(ds: Any, group: int, element: int) -> str | None:
-    """The private creator of (GROUP, ELEMENT), looked up at the top level (where our files keep them)."""
-    elem = ds.get((group, element >> 8))
-    return str(elem.value) if elem is not None else None
