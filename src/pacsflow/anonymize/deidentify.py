@@ -240,7 +240,7 @@ class Deidentifier:
         self.method = [f"{METHOD} {version}".strip(), f"PS3.15 {profile.edition} E.1-1 Basic Profile"]
         self.method += [name.replace("_", " ") for name in profile.options]
         self._uids: dict[str, str] = {}
-        self._marks: dict[bool, list[Any]] = {}
+        self._marks: dict[tuple[bool, bool], list[Any]] = {}  # by (implicit VR, little endian)
         #: attributes kept only because an option says so: their values are not leaks where they recur
         basic = load_profile(())
         self._kept_by_option = {
@@ -293,11 +293,12 @@ class Deidentifier:
     def _pixel_tail(ds: Any, data: bytes, at: int) -> bytes | None:
         """The pixel data element as the file holds it, if it ends the file and the header can be
         written apart from it (little endian, not deflated); None otherwise."""
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
+            # big endian, deflated (read from an inflated copy: AT is no position in DATA)
+            return None
         if at >= len(data):
             return b""  # no pixel data at all: the header is the whole file
-        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-        if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):  # big endian, deflated
-            return None
         if int.from_bytes(data[at : at + 2], "little") != 0x7FE0 or data[at + 2 : at + 4] != b"\x10\x00":
             return None
         implicit = syntax == "1.2.840.10008.1.2" or (not syntax and ds.original_encoding[0])
@@ -696,14 +697,15 @@ class Deidentifier:
         """PatientIdentityRemoved, DeidentificationMethod and its codes, LongitudinalTemporalInformation
         Modified: what was applied, for readers and for our own re-runs. The same for every instance:
         encoded once per encoding and put in as read elements (written as they are)."""
-        implicit = bool(getattr(ds, "original_encoding", (False, True))[0])
-        marks = self._marks.get(implicit)
+        implicit, little = getattr(ds, "original_encoding", (False, True))
+        encoding = (bool(implicit), little is not False)
+        marks = self._marks.get(encoding)
         if marks is None:
-            marks = self._marks[implicit] = self._encoded_marks(implicit)
+            marks = self._marks[encoding] = self._encoded_marks(*encoding)
         for elem in marks:
             ds[elem.tag] = elem
 
-    def _encoded_marks(self, implicit: bool) -> list[Any]:
+    def _encoded_marks(self, implicit: bool, little: bool) -> list[Any]:
         from pydicom import dcmread
         from pydicom.dataset import Dataset
 
@@ -725,7 +727,7 @@ class Deidentifier:
         else:
             marks.LongitudinalTemporalInformationModified = "REMOVED"
         buffer = io.BytesIO()
-        marks.save_as(buffer, implicit_vr=implicit, little_endian=True)
+        marks.save_as(buffer, implicit_vr=implicit, little_endian=little)
         read = dcmread(io.BytesIO(buffer.getvalue()), force=True)
         # as read elements at no position in any file (0): writers copy their bytes, encoding nothing
         return [read.get_item(tag)._replace(value_tell=0) for tag in read.keys()]  # noqa: SIM118
