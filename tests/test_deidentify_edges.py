@@ -4,7 +4,10 @@ patient module's newer attributes, a forged "already shifted" flag, a file witho
 from __future__ import annotations
 
 import io
+import logging
 import struct
+import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +100,26 @@ def test_a_file_without_a_patient_id_is_refused(deidentifier: Deidentifier) -> N
     ds.PatientID = ""
     with pytest.raises(BadInput, match="no PatientID"):
         deidentify_checked(deidentifier, encoded(ds), "f")
+
+
+@pytest.mark.parametrize(
+    ("flags", "shown"), [((), False), (("verbose",), False), (("verbose", "log_phi"), True)]
+)
+def test_a_librarys_warnings_are_log_lines_shown_only_with_log_phi(
+    flags: tuple[str, ...], shown: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pacsflow.logs import configure_logging
+
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    root.handlers = [logging.StreamHandler(sys.stderr)]  # as a command's own stderr
+    try:
+        configure_logging(**{flag: True for flag in flags})
+        warnings.warn("Invalid value for VR DA: '1962-03-14'", UserWarning, stacklevel=1)
+        logging.getLogger("pydicom").warning("Invalid value for VR PN: 'Smithson^Johnathan'")
+    finally:
+        root.handlers = handlers
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    assert ("1962-03-14" in err and "Smithson" in err) == shown, err
+    assert ("1962-03-14" in err or "Smithson" in err) == shown, err

@@ -5,16 +5,22 @@ from __future__ import annotations
 import logging
 import sys
 
+#: shown by no level: what a library says only with values a user must not see without --log-phi
+_NEVER = logging.CRITICAL + 1
 #: libraries whose log lines repeat, less clearly, what pacsflow says itself (pynetdicom's
 #: `Association request failed` before our `cannot reach PACS@host:104: ...`), with the level each
 #: shows with -v, and with -v --log-phi: pynetdicom's DEBUG dumps C-FIND identifiers, httpx's INFO
-#: names instance IDs, sqlalchemy's INFO prints every statement with its values
+#: names instance IDs, sqlalchemy's INFO prints every statement with its values; pydicom's warnings
+#: and Python's (py.warnings, where warnings go once captured) quote the values they find invalid
+#: ("Invalid value for VR DA: '19990102'"): a patient's date or name
 LIBRARIES = {
     "pynetdicom": (logging.INFO, logging.DEBUG),
     "httpx": (logging.WARNING, logging.INFO),
     "httpcore": (logging.WARNING, logging.WARNING),
     "alembic": (logging.INFO, logging.INFO),
     "sqlalchemy": (logging.WARNING, logging.WARNING),
+    "pydicom": (_NEVER, logging.WARNING),
+    "py.warnings": (_NEVER, logging.WARNING),
 }
 
 
@@ -42,8 +48,11 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False, log_phi: bo
     libraries in LIBRARIES counts as DEBUG, and those that carry patient data need LOG_PHI too."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)  # a library's warnings are log lines too, under the same rules
     for name, (shown, with_phi) in LIBRARIES.items():
-        logging.getLogger(name).setLevel((with_phi if log_phi else shown) if verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(
+            (with_phi if log_phi else shown) if verbose else max(logging.WARNING, shown)
+        )
     global _log_phi
     _log_phi = log_phi
     if "pynetdicom" in sys.modules:  # else applied when dimse imports it: not 0.2 s at every start
