@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydicom import config as pydicom_config
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from pacsflow.anonymize.dates import shift_values
@@ -22,6 +23,12 @@ from pacsflow.anonymize.writer import write_header
 from pacsflow.errors import BadInput
 from pacsflow.join import LABEL, JoinTable
 from pacsflow.orthanc import orthanc_id
+
+# pydicom checks every value it reads or is given against its VR, only to warn (quoting the value: a
+# patient's date, a name): the verifier checks what matters here, and the checks cost a tenth of the
+# time a file takes. For the whole process, once a de-identifier is loaded.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 #: what DeidentificationMethod starts with: with a pseudonym of this mapping, a re-run knows its own output
 #: by it (walked again, its pseudonym, UIDs and dates kept)
