@@ -297,9 +297,10 @@ class Deidentifier:
         return Deidentified(header + tail if tail is not None else header, record)
 
     @staticmethod
-    def _pixel_tail(ds: Any, data: bytes, at: int) -> bytes | None:
-        """The pixel data element as the file holds it, if it ends the file and the header can be
-        written apart from it (little endian, not deflated); None otherwise."""
+    def _pixel_tail(ds: Any, data: bytes, at: int) -> bytes | memoryview | None:
+        """The pixel data element as the file holds it (a view: half a megabyte not copied but once, into
+        the result), if it ends the file and the header can be written apart from it (little endian, not
+        deflated); None otherwise."""
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
             # big endian, deflated (read from an inflated copy: AT is no position in DATA)
@@ -314,10 +315,10 @@ class Deidentifier:
             raise BadInput("truncated: the file ends inside the pixel data's header")
         length = int.from_bytes(data[start - 4 : start], "little")
         if length == 0xFFFFFFFF:  # encapsulated: the pixels end with a sequence delimiter, and the file too
-            return data[at:] if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else None
+            return memoryview(data)[at:] if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else None
         if start + length > len(data):
             raise BadInput(f"truncated: the pixel data lacks {start + length - len(data)} bytes")
-        return data[at:] if start + length == len(data) else None
+        return memoryview(data)[at:] if start + length == len(data) else None
 
     # -- one dataset ----------------------------------------------------------------------------
 
