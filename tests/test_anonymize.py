@@ -529,6 +529,24 @@ def test_every_transfer_syntax_is_deidentified_and_verified(tmp: Path, corpus: C
     assert len(flagged) == 1 and flagged[0].startswith(path.name), result.stdout
 
 
+def test_verify_finds_a_name_in_a_character_set_switched_by_escapes(tmp: Path, done: Corpus) -> None:
+    # ISO 2022 IR 87 writes 山田先生 with one escape before it and one after: the bytes of 山田 alone
+    # (escape, 山田, escape back) are not in the file; its decoded text holds the name
+    path = next(out for p, out in pairs(done, tmp) if p.patient == TOKYO and p.kind == "ct")
+    ds = pydicom.dcmread(path)
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.ImageComments = "山田先生"
+    ds.save_as(path, enforce_file_format=True)
+    assert "山田".encode("iso2022_jp") not in path.read_bytes()
+    result = pf(tmp, "anonymize", "--verify", str(tmp / "out"))
+    assert result.returncode == 1, result.stdout
+    flagged = [line for line in result.stdout.splitlines() if "identifying value" in line]
+    assert len(flagged) == 1 and flagged[0].startswith(path.name), result.stdout
+    ds.ImageComments = "先生"  # the same file without the name passes
+    ds.save_as(path, enforce_file_format=True)
+    assert pf(tmp, "anonymize", "--verify", str(tmp / "out")).returncode == 0
+
+
 def test_verify_passes_the_untouched_output(tmp: Path, done: Corpus) -> None:
     result = pf(tmp, "anonymize", "--verify", str(tmp / "out"))
     assert result.returncode == 0, result.stdout + result.stderr

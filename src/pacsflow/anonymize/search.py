@@ -26,7 +26,8 @@ def encodings_for(declared: str | list[str]) -> list[str]:
 
 def found_in(data: bytes, values: Iterable[str], encodings: list[str]) -> str | None:
     """The first of VALUES present in DATA in any of ENCODINGS, whatever the case of its ASCII letters
-    ("SMITHSON" for Smithson), or None. Stateful encodings (ISO 2022 escapes) are not searched reliably."""
+    ("SMITHSON" for Smithson), or None. Stateful encodings (ISO 2022 escapes) are not found reliably in
+    bytes: the verifier searches the decoded text of such files too."""
     lowered = data.lower()
     for value in values:
         for encoding in encodings:

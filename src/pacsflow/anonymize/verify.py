@@ -50,6 +50,11 @@ _GEOMETRY = {
     "PixelSpacing": 0x00280030,
 }
 _CODE_OPTIONS = {code: name for name, (code, _) in OPTIONS.items()}
+#: the character sets switched by escape sequences (ISO 2022 IR 87, 159, 149, 58 and the rest)
+_STATEFUL = "ISO 2022"
+#: the VRs whose values the character set applies to, and where ISO 2022 goes back to its first set
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
+_DELIMITERS = {0x09, 0x0A, 0x0C, 0x0D, 0x5C, 0x5E, 0x3D}
 DANGLING = "a reference (ReferencedSOPInstanceUID) leads to no instance"
 
 
@@ -119,7 +124,9 @@ class Verifier:
         problems: list[str] = []
         if top.text(_IDENTITY_REMOVED).upper() != "YES":
             problems.append("PatientIdentityRemoved is not YES")
-        found = _Scan()
+        # ISO 2022 switches character sets with escapes wherever its writer chose: a name is found for
+        # sure only in the decoded text, so the text of such a file is kept for decoding
+        found = _Scan(texts=_STATEFUL in top.text(_CHARSET))
         found.walk(read.meta)
         found.walk(top)
         options = self._options(top)
@@ -131,7 +138,7 @@ class Verifier:
         if originals is not None:
             # the Retain UIDs option keeps them on purpose (the file says it was applied)
             uids = set() if "retain_uids" in options else found.uids
-            problems += self._against(top, read.searched, sop, originals, uids)
+            problems += self._against(top, read.searched, sop, originals, uids, found.texts)
         return Checked(problems, sop, found.references)
 
     def report(self, files: Iterable[tuple[str, bytes]], *, references: bool = True) -> Report:
@@ -221,12 +228,17 @@ class Verifier:
         return problems
 
     @staticmethod
-    def _against(top: RawSet, searched: bytes, sop: str, originals: _Originals, uids: set[str]) -> list[str]:
+    def _against(
+        top: RawSet, searched: bytes, sop: str, originals: _Originals, uids: set[str], texts: list[bytes]
+    ) -> list[str]:
         problems: list[str] = []
         parts = [part for value in originals.values for part in name_parts(value)]
         wanted = [part for part in parts if len(part.encode()) >= _MIN_SEARCHED]
         terms = top.text(_CHARSET).split("\\")  # "\\ISO 2022 IR 87": the first term may be blank
-        if found_in(searched, wanted, encodings_for(terms[0] if len(terms) == 1 else terms)) is not None:
+        declared: str | list[str] = terms[0] if len(terms) == 1 else terms
+        if found_in(searched, wanted, encodings_for(declared)) is not None or _in_decoded(
+            texts, declared, wanted
+        ):
             problems.append("an original identifying value (patient ID, name or accession) is in the file")
         if uids & originals.uids:
             problems.append("an original UID is still in the file (UIDs not remapped)")
@@ -277,12 +289,29 @@ def _dates(top: RawSet, original: str, shift: int) -> list[str]:
     return []
 
 
+def _in_decoded(texts: list[bytes], declared: str | list[str], parts: list[str]) -> bool:
+    """Whether any of PARTS is in TEXTS decoded in the DECLARED character sets, whatever its case."""
+    if not texts:
+        return False
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    try:
+        encodings = convert_encodings(declared)
+        decoded = "\n".join(decode_bytes(text, encodings, _DELIMITERS) for text in texts).casefold()
+    except (LookupError, ValueError, TypeError):
+        return True  # text that cannot be decoded cannot be vouched for
+    return any(part.casefold() in decoded for part in parts)
+
+
 class _Scan:
     """One pass over a dataset at every depth: UIDs (to find originals left), private elements and
     creators (counted), and references to stored instances (ReferencedSOPInstanceUIDs whose
     ReferencedSOPClassUID is a storage class; a patient or study reference is not)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, texts: bool = False) -> None:
+        self.keep_texts = texts
+        #: the values of every text element (with TEXTS): decoded where escapes make bytes unreliable
+        self.texts: list[bytes] = []
         self.uids: set[str] = set()
         self.private: list[tuple[RawSet, int, int]] = []
         self.creators: list[tuple[RawSet, int, int]] = []
@@ -293,6 +322,8 @@ class _Scan:
             if tag >> 16 & 1:
                 self._private(dataset, tag)
             # a UID written as UN (implicit VR, or a tool that did not know it) is still a UID
+            if self.keep_texts and (vr if vr != "UN" else dictionary_vr(tag)) in _TEXT_VRS:
+                self.texts.append(value)
             if vr == "UI" or (vr == "UN" and dictionary_vr(tag) == "UI"):
                 text = value.decode("latin-1").strip(" \0")
                 self.uids.update(one.strip(" \0") for one in text.split("\\") if one.strip(" \0"))
