@@ -1,8 +1,10 @@
 """Benchmark de-identification: a raw pydicom reference, dicognito, `pacsflow anonymize` and upload, one run.
 
-Usage: python bench/anonymize.py [--patients 10 --series 2 --instances 50 --pixels 512 --workers 4]
+Usage: python bench/anonymize.py [--patients 10 --series 2 --instances 50 --pixels 512 --workers 4 --rounds 3]
 The same generated files, each variant its own process: into a fresh folder (reference, dicognito, pacsflow
-with 1 and 2 workers) or into a fresh Orthanc 1.10 (`pacsflow upload` with and without --anonymize).
+with 1 and 2 workers) or into a fresh Orthanc 1.10 (`pacsflow upload` with and without --anonymize). Every
+variant runs once per round, the rounds one after the other, and each figure is the variant's median: on
+these shared 2-core machines one variant's time varies by a third from one minute to the next.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=50)
     parser.add_argument("--pixels", type=int, default=512)
     parser.add_argument("--workers", type=int, default=4, help="for the two uploads")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every variant; figures are medians")
     args = parser.parse_args()
     here = Path(__file__).resolve().parent
 
@@ -85,75 +90,85 @@ def main() -> None:
         f"uploads with {args.workers} workers into Orthanc from Debian",
         flush=True,
     )
-    measures: list[Measure] = []
-    cpu: dict[str, float] = {}
-    orthanc_cpu: dict[str, float] = {}  # the uploads: what the local Orthanc spent on the same 2 cores
+    seconds: dict[str, list[float]] = defaultdict(list)
+    peaks: dict[str, list[float]] = defaultdict(list)
+    cpus: dict[str, list[float]] = defaultdict(list)
+    orthanc_cpus: dict[str, list[float]] = defaultdict(list)  # the uploads: the local Orthanc's share
 
     def measure(name: str, command: list[str], out: Path | None = None, **kwargs: object) -> None:
-        seconds, rss = run(command, **kwargs)  # type: ignore[arg-type]
-        cpu[name] = LAST_CPU[0]
+        took, rss = run(command, **kwargs)  # type: ignore[arg-type]
+        seconds[name].append(took)
+        peaks[name].append(rss)
+        cpus[name].append(LAST_CPU[0])
         if out is not None:  # every file written, then the space given back
             written, _ = folder_stats(out)
             assert written == total, (name, written, total)
             shutil.rmtree(out)
-        measures.append(Measure(name, seconds, total, megabytes, rss))
 
     reference = str(here / "reference_anonymize.py")
-    out = fresh("reference")
-    measure(REFERENCE, [sys.executable, reference, str(data), str(out), "1"], out)
-    out = fresh("reference-2")
-    measure("reference, 2 processes", [sys.executable, reference, str(data), str(out), "2"], out)
-
     dicognito = [sys.executable, "-m", "dicognito", "--quiet", "--seed", SEED, "--output-directory"]
-    out = fresh("dicognito")
-    measure(DICOGNITO, [*dicognito, str(out), str(data)], out)
-    out = fresh("dicognito-2")
-    measure(
-        "dicognito, 2 processes (half the files each)",
-        [sys.executable, "-c", SPLIT, "2", *dicognito, str(out), str(data)],
-        out,
-    )
-
-    for name, workers in ((ONE, 1), (TWO, 2)):
-        out, ledger = fresh(f"pacsflow-{workers}"), fresh(f"ledger-{workers}") / "ledger.db"
-        command = [
-            *PACSFLOW,
-            "--ledger",
-            f"sqlite:///{ledger}",
-            "-q",
-            "anonymize",
-            str(data),
-            "--out",
-            str(out),
-            "--workers",
-            str(workers),
-        ]
-        measure(name, command, out, env=SECRET)
-
-    for name, extra in ((UPLOAD, []), (UPLOAD_ANON, ["--anonymize"])):
-        server = fresh_orthanc("anonymize")
-        ledger = fresh(f"ledger-{'anon' if extra else 'plain'}") / "ledger.db"
-        command = [
-            *PACSFLOW,
-            "--ledger",
-            f"sqlite:///{ledger}",
-            "-q",
-            "upload",
-            str(data),
-            "--to",
-            server.url,
-            "--workers",
-            str(args.workers),
-            *extra,
-        ]
-        assert server.process is not None
-        before = cpu_seconds(server.process.pid)
-        measure(name, command, env=SECRET)
-        orthanc_cpu[name] = cpu_seconds(server.process.pid) - before
-        assert count(server.url) == total, (name, count(server.url))
+    for number in range(1, args.rounds + 1):
+        print(f"round {number} of {args.rounds}", flush=True)
+        out = fresh("reference")
+        measure(REFERENCE, [sys.executable, reference, str(data), str(out), "1"], out)
+        out = fresh("reference-2")
+        measure("reference, 2 processes", [sys.executable, reference, str(data), str(out), "2"], out)
+        out = fresh("dicognito")
+        measure(DICOGNITO, [*dicognito, str(out), str(data)], out)
+        out = fresh("dicognito-2")
+        measure(
+            "dicognito, 2 processes (half the files each)",
+            [sys.executable, "-c", SPLIT, "2", *dicognito, str(out), str(data)],
+            out,
+        )
+        for name, workers in ((ONE, 1), (TWO, 2)):
+            out, ledger = fresh(f"pacsflow-{workers}"), fresh(f"ledger-{workers}") / "ledger.db"
+            command = [
+                *PACSFLOW,
+                "--ledger",
+                f"sqlite:///{ledger}",
+                "-q",
+                "anonymize",
+                str(data),
+                "--out",
+                str(out),
+                "--workers",
+                str(workers),
+            ]
+            measure(name, command, out, env=SECRET)
+        for name, extra in ((UPLOAD, []), (UPLOAD_ANON, ["--anonymize"])):
+            server = fresh_orthanc("anonymize")
+            ledger = fresh(f"ledger-{'anon' if extra else 'plain'}") / "ledger.db"
+            command = [
+                *PACSFLOW,
+                "--ledger",
+                f"sqlite:///{ledger}",
+                "-q",
+                "upload",
+                str(data),
+                "--to",
+                server.url,
+                "--workers",
+                str(args.workers),
+                *extra,
+            ]
+            assert server.process is not None
+            before = cpu_seconds(server.process.pid)
+            measure(name, command, env=SECRET)
+            orthanc_cpus[name].append(cpu_seconds(server.process.pid) - before)
+            assert count(server.url) == total, (name, count(server.url))
     stop_all()
 
+    measures = [
+        Measure(name, statistics.median(times), total, megabytes, max(peaks[name]))
+        for name, times in seconds.items()
+    ]
+    cpu = {name: statistics.median(values) for name, values in cpus.items()}
+    orthanc_cpu = {name: statistics.median(values) for name, values in orthanc_cpus.items()}
     print(table(measures, REFERENCE))
+    print(f"medians of {args.rounds} rounds; seconds of each round:")
+    for name, times in seconds.items():
+        print(f"  {name:<44} {' '.join(f'{one:6.2f}' for one in times)}")
     print(f"CPU time on {os.cpu_count()} cores (for 2 processes, peak MB above is the larger one's):")
     print(f"{'variant':<44} {'CPU s':>8} {'CPU/s':>8} {'Orthanc CPU s':>14}")
     for m in measures:
