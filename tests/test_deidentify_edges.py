@@ -116,6 +116,7 @@ def test_a_librarys_warnings_are_log_lines_shown_only_with_log_phi(
     try:
         with warnings.catch_warnings():  # pytest records warnings itself: as a command has them instead
             warnings.simplefilter("always")
+            logging.captureWarnings(False)  # as a fresh process: an earlier command here captured them
             warnings.showwarning = warnings._showwarning_orig  # type: ignore[attr-defined]
             configure_logging(**{flag: True for flag in flags})
             warnings.warn("Invalid value for VR DA: '1962-03-14'", UserWarning, stacklevel=1)
