@@ -101,7 +101,6 @@ class _Reader:
     def __init__(self, view: memoryview, *, implicit: bool, order: str) -> None:
         self.view = view
         self.implicit = implicit
-        self.order = order
         self.tag_format = struct.Struct(order + "HH")
         self.long = struct.Struct(order + "L")
         self.short = struct.Struct(order + "H")

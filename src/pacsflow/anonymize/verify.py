@@ -321,12 +321,12 @@ class _Scan:
         for tag, (vr, value) in dataset.values.items():
             if tag >> 16 & 1:
                 self._private(dataset, tag)
-            # a UID written as UN (implicit VR, or a tool that did not know it) is still a UID
-            if self.keep_texts and (vr if vr != "UN" else dictionary_vr(tag)) in _TEXT_VRS:
+            # an element written as UN (implicit VR, or a tool that did not know it) is what it is
+            known = vr if vr != "UN" else dictionary_vr(tag)
+            if self.keep_texts and known in _TEXT_VRS:
                 self.texts.append(value)
-            if vr == "UI" or (vr == "UN" and dictionary_vr(tag) == "UI"):
-                text = value.decode("latin-1").strip(" \0")
-                self.uids.update(one.strip(" \0") for one in text.split("\\") if one.strip(" \0"))
+            if known == "UI":
+                self.uids.update(dataset.texts(tag))
         for tag, items in dataset.sequences.items():
             if tag >> 16 & 1:
                 self._private(dataset, tag)
