@@ -1,0 +1,181 @@
+"""The byte-level de-identifier (anonymize.bytewise) makes the pydicom walk's decisions: on the PHI corpus,
+under every option, the same record, the same dataset, the same values taken out; files it does not
+follow (other encodings, character sets, damaged ones) go the pydicom way."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
+
+from pacsflow.anonymize import bytewise
+from pacsflow.anonymize.deidentify import Deidentifier
+from pacsflow.anonymize.keys import Keys
+from pacsflow.anonymize.mapping import MappingPseudonyms
+from pacsflow.anonymize.profile import DEFAULT_OPTIONS, OPTIONS, load_profile
+from pacsflow.errors import BadInput
+from pacsflow.ledger import Ledger
+from tests.phi_corpus import Corpus, encoded_in, write_corpus
+
+KEYS = Keys.from_text("bytewise-secret-0123456789abcdef")
+OPTION_SETS = {
+    "default": DEFAULT_OPTIONS,
+    "basic": (),
+    "every option": tuple(name for name in OPTIONS if name != "retain_long_full_dates"),
+    "full dates, safe private": ("retain_long_full_dates", "retain_safe_private"),
+    "clean descriptors": ("clean_descriptors", "retain_long_modified_dates"),
+}
+#: what the pydicom walk reads before walking (and so remembers as kept when its action keeps it)
+READ_FIRST = ("SpecificCharacterSet", "SOPClassUID", "Modality", "BurnedInAnnotation", "PixelRepresentation")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    return write_corpus(tmp_path_factory.mktemp("bytewise") / "in")
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    found = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    yield found
+    found.close()
+
+
+def deidentifier(ledger: Ledger, options: tuple[str, ...], *, allow_burned_in: bool = True) -> Deidentifier:
+    pseudonyms = MappingPseudonyms(ledger, KEYS, "ANON-{n:06d}")
+    return Deidentifier(load_profile(options), KEYS, pseudonyms, allow_burned_in=allow_burned_in, version="t")
+
+
+def read_first_values(ds: Dataset) -> set[str]:
+    values: set[str] = set()
+    for keyword in READ_FIRST:
+        value = ds.get(keyword)
+        if value is not None:
+            values.update([str(value)] if isinstance(value, str | int) else [str(one) for one in value])
+    return values
+
+
+@pytest.mark.parametrize("options", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+def test_the_same_decisions_as_the_pydicom_walk(
+    corpus: Corpus, ledger: Ledger, options: tuple[str, ...]
+) -> None:
+    d = deidentifier(ledger, options)
+    for planted in corpus.files:
+        data = planted.path.read_bytes()
+        done = bytewise.deidentify(d, data, planted.path.name)
+        assert done is not None, f"{planted.kind}: not followed byte by byte"
+        result, context = done
+        original = pydicom.dcmread(io.BytesIO(data))
+        record, reference = d.dataset(pydicom.dcmread(io.BytesIO(data)), planted.path.name)
+        assert result.record == record, planted.kind
+        assert context.removed == reference.removed, planted.kind
+        # kept values decide which removed ones may recur: never more on this way than on pydicom's
+        assert context.kept <= reference.kept, planted.kind
+        assert reference.kept - context.kept <= read_first_values(original), planted.kind
+        ours = pydicom.dcmread(io.BytesIO(bytes(result.data)))
+        theirs = pydicom.dcmread(io.BytesIO(bytes(Deidentifier(
+            d.profile, KEYS, d.pseudonyms, allow_burned_in=True, version="t", bytewise=False
+        ).apply(data, planted.path.name).data)))  # fmt: skip
+        assert ours.file_meta == theirs.file_meta, planted.kind
+        assert ours == theirs, planted.kind
+        assert ours.PixelData == original.PixelData if "PixelData" in original else "PixelData" not in ours
+
+
+def test_refusals_are_the_pydicom_walks(corpus: Corpus, ledger: Ledger) -> None:
+    fast = deidentifier(ledger, DEFAULT_OPTIONS, allow_burned_in=False)
+    refused = 0
+    for planted in corpus.files:
+        data = planted.path.read_bytes()
+        slow = Deidentifier(fast.profile, KEYS, fast.pseudonyms, version="t", bytewise=False)
+        try:
+            slow.apply(data, "f")
+        except BadInput as expected:
+            refused += 1
+            with pytest.raises(BadInput) as raised:
+                bytewise.apply(fast, data, "f")
+            assert str(raised.value) == str(expected)
+    assert refused >= 2  # the ultrasound and the secondary capture of the corpus
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian],
+    ids=lambda uid: uid.name,
+)
+def test_other_encodings_go_the_pydicom_way(corpus: Corpus, ledger: Ledger, syntax: str) -> None:
+    d = deidentifier(ledger, DEFAULT_OPTIONS)
+    for planted in corpus.files:
+        data = encoded_in(pydicom.dcmread(planted.path), syntax)
+        assert bytewise.apply(d, data, "f") is None
+        assert d.apply(data, "f").record.pseudonym  # the pydicom walk does it
+
+
+def test_character_sets_it_does_not_decode_go_the_pydicom_way(corpus: Corpus, ledger: Ledger) -> None:
+    d = deidentifier(ledger, DEFAULT_OPTIONS)
+    ds = pydicom.dcmread(corpus.files[0].path)
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+    data = encoded_in(ds, ExplicitVRLittleEndian)
+    assert bytewise.apply(d, data, "f") is None
+    assert d.apply(data, "f").record.pseudonym
+
+
+def test_damaged_files_go_the_pydicom_way_and_fail_there(corpus: Corpus, ledger: Ledger) -> None:
+    d = deidentifier(ledger, DEFAULT_OPTIONS)
+    data = corpus.files[0].path.read_bytes()
+    for damaged in (data[:1000], data[:-7], data[:132] + b"\xff" * 64):
+        assert bytewise.apply(d, damaged, "f") is None
+        with pytest.raises(BadInput):
+            d.apply(damaged, "f")
+
+
+def test_a_file_followed_byte_by_byte_never_goes_through_pydicom(
+    corpus: Corpus, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = deidentifier(ledger, DEFAULT_OPTIONS)
+
+    def no_pydicom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read with pydicom")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_pydicom)
+    ct = next(planted for planted in corpus.files if planted.kind.startswith("ct"))
+    assert d.apply(ct.path.read_bytes(), "f").record.pseudonym
+
+
+def test_an_item_with_its_own_character_set_goes_the_pydicom_way(corpus: Corpus, ledger: Ledger) -> None:
+    d = deidentifier(ledger, DEFAULT_OPTIONS)
+    ds = pydicom.dcmread(corpus.files[0].path)
+    item = Dataset()
+    item.SpecificCharacterSet = "ISO_IR 100"
+    item.PatientName = "Müller^Jürgen"
+    ds.OtherPatientIDsSequence = [item]
+    data = encoded_in(ds, ExplicitVRLittleEndian)
+    assert bytewise.apply(d, data, "f") is None
+    assert d.apply(data, "f").record.pseudonym
+
+
+def test_encapsulated_pixels_are_copied_as_they_are(corpus: Corpus, ledger: Ledger) -> None:
+    d = deidentifier(ledger, DEFAULT_OPTIONS)
+    ds = pydicom.dcmread(next(p for p in corpus.files if p.kind.startswith("ct")).path)
+    frames = [b"\xff\xd8fake frame one\xff\xd9", b"\xff\xd8fake frame two!\xff\xd9"]
+    ds.PixelData = encapsulate(frames)
+    ds.NumberOfFrames = 2
+    ds["PixelData"].VR = "OB"
+    data = encoded_in(ds, JPEGBaseline8Bit)
+    done = bytewise.apply(d, data, "f")
+    assert done is not None
+    out = pydicom.dcmread(io.BytesIO(bytes(done.data)))
+    assert out.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert out.PixelData == ds.PixelData
+    assert out.PatientID != ds.PatientID
