@@ -17,17 +17,17 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     LAST_CPU,
     PACSFLOW,
     WORK,
     Measure,
+    count,
     folder_stats,
     fresh_orthanc,
     generated,
+    pacsflow_upload,
     run,
     stop_all,
     table,
@@ -52,10 +52,6 @@ REFERENCE = "reference (pydicom: blank names, new UIDs)"
 DICOGNITO = "dicognito"
 ONE, TWO = "pacsflow anonymize, 1 worker", "pacsflow anonymize, 2 workers"
 UPLOAD, UPLOAD_ANON = "pacsflow upload", "pacsflow upload --anonymize"
-
-
-def count(url: str) -> int:
-    return httpx.get(f"{url}/statistics").json()["CountInstances"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -139,19 +135,7 @@ def main() -> None:
         for name, extra in ((UPLOAD, []), (UPLOAD_ANON, ["--anonymize"])):
             server = fresh_orthanc("anonymize")
             ledger = fresh(f"ledger-{'anon' if extra else 'plain'}") / "ledger.db"
-            command = [
-                *PACSFLOW,
-                "--ledger",
-                f"sqlite:///{ledger}",
-                "-q",
-                "upload",
-                str(data),
-                "--to",
-                server.url,
-                "--workers",
-                str(args.workers),
-                *extra,
-            ]
+            command = pacsflow_upload(f"sqlite:///{ledger}", data, server.url, args.workers, *extra)
             assert server.process is not None
             before = cpu_seconds(server.process.pid)
             measure(name, command, env=SECRET)

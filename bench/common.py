@@ -17,6 +17,30 @@ WORK = ROOT / "results"
 PACSFLOW = [sys.executable, "-m", "pacsflow"]
 
 
+def count(url: str) -> int:
+    """How many instances the Orthanc at URL holds."""
+    import httpx
+
+    return int(httpx.get(f"{url}/statistics").json()["CountInstances"])
+
+
+def pacsflow_upload(ledger: str, data: Path, url: str, workers: int, *extra: str) -> list[str]:
+    """The `pacsflow upload` the benchmarks time: quiet, its own ledger, DATA into the Orthanc at URL."""
+    return [
+        *PACSFLOW,
+        "--ledger",
+        ledger,
+        "-q",
+        "upload",
+        str(data),
+        "--to",
+        url,
+        "--workers",
+        str(workers),
+        *extra,
+    ]
+
+
 @dataclass
 class Measure:
     name: str

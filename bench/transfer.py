@@ -10,13 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     PACSFLOW,
     WORK,
     Measure,
+    count,
     folder_stats,
     fresh_orthanc,
     generated,
@@ -33,10 +32,6 @@ cloner = OrthancCloner(source=OrthancApiClient(sys.argv[1]), destination=Orthanc
                        worker_threads_count=int(sys.argv[3]))
 cloner.execute(existing_changes_only=True)
 """
-
-
-def count(url: str) -> int:
-    return httpx.get(f"{url}/statistics").json()["CountInstances"]
 
 
 def main() -> None:

@@ -11,24 +11,20 @@ import sys
 import zipfile
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     PACSFLOW,
     WORK,
     Measure,
+    count,
     folder_stats,
     fresh_orthanc,
     generated,
+    pacsflow_upload,
     run,
     stop_all,
     table,
 )
-
-
-def count(url: str) -> int:
-    return httpx.get(f"{url}/statistics").json()["CountInstances"]
 
 
 def main() -> None:
@@ -73,18 +69,7 @@ def main() -> None:
     measures.append(Measure("orthanc-tools orthanc_folder_importer", seconds, total, megabytes, rss))
 
     server = fresh_orthanc("upload")
-    upload = [
-        *PACSFLOW,
-        "--ledger",
-        ledger,
-        "-q",
-        "upload",
-        str(data),
-        "--to",
-        server.url,
-        "--workers",
-        str(args.workers),
-    ]
+    upload = pacsflow_upload(ledger, data, server.url, args.workers)
     seconds, rss = run(upload)
     assert count(server.url) == total
     measures.append(Measure("pacsflow upload", seconds, total, megabytes, rss))
@@ -97,20 +82,7 @@ def main() -> None:
         for number, path in enumerate(files[: total // 2]):
             (half / f"{number:05d}.dcm").hardlink_to(path)
     server = fresh_orthanc("upload")
-    seconds, rss_half = run(
-        [
-            *PACSFLOW,
-            "--ledger",
-            ledger,
-            "-q",
-            "upload",
-            str(half),
-            "--to",
-            server.url,
-            "--workers",
-            str(args.workers),
-        ]
-    )
+    seconds, rss_half = run(pacsflow_upload(ledger, half, server.url, args.workers))
     measures.append(Measure("pacsflow upload, half the files", seconds, total // 2, megabytes / 2, rss_half))
 
     archive = WORK / f"{data.name}.zip"
