@@ -27,6 +27,7 @@ from pacsflow.anonymize.mapping import MappingPseudonyms
 from pacsflow.anonymize.profile import DEFAULT_OPTIONS, OPTIONS, load_profile
 from pacsflow.errors import BadInput
 from pacsflow.ledger import Ledger
+from pacsflow.ops.deidentifying import deidentify_checked
 from tests.phi_corpus import Corpus, encoded_in, write_corpus
 
 KEYS = Keys.from_text("bytewise-secret-0123456789abcdef")
@@ -179,3 +180,28 @@ def test_encapsulated_pixels_are_copied_as_they_are(corpus: Corpus, ledger: Ledg
     assert out.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
     assert out.PixelData == ds.PixelData
     assert out.PatientID != ds.PatientID
+
+
+def test_elements_after_encapsulated_pixels_are_walked_on_both_ways(corpus: Corpus, ledger: Ledger) -> None:
+    # a sequence of undefined length after the pixels ends with the same delimiter as they do: only the
+    # pixels' items tell where they end, and what follows them must be read and de-identified
+    ds = pydicom.dcmread(next(p for p in corpus.files if p.kind.startswith("ct")).path)
+    ds.PixelData = encapsulate([b"\xff\xd8fake frame\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    signature = Dataset()
+    signature.PatientAddress = "12 Elm Street, Springfield"
+    signature.PatientBirthDate = "19620314"
+    ds.DigitalSignaturesSequence = [signature]
+    ds["DigitalSignaturesSequence"].is_undefined_length = True
+    data = encoded_in(ds, JPEGBaseline8Bit)
+    assert data.index(b"12 Elm Street") > data.index(b"fake frame")
+    fast = deidentifier(ledger, DEFAULT_OPTIONS)
+    slow = Deidentifier(
+        fast.profile, KEYS, fast.pseudonyms, allow_burned_in=True, version="t", bytewise=False
+    )
+    assert bytewise.apply(fast, data, "f") is None  # the pydicom walk reads the whole file
+    for d in (fast, slow):
+        result = deidentify_checked(d, data, "f")
+        assert b"12 Elm Street" not in result.data
+        assert b"19620314" not in result.data
+        assert pydicom.dcmread(io.BytesIO(bytes(result.data))).PixelData == ds.PixelData

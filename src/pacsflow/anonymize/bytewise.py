@@ -19,6 +19,7 @@ from pacsflow.anonymize.rawscan import (
     _SEQUENCE_END,
     _UNDEFINED,
     PIXEL_TAGS,
+    encapsulated_end,
 )
 from pacsflow.anonymize.search import encodings_for
 from pacsflow.anonymize.writer import _META, _REQUIRED_META
@@ -257,8 +258,8 @@ def _tail(view: memoryview, at: int) -> memoryview:
         raise Unsupported  # float pixel data, or a header cut short: the pydicom walk
     length = _LONG.unpack_from(view, at + 8)[0]
     if length == _UNDEFINED:
-        if bytes(view[end - 8 :]) != b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
-            raise Unsupported
+        if encapsulated_end(view, at + 12) != end:
+            raise Unsupported  # elements after the pixels: the pydicom walk reads and walks them
         return view[at:]
     if at + 12 + length != end:
         raise Unsupported  # cut short, or something after the pixels

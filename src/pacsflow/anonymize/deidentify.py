@@ -18,6 +18,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pacsflow.anonymize.dates import shift_values
 from pacsflow.anonymize.keys import Keys
 from pacsflow.anonymize.profile import Profile, load_profile
+from pacsflow.anonymize.rawscan import encapsulated_end
 from pacsflow.anonymize.search import encodings_of, found_in
 from pacsflow.anonymize.writer import write_header
 from pacsflow.errors import BadInput
@@ -325,8 +326,9 @@ class Deidentifier:
         if start > len(data):
             raise BadInput("truncated: the file ends inside the pixel data's header")
         length = int.from_bytes(data[start - 4 : start], "little")
-        if length == 0xFFFFFFFF:  # encapsulated: the pixels end with a sequence delimiter, and the file too
-            return memoryview(data)[at:] if data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") else None
+        if length == 0xFFFFFFFF:  # encapsulated: its items lead to its delimiter, and that ends the file
+            view = memoryview(data)
+            return view[at:] if encapsulated_end(view, start) == len(data) else None
         if start + length > len(data):
             raise BadInput(f"truncated: the pixel data lacks {start + length - len(data)} bytes")
         return memoryview(data)[at:] if start + length == len(data) else None

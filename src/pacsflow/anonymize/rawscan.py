@@ -209,6 +209,24 @@ class _Reader:
         return end  # no delimiter: the pixels run to the end of the file
 
 
+def encapsulated_end(view: memoryview | bytes, pos: int) -> int | None:
+    """Where encapsulated pixel data whose first item starts at POS ends (just after its sequence
+    delimiter), following its items' lengths; None when they do not lead to a delimiter. Only this tells
+    the pixels' end from an element after them: a sequence of undefined length ends the same way."""
+    end = len(view)
+    while pos + 8 <= end:
+        group, element, length = _ITEM_HEADER.unpack_from(view, pos)
+        pos += 8
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM or length == _UNDEFINED:
+            return None
+        pos += length
+    return None
+
+
+_ITEM_HEADER = struct.Struct("<HHL")  # encapsulated pixel data is always little endian
 _VRS: dict[int, str] = {}
 
 
