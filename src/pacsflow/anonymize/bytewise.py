@@ -218,6 +218,9 @@ class _File:
     def values(self, el: _El) -> list[str]:
         """Text values, or numbers as text (a binary VR), or nothing (bytes, tags)."""
         code = _NUMBERS.get(el.vr)
+        if el.vr == "AT":  # as pydicom shows a tag
+            pairs = struct.iter_unpack("<HH", self.view[el.value : el.end - (el.end - el.value) % 4])
+            return [f"({group:04X},{element:04X})" for group, element in pairs]
         if code is None:
             return self.strings(el) if el.vr in _TEXT else []
         size = struct.calcsize(code)
@@ -336,10 +339,12 @@ def deidentify(d: Deidentifier, data: bytes, where: str) -> tuple[Deidentified, 
         original, patient, shift, context = d.begin(values, where)
         walk = _Walk(d, file, context)
         top = walk.dataset(file.elements)
+        context.kept_as_read = lambda: walk.copied_values(top)
         d._clean_texts(context)
         final = {node.tag: node for node in top}
         for tag, encoded in _marks(d).items():
             final[tag] = _Encoded(tag, encoded)
+        context.kept_as_read = lambda: walk.copied_values(final.values())
         meta = _meta(file, final)
         body = bytearray()
         for tag in sorted(final):
@@ -406,6 +411,20 @@ class _Walk:
 
     def _values(self, el: _El) -> list[str]:
         return [] if el.vr == "SQ" else self.file.values(el)
+
+    def copied_values(self, nodes: Any) -> set[str]:
+        """The values of the elements copied as read, at every depth (context.kept_as_read)."""
+        found: set[str] = set()
+        for node in nodes:
+            if isinstance(node, _Copied):
+                values = self.file.values(node.el)
+                found.update(values)
+                if node.el.vr == "PN":
+                    found.update(group for value in values for group in value.split("="))
+            elif isinstance(node, _Sequence):
+                for item in node.items:
+                    found |= self.copied_values(item)
+        return found
 
     def _note(self, vr: str, values: list[str]) -> None:
         """As Deidentifier._note_removed: an identifying value taken out, for the check of the result."""

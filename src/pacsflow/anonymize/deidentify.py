@@ -75,6 +75,7 @@ _META_REMOVED = (
     "PrivateInformation",
 )
 PATIENT_ID, PATIENT_NAME, ACCESSION = 0x00100020, 0x00100010, 0x00080050
+_PIXELS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _MIN_LEAK = 4  # shorter values ("M", "YES", "1") stand in any file; longer ones are checked for leaks
 
 
@@ -164,16 +165,27 @@ class _Context:
     depth: int = 0
     #: our own output walked again: its pseudonym, UIDs, accession number and dates stay as they are
     ours: bool = False
+    #: the values of the elements kept as read, never decoded on the hot path: read only when a removed
+    #: value is found in the result (is it there because an element the profile keeps holds it too?)
+    kept_as_read: Any = None
+
+    def without_kept(self, values: set[str]) -> set[str]:
+        """VALUES but those the result keeps on purpose: the walk's decisions, then the elements kept as
+        read (decoded only if something is left to take out)."""
+        left = values - self.kept
+        if left and self.kept_as_read is not None:
+            left -= self.kept_as_read()
+        return left
 
 
 def burned_in_reason(ds: Any) -> str | None:
     """Why an instance may show identifying text in its pixels, or None."""
-    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+    if _text(ds.get("BurnedInAnnotation")).strip().upper() == "YES":
         return "BurnedInAnnotation is YES"
-    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_class = _text(ds.get("SOPClassUID"))
     if any(sop_class == prefix.rstrip(".") or sop_class.startswith(prefix) for prefix in _BURNED_IN_CLASSES):
         return f"its SOP class ({_class_name(sop_class)}) often shows text in the image"
-    modality = str(ds.get("Modality", "")).strip().upper()
+    modality = _text(ds.get("Modality")).strip().upper()
     if modality in _BURNED_IN_MODALITIES:
         return f"modality {modality} often shows text in the image"
     return None
@@ -183,6 +195,19 @@ def _class_name(uid: str) -> str:
     from pydicom.uid import UID
 
     return UID(uid).name or uid
+
+
+def _text(value: Any) -> str:
+    """A value as one text: several values joined with backslashes, as the file holds them ('' for none).
+    Both ways of de-identifying (pydicom's dataset, the bytes) see a multi-valued PatientName or
+    AccessionNumber as the same text, so it gets the same pseudonym either way."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(one) for one in value)
+    return str(value)
 
 
 def _values(value: Any) -> list[str]:
@@ -341,6 +366,7 @@ class Deidentifier:
         original, patient, shift, context = self.begin(ds, where)
         ours = context.ours
         patient_id = original["PatientID"]
+        context.kept_as_read = lambda: _values_as_read(ds)
         self._walk(ds, context)
         self._clean_texts(context)
         self._meta(ds)
@@ -353,8 +379,8 @@ class Deidentifier:
         """What an instance's walk starts from (DS: its top-level values, get() by keyword): its original
         identities, its patient's pseudonym and date shift, and the walk's context. Raises BadInput for
         burned-in text, a file without a PatientID, a patient the CSV lacks."""
-        patient_id = str(ds.get("PatientID", "") or "").strip()
-        patient_name = str(ds.get("PatientName", "") or "")
+        patient_id = _text(ds.get("PatientID")).strip()
+        patient_name = _text(ds.get("PatientName"))
         if not self.allow_burned_in:
             reason = burned_in_reason(ds)
             if reason is not None:
@@ -364,11 +390,11 @@ class Deidentifier:
                     where=where,
                 )
         original = {
-            "StudyInstanceUID": str(ds.get("StudyInstanceUID", "")),
-            "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "")),
-            "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
-            "AccessionNumber": str(ds.get("AccessionNumber", "") or ""),
-            "StudyDate": str(ds.get("StudyDate", "") or ""),
+            "StudyInstanceUID": _text(ds.get("StudyInstanceUID")),
+            "SeriesInstanceUID": _text(ds.get("SeriesInstanceUID")),
+            "SOPInstanceUID": _text(ds.get("SOPInstanceUID")),
+            "AccessionNumber": _text(ds.get("AccessionNumber")),
+            "StudyDate": _text(ds.get("StudyDate")),
             "PatientID": patient_id,
             "PatientName": patient_name,
         }
@@ -393,11 +419,11 @@ class Deidentifier:
             patient = self.pseudonyms.patient(patient_id, patient_name)
             # a file another de-identifier already moved in time keeps its dates: shifting twice loses
             # them; the flag counts only on a file that also says its identity was removed
-            moved = str(ds.get("LongitudinalTemporalInformationModified", "")).upper() == "MODIFIED"
-            removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+            moved = _text(ds.get("LongitudinalTemporalInformationModified")).upper() == "MODIFIED"
+            removed = _text(ds.get("PatientIdentityRemoved")).upper() == "YES"
             shift = 0 if moved and removed else patient.date_shift
         context = _Context(
-            patient, shift, sr=str(ds.get("SOPClassUID", "")).startswith(_SR_CLASSES), ours=ours
+            patient, shift, sr=_text(ds.get("SOPClassUID")).startswith(_SR_CLASSES), ours=ours
         )
         if not ours:
             context.identifiers = sorted(
@@ -422,19 +448,19 @@ class Deidentifier:
         """Our own output of this project: it says pacsflow de-identified it, and its PatientID is a
         pseudonym this mapping gave out. Anything else is de-identified (again): the marks alone could
         be copied onto a file that still names its patient."""
-        if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+        if _text(ds.get("PatientIdentityRemoved")).upper() != "YES":
             return False
         method = ds.get("DeidentificationMethod", "")
         values = [method] if isinstance(method, str) else list(method or [])
         if not any(str(value).startswith(METHOD) for value in values):
             return False
-        return self.pseudonyms.is_pseudonym(str(ds.get("PatientID", "") or "").strip())
+        return self.pseudonyms.is_pseudonym(_text(ds.get("PatientID")).strip())
 
     def _record(
         self, original: Any, ds: Any, patient: Patient, *, already: bool = False, shift: int | None = None
     ) -> Record:
         def get(source: Any, name: str) -> str:
-            return str(source.get(name, "") or "").strip()
+            return _text(source.get(name)).strip()
 
         return Record(
             patient_id=get(original, "PatientID"),
@@ -490,6 +516,8 @@ class Deidentifier:
                     if elem.VR == "SQ":
                         for item in elem.value:
                             self._walk(item, context)
+                    else:
+                        context.kept.update(_values(elem.value))
                     continue
                 self._note_removed(elem, context)
                 del ds[tag]
@@ -507,6 +535,8 @@ class Deidentifier:
         for creator in creators:
             if (int(creator) >> 16, int(creator) & 0xFF) not in private_kept:
                 del ds[creator]
+            else:
+                context.kept.update(_values(ds[creator].value))
         emptied = {
             group
             for group in range(0x6000, 0x6020, 2)
@@ -618,7 +648,7 @@ class Deidentifier:
         elif vr == "UI" and context.ours and action in ("U", "U?", "D"):
             new = old  # our own UIDs: remapped once
         elif action == "A":
-            new = self.keys.accession(str(old)) if str(old or "").strip() and not context.ours else old
+            new = self.keys.accession(_text(old)) if _text(old).strip() and not context.ours else old
         elif action == "Z":
             new = "" if vr in _TEXT_VRS else None
         elif action == "D":
@@ -682,7 +712,9 @@ class Deidentifier:
         instance (a phone number, a birth date in a comment), once all of them are known."""
         if not context.cleaned:
             return
-        found = sorted((value for value in context.removed - context.kept if _long_enough(value)), key=len)
+        found = sorted(
+            (value for value in context.without_kept(context.removed) if _long_enough(value)), key=len
+        )
         identifiers = sorted(set(found) | set(context.identifiers), key=len, reverse=True)
         for elem in context.cleaned:
             cleaned = _cut(elem.value, identifiers)
@@ -775,7 +807,10 @@ class Deidentifier:
     def _check_leaks(self, header: bytes, encodings: list[str], context: _Context, where: str) -> None:
         """Refuse a result whose header still holds a value the profile removed or replaced, unless an
         option kept the same value on purpose elsewhere (dates, UIDs, an institution: context.kept)."""
-        if found_in(header, context.removed - context.kept, encodings) is not None:
+        suspects = context.removed - context.kept
+        if not suspects or found_in(header, suspects, encodings) is None:
+            return
+        if found_in(header, context.without_kept(suspects), encodings) is not None:
             raise BadInput(
                 "an identifying value is still in the de-identified result; not written", where=where
             )
@@ -792,6 +827,27 @@ _UNREADABLE = (
     OSError,
     struct.error,
 )
+
+
+def _values_as_read(ds: Any) -> set[str]:
+    """The values of DS's elements still as read (kept without being decoded), at every depth; not our
+    marks (put in as read elements at no position) nor pixel data. Decoded apart: DS is not changed."""
+    from pydicom.dataelem import convert_raw_data_element
+
+    found: set[str] = set()
+    for tag in ds.keys():  # noqa: SIM118 - the elements as read, not decoded
+        elem = ds.get_item(tag)
+        if getattr(elem, "is_raw", False):
+            if elem.value_tell == 0 or int(tag) in _PIXELS:
+                continue
+            elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+            if elem.VR != "SQ":
+                found.update(_values(elem.value))
+                continue
+        if elem.VR == "SQ":  # decoded by the walk; its items may hold elements as read
+            for item in elem.value or []:
+                found |= _values_as_read(item)
+    return found
 
 
 def _unreadable(exc: BaseException, where: str) -> BadInput:
