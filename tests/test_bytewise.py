@@ -229,3 +229,32 @@ def test_several_values_give_the_same_pseudonyms_either_way(corpus: Corpus, ledg
     assert done is not None
     assert done.record == slow.apply(data, "f").record
     assert done.record.patient_name == "Smithson^Johnathan\\Doe^Jane"
+
+
+def test_a_value_written_with_the_wrong_vr_is_removed_either_way(corpus: Corpus, ledger: Ledger) -> None:
+    # a date written as OB cannot be shifted as a date: kept as it is, it would be the original date
+    ds = pydicom.dcmread(next(p for p in corpus.files if p.kind.startswith("ct")).path)
+    ds.add_new(0x00080022, "OB", b"20191231")  # AcquisitionDate
+    ds.add_new(0x00081032, "OB", b"not a sequence!!")  # ProcedureCodeSequence as bytes: not walked
+    data = encoded_in(ds, ExplicitVRLittleEndian)
+    fast = deidentifier(ledger, DEFAULT_OPTIONS)
+    slow = Deidentifier(
+        fast.profile, KEYS, fast.pseudonyms, allow_burned_in=True, version="t", bytewise=False
+    )
+    assert bytewise.apply(fast, data, "f") is not None
+    for d in (fast, slow):
+        result = deidentify_checked(d, data, "f")
+        out = pydicom.dcmread(io.BytesIO(bytes(result.data)))
+        assert 0x00080022 not in out and 0x00081032 not in out
+        assert b"20191231" not in result.data
+        assert out.Modality == ds.Modality  # what the profile keeps stays, whatever its neighbours
+
+
+def test_an_unknown_vr_is_a_clear_error(corpus: Corpus, ledger: Ledger) -> None:
+    data = bytearray(corpus.files[0].path.read_bytes())
+    at = data.index(b"\x08\x00\x60\x00CS")  # Modality
+    data[at + 4 : at + 6] = b"XX"
+    d = deidentifier(ledger, DEFAULT_OPTIONS)
+    assert bytewise.apply(d, bytes(data), "f") is None
+    with pytest.raises(BadInput, match="not readable as DICOM"):
+        d.apply(bytes(data), "f")

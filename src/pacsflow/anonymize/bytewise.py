@@ -35,6 +35,10 @@ _ONE_VALUE = frozenset({"LT", "ST", "UT", "UR"})
 _TEXT = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
+#: the VRs of PS3.5 6.2: anything else goes the pydicom way (which says the file cannot be read)
+_KNOWN_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD"})
+_KNOWN_VRS |= {"OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL"}
+_KNOWN_VRS |= {"UN", "UR", "US", "UT", "UV"}
 #: the character sets read here, as pydicom decodes them (no declared set: ISO 8859-1, as pydicom does)
 _CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
@@ -122,6 +126,8 @@ def _elements(
         if not (vr_bytes.isalpha() and vr_bytes.isupper()):
             raise Unsupported
         vr = vr_bytes.decode("ascii")
+        if vr not in _KNOWN_VRS:
+            raise Unsupported
         if vr in _LONG_VRS:
             length = _LONG.unpack_from(view, pos + 8)[0]
             start = pos + 12
@@ -241,6 +247,8 @@ def _meta_elements(view: memoryview) -> tuple[list[_El], int]:
         if not (vr_bytes.isalpha() and vr_bytes.isupper()):
             raise Unsupported
         vr = vr_bytes.decode("ascii")
+        if vr not in _KNOWN_VRS:
+            raise Unsupported
         if vr in _LONG_VRS:
             length, start = _LONG.unpack_from(view, pos + 8)[0], pos + 12
         else:

@@ -328,7 +328,7 @@ class Deidentifier:
                 out = io.BytesIO()
                 ds.save_as(out, enforce_file_format=True)
                 header = out.getvalue()
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, NotImplementedError) as exc:
             raise BadInput(f"cannot be written after de-identification ({exc})", where=where) from None
         self._check_leaks(header, encodings_of(ds), context, where)
         return Deidentified(header + tail if tail is not None else header, record)
@@ -422,9 +422,7 @@ class Deidentifier:
             moved = _text(ds.get("LongitudinalTemporalInformationModified")).upper() == "MODIFIED"
             removed = _text(ds.get("PatientIdentityRemoved")).upper() == "YES"
             shift = 0 if moved and removed else patient.date_shift
-        context = _Context(
-            patient, shift, sr=_text(ds.get("SOPClassUID")).startswith(_SR_CLASSES), ours=ours
-        )
+        context = _Context(patient, shift, sr=_text(ds.get("SOPClassUID")).startswith(_SR_CLASSES), ours=ours)
         if not ours:
             context.identifiers = sorted(
                 {part for part in name_parts(patient_name) if len(part) >= 2}
@@ -579,6 +577,14 @@ class Deidentifier:
             return "P"  # the pseudonym
         if tag == ACCESSION:
             return "A"
+        action = self._listed_action(tag, vr, context)
+        if _vr_fits(tag, vr) or (action == "K" and "SQ" not in (vr, _dictionary_vr(tag))):
+            return action
+        # written with a VR the standard does not give it (a date as OB, a sequence as bytes): its value
+        # cannot be shifted, cleaned or walked as the profile asks, so it goes
+        return "X"
+
+    def _listed_action(self, tag: int, vr: str, context: _Context) -> str:
         repeating = (tag >> 16) & 0xFF00 in (0x5000, 0x6000)
         action = self.profile.action(tag)
         if action is not None:
@@ -826,6 +832,7 @@ _UNREADABLE = (
     KeyError,
     OSError,
     struct.error,
+    NotImplementedError,  # a VR pydicom does not know
 )
 
 
@@ -891,6 +898,14 @@ def _dictionary_vr(tag: int) -> str:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
+
+
+@functools.cache
+def _vr_fits(tag: int, vr: str) -> bool:
+    """Whether an element's VR is one the dictionary gives its tag ("US or SS": either; an unknown
+    tag, UN or a VR pydicom has not resolved yet: any)."""
+    expected = _dictionary_vr(tag)
+    return vr == expected or expected == "UN" or vr == "UN" or " or " in vr or vr in expected.split(" or ")
 
 
 def _is_standard_uid(value: str) -> bool:
