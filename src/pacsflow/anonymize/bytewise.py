@@ -22,7 +22,7 @@ from pacsflow.anonymize.rawscan import (
     encapsulated_end,
 )
 from pacsflow.anonymize.search import encodings_for
-from pacsflow.anonymize.writer import _META, _REQUIRED_META
+from pacsflow.anonymize.writer import _META, _REQUIRED_META, meta_group
 
 if TYPE_CHECKING:
     from pacsflow.anonymize.deidentify import Deidentified, Deidentifier
@@ -122,18 +122,7 @@ def _elements(
             return found, pos + 8
         if top and tag in PIXEL_TAGS:
             return found, pos
-        vr_bytes = bytes(view[pos + 4 : pos + 6])
-        if not (vr_bytes.isalpha() and vr_bytes.isupper()):
-            raise Unsupported
-        vr = vr_bytes.decode("ascii")
-        if vr not in _KNOWN_VRS:
-            raise Unsupported
-        if vr in _LONG_VRS:
-            length = _LONG.unpack_from(view, pos + 8)[0]
-            start = pos + 12
-        else:
-            length = _SHORT.unpack_from(view, pos + 6)[0]
-            start = pos + 8
+        vr, length, start = _read_header(view, pos)
         if vr == "UN" or (depth and tag == _SPECIFIC_CHARACTER_SET):
             # what pydicom makes of a UN element (a known VR, a sequence) is pydicom's business; an item
             # with a character set of its own is decoded with it (pydicom does that too)
@@ -150,6 +139,19 @@ def _elements(
     if delimited:
         raise Unsupported
     return found, pos
+
+
+def _read_header(view: memoryview, pos: int) -> tuple[str, int, int]:
+    """An explicit VR element's VR, value length and where its value starts."""
+    vr_bytes = bytes(view[pos + 4 : pos + 6])
+    if not (vr_bytes.isalpha() and vr_bytes.isupper()):
+        raise Unsupported
+    vr = vr_bytes.decode("ascii")
+    if vr not in _KNOWN_VRS:
+        raise Unsupported
+    if vr in _LONG_VRS:
+        return vr, _LONG.unpack_from(view, pos + 8)[0], pos + 12
+    return vr, _SHORT.unpack_from(view, pos + 6)[0], pos + 8
 
 
 def _items(view: memoryview, pos: int, length: int, end: int, depth: int) -> tuple[list[list[_El]], int]:
@@ -243,16 +245,7 @@ def _meta_elements(view: memoryview) -> tuple[list[_El], int]:
     pos, end = 132, len(view)
     while pos + 8 <= end and _TAG.unpack_from(view, pos)[0] == 0x0002:
         element = _TAG.unpack_from(view, pos)[1]
-        vr_bytes = bytes(view[pos + 4 : pos + 6])
-        if not (vr_bytes.isalpha() and vr_bytes.isupper()):
-            raise Unsupported
-        vr = vr_bytes.decode("ascii")
-        if vr not in _KNOWN_VRS:
-            raise Unsupported
-        if vr in _LONG_VRS:
-            length, start = _LONG.unpack_from(view, pos + 8)[0], pos + 12
-        else:
-            length, start = _SHORT.unpack_from(view, pos + 6)[0], pos + 8
+        vr, length, start = _read_header(view, pos)
         if length == _UNDEFINED or start + length > end:
             raise Unsupported
         found.append(_El(0x00020000 | element, vr, pos, start, start + length))
@@ -435,15 +428,7 @@ class _Walk:
         return found
 
     def _note(self, vr: str, values: list[str]) -> None:
-        """As Deidentifier._note_removed: an identifying value taken out, for the check of the result."""
-        if vr not in rules._IDENTIFYING_VRS:
-            return
-        removed = self.context.removed
-        for value in values:
-            if vr == "UI" and rules._is_standard_uid(value):
-                continue
-            parts = rules.name_parts(value) if vr == "PN" else [value.strip()]
-            removed.update(part for part in parts if rules._long_enough(part))
+        self.context.note_removed(vr, values)
 
     def _note_sequence(self, el: _El) -> None:
         for item in el.items:
@@ -644,20 +629,15 @@ def _meta(file: _File, final: dict[int, Any]) -> bytes:
     tags = (set(file.meta) - removed) | new.keys()
     if not tags <= _META.keys() or not all(tag in tags for tag in _REQUIRED_META):
         raise Unsupported  # other file meta: pydicom's writer checks and writes it
-    body = bytearray()
-    for tag in sorted(tags):
-        vr, pad = _META[tag]
+    values = {}
+    for tag in tags:
         if tag in new:
-            raw = str(new[tag]).encode("ascii")
-        elif vr == "OB":
-            raw = file.raw(file.meta[tag])
+            values[tag] = str(new[tag]).encode("ascii")
+        elif _META[tag][0] == "OB":
+            values[tag] = file.raw(file.meta[tag])
         else:
-            raw = file.raw(file.meta[tag]).rstrip(b"\0 ")
-        if len(raw) % 2:
-            raw += pad
-        body += _header(tag, vr, len(raw))
-        body += raw
-    return b"\x02\x00\x00\x00UL\x04\x00" + _LONG.pack(len(body)) + bytes(body)
+            values[tag] = file.raw(file.meta[tag]).rstrip(b"\0 ")
+    return meta_group(values)
 
 
 def _marks(d: Deidentifier) -> dict[int, bytes]:

@@ -169,6 +169,17 @@ class _Context:
     #: value is found in the result (is it there because an element the profile keeps holds it too?)
     kept_as_read: Any = None
 
+    def note_removed(self, vr: str, values: list[str]) -> None:
+        """Remember an identifying value taken out (names, IDs, text, dates, instance UIDs), for the check
+        of the result; codes, numbers and standard UIDs identify nobody and stand in many places."""
+        if vr not in _IDENTIFYING_VRS:
+            return
+        for value in values:
+            if vr == "UI" and _is_standard_uid(value):
+                continue
+            parts = name_parts(value) if vr == "PN" else [value.strip()]
+            self.removed.update(part for part in parts if _long_enough(part))
+
     def without_kept(self, values: set[str]) -> set[str]:
         """VALUES but those the result keeps on purpose: the walk's decisions, then the elements kept as
         read (decoded only if something is left to take out)."""
@@ -729,15 +740,8 @@ class Deidentifier:
 
     @staticmethod
     def _note_removed(elem: Any, context: _Context) -> None:
-        """Remember an identifying value taken out (names, IDs, text, dates, instance UIDs), for the check of
-        the result; codes, numbers and standard UIDs identify nobody and stand in many places."""
-        if elem.VR not in _IDENTIFYING_VRS:
-            return
-        for value in _values(elem.value):
-            if elem.VR == "UI" and _is_standard_uid(value):
-                continue
-            parts = name_parts(value) if elem.VR == "PN" else [value.strip()]
-            context.removed.update(part for part in parts if _long_enough(part))
+        if elem.VR in _IDENTIFYING_VRS:  # decoded only then
+            context.note_removed(elem.VR, _values(elem.value))
 
     def _note_removed_sequence(self, elem: Any, context: _Context) -> None:
         for item in elem.value:

@@ -122,11 +122,19 @@ def _meta_bytes(meta: Any) -> bytes | None:
     tags = {int(tag) for tag in meta.keys()} - {0x00020000}  # noqa: SIM118 - tags, not decoded elements
     if not tags <= _META.keys() or not all(tag in tags for tag in _REQUIRED_META):
         return None
-    body = bytearray()
-    for tag in sorted(tags):
-        vr, pad = _META[tag]
+    values = {}
+    for tag in tags:
         value = meta[tag].value
-        raw = value if isinstance(value, bytes) else str(value).encode("ascii")
+        values[tag] = value if isinstance(value, bytes) else str(value).encode("ascii")
+    return meta_group(values)
+
+
+def meta_group(values: dict[int, bytes]) -> bytes:
+    """The file meta group of VALUES (tags of _META, their values as bytes) with its group length."""
+    body = bytearray()
+    for tag in sorted(values):
+        vr, pad = _META[tag]
+        raw = values[tag]
         if len(raw) % 2:
             raw += pad
         body += _tag_bytes(tag)
