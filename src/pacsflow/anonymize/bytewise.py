@@ -189,7 +189,6 @@ class _File:
     def __init__(self, data: bytes) -> None:
         if len(data) < 140 or data[128:132] != b"DICM":
             raise Unsupported
-        self.data = data
         view = self.view = memoryview(data)
         meta, pos = _meta_elements(view)
         self.meta = {el.tag: el for el in meta}
